@@ -1,0 +1,131 @@
+"""How a mask is applied to an image: mask from logits, baselines, the kept and removed views, perturbations.
+
+Notation (used in every docstring of the package): ``x`` a normalized image ``[B,C,H,W]``, ``m ∈ [0,1]``
+a mask ``[B,1,H,W]`` (1 = evidence kept), ``b`` the baseline that replaces removed pixels.
+
+* kept view (the "masked image"):   ``x̃ = m⊙x + (1−m)⊙b``
+* removed view (the "complement"):  ``x̄ = (1−m)⊙x + m⊙b``
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "BaselineKind",
+    "mask_from_logits",
+    "make_baseline",
+    "keep",
+    "remove",
+    "perturb",
+]
+
+BaselineKind = Literal["mean", "zero", "blur"]
+
+
+def mask_from_logits(logits: Tensor, tau: float = 1.0, hard: bool = False) -> Tensor:
+    """``m = σ(u/τ)``; with ``hard`` the straight-through mask ``1[m>0.5] + m − sg(m)``.
+
+    Args:
+        logits: mask logits ``u`` ``[B,1,H,W]``.
+        tau: temperature τ > 0; smaller values push ``m`` toward 0/1.
+        hard: forward the binary mask while back-propagating through the soft one.
+    """
+    m = torch.sigmoid(logits / tau)
+    if hard:
+        m = (m > 0.5).to(m.dtype) + m - m.detach()
+    return m
+
+
+def _gaussian_blur(x: Tensor, sigma: float) -> Tensor:
+    radius = max(1, int(math.ceil(3 * sigma)))
+    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    k = torch.exp(-(t**2) / (2 * sigma**2))
+    k = k / k.sum()
+    c = x.shape[1]
+    pad = (radius, radius, radius, radius)
+    y = F.pad(x, pad, mode="replicate")
+    y = F.conv2d(y, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return F.conv2d(y, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+def make_baseline(
+    x: Tensor,
+    kind: BaselineKind = "mean",
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
+    sigma: float | None = None,
+) -> Tensor:
+    """The image ``b`` that replaces removed pixels, same shape as ``x``.
+
+    Args:
+        x: normalized images ``[B,C,H,W]``.
+        kind: ``"mean"`` — the data set's mean colour, i.e. 0 after normalization;
+            ``"zero"`` — black, ``(0 − mean)/std`` per channel (needs ``mean`` and ``std``);
+            ``"blur"`` — ``x`` blurred by a Gaussian of standard deviation ``sigma``.
+        mean: per-channel mean of the normalization (pixel scale [0,1]), for ``"zero"``.
+        std: per-channel standard deviation of the normalization, for ``"zero"``.
+        sigma: blur width in pixels for ``"blur"``; default ``max(H,W)/10``.
+    """
+    if kind == "mean":
+        return torch.zeros_like(x)
+    if kind == "zero":
+        if mean is None or std is None:
+            raise ValueError("baseline 'zero' needs the normalization mean and std")
+        mu = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        sd = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        return ((0 - mu) / sd).expand_as(x).contiguous()
+    if kind == "blur":
+        s = sigma if sigma is not None else max(x.shape[-2:]) / 10
+        return _gaussian_blur(x, s)
+    raise ValueError(f"unknown baseline {kind!r}: expected 'mean', 'zero' or 'blur'")
+
+
+def keep(x: Tensor, m: Tensor, b: Tensor) -> Tensor:
+    """Kept view ``x̃ = m⊙x + (1−m)⊙b``."""
+    return m * x + (1 - m) * b
+
+
+def remove(x: Tensor, m: Tensor, b: Tensor) -> Tensor:
+    """Removed view ``x̄ = (1−m)⊙x + m⊙b``."""
+    return (1 - m) * x + m * b
+
+
+def perturb(
+    x: Tensor,
+    noise: float = 0.1,
+    shift: int = 2,
+    flip: bool = True,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """One random draw of a small perturbation ``T(x)``, independent per image.
+
+    ``T(x) = flip?(roll(x, δ)) + σ·ε`` with ``δ`` uniform in ``[−shift, shift]²`` pixels, a horizontal flip
+    with probability ½ when ``flip``, and ``ε ~ N(0, 1)``. Differentiable in ``x``.
+
+    Args:
+        x: images ``[B,C,H,W]``.
+        noise: σ of the additive Gaussian noise (normalized units).
+        shift: largest circular shift in pixels.
+        flip: allow horizontal flips.
+        generator: the random source (for reproducible draws).
+    """
+    out = []
+    b = x.shape[0]
+    shifts = torch.randint(-shift, shift + 1, (b, 2), generator=generator, device="cpu").tolist()
+    flips = (torch.rand(b, generator=generator, device="cpu") < 0.5).tolist() if flip else [False] * b
+    for i in range(b):
+        xi = torch.roll(x[i], shifts=(shifts[i][0], shifts[i][1]), dims=(-2, -1))
+        if flips[i]:
+            xi = xi.flip(-1)
+        out.append(xi)
+    y = torch.stack(out)
+    if noise > 0:
+        eps = torch.randn(y.shape, generator=generator, device="cpu").to(y.device, y.dtype)
+        y = y + noise * eps
+    return y
