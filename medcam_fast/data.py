@@ -45,6 +45,7 @@ __all__ = [
     "load_folder",
     "make_lesions",
     "LESION_CLASSES",
+    "stratified_split",
 ]
 
 PathLike = str | os.PathLike[str]
@@ -537,7 +538,7 @@ def _class_names(arrays: dict[str, np.ndarray], name: str, n_needed: int, path: 
     return [f"class_{k}" for k in range(n_needed)]
 
 
-def _stratified_split(labels: np.ndarray, seed: int) -> dict[str, np.ndarray]:
+def stratified_split(labels: np.ndarray, seed: int) -> dict[str, np.ndarray]:
     """A seeded stratified 70/10/20 train/val/test split of indices (each split sorted).
 
     Each class is permuted with its own generator ``default_rng([seed, class])``; the class's test part has
@@ -622,7 +623,7 @@ def load_npz(path: PathLike, split: str = "test", seed: int = 0) -> ImageSet:
         else:
             raise DataError(f"no '{split}' split in this file (it has: {', '.join(official)})", path)
     elif split != "all":
-        idx = _stratified_split(labs, seed)[split]
+        idx = stratified_split(labs, seed)[split]
         imgs, labs = imgs[idx], labs[idx]
     return ImageSet(images=imgs, labels=labs, classes=classes, name=name)
 

@@ -18,7 +18,7 @@ from PIL import Image
 
 from ._io import atomic_write, atomic_write_bytes, atomic_write_json
 
-__all__ = ["FORMATS", "outline", "overlay", "write_explanation", "write_summary", "output_paths"]
+__all__ = ["FORMATS", "png_bytes", "outline", "overlay", "write_explanation", "write_summary", "output_paths"]
 
 #: Output kinds ``--format`` accepts.
 FORMATS = ("png", "npy", "json")
@@ -26,7 +26,8 @@ FORMATS = ("png", "npy", "json")
 _RED = np.array([255, 40, 40], dtype=np.uint8)
 
 
-def _png_bytes(arr: np.ndarray) -> bytes:
+def png_bytes(arr: np.ndarray) -> bytes:
+    """PNG-encoded bytes of a uint8/uint16 grey or RGB array."""
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="PNG")
     return buf.getvalue()
@@ -112,10 +113,10 @@ def write_explanation(
     """
     paths = output_paths(out_dir, stem, formats)
     if "mask" in paths:
-        atomic_write_bytes(paths["mask"], _png_bytes(binary.astype(np.uint8) * 255))
+        atomic_write_bytes(paths["mask"], png_bytes(binary.astype(np.uint8) * 255))
         soft16 = (np.clip(soft, 0, 1) * 65535 + 0.5).astype(np.uint16)
-        atomic_write_bytes(paths["soft"], _png_bytes(soft16))
-        atomic_write_bytes(paths["overlay"], _png_bytes(overlay(image01, binary, masked01)))
+        atomic_write_bytes(paths["soft"], png_bytes(soft16))
+        atomic_write_bytes(paths["overlay"], png_bytes(overlay(image01, binary, masked01)))
     if "soft_npy" in paths:
         atomic_write_bytes(paths["soft_npy"], _npy_bytes(soft.astype(np.float32)))
     if "json" in paths:

@@ -1,0 +1,171 @@
+"""The ``medcam-fast`` command: a thin Typer layer over the library.
+
+Exit codes: 0 success · 1 internal error (a bug) · 2 usage error · 3 data error · 4 model error ·
+5 some inputs of a batch failed (the others were written) · 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from medcam_fast.errors import EXIT_CODES, MedCamError
+
+err_console = Console(stderr=True)
+console = Console()
+
+_EXIT_HELP = "Exit codes: " + "; ".join(f"{k} {v}" for k, v in EXIT_CODES.items()) + "."
+
+app = typer.Typer(
+    name="medcam-fast",
+    help="Evidence masks for frozen medical-image classifiers (Med-CAM, made fast).\n\n" + _EXIT_HELP,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+bench_app = typer.Typer(help="Benchmarks: measure, compare peers in the same run, print ratios.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def handle_errors(fn: F) -> F:
+    """Turn the library's errors into one line on stderr and the documented exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except MedCamError as e:
+            err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(e.exit_code) from None
+        except KeyboardInterrupt:
+            err_console.print("[bold red]interrupted[/]")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _threads(n: int | None) -> None:
+    import torch
+
+    torch.set_num_threads(n or max(1, min(4, os.cpu_count() or 1)))
+
+
+@app.command("train-classifier")
+@handle_errors
+def train_classifier_cmd(
+    data: str = typer.Option(..., help="Data set: a .npz path, a class-per-folder directory, or breast|pneumonia|blood|path."),
+    out: Path = typer.Option(..., help="Output folder of the classifier bundle."),
+    arch: str = typer.Option("resnet18", help="Architecture: resnet18 or vit."),
+    epochs: int = typer.Option(30, min=1, help="Training epochs."),
+    width: int | None = typer.Option(None, help="Architecture width (default per architecture)."),
+    batch_size: int = typer.Option(64, min=1, help="Images per step."),
+    lr: float = typer.Option(2e-3, help="Peak learning rate."),
+    seed: int = typer.Option(0, help="Random seed."),
+    data_dir: Path | None = typer.Option(None, envvar="MEDCAM_DATA_DIR", help="Folder of the shared .npz data sets."),
+    threads: int | None = typer.Option(None, help="CPU threads for torch."),
+    overwrite: bool = typer.Option(False, help="Replace an existing bundle in OUT."),
+) -> None:
+    """Train a built-in classifier and write a classifier bundle (safetensors + JSON)."""
+    from medcam_fast.workflows import train_classifier_bundle
+
+    _threads(threads)
+    bundle, path = train_classifier_bundle(
+        data, out, arch=arch, epochs=epochs, width=width, batch_size=batch_size, lr=lr, seed=seed,
+        data_dir=data_dir, overwrite=overwrite,
+    )
+    m = bundle.metrics
+    console.print(
+        f"wrote {path}: {bundle.arch}, val accuracy {m.get('val_accuracy', float('nan')):.3f}, "
+        f"test accuracy {m.get('test_accuracy', float('nan')):.3f}"
+    )
+
+
+@app.command("explain")
+@handle_errors
+def explain_cmd(
+    inputs: list[str] = typer.Argument(..., help="Image files, folders, glob patterns or MedMNIST .npz files."),
+    classifier: Path | None = typer.Option(None, help="Classifier bundle folder (default: the embedded demo)."),
+    out: Path = typer.Option(Path("medcam-out"), help="Output folder."),
+    steps: int | None = typer.Option(None, min=0, help="Optimization steps per image."),
+    target: int | None = typer.Option(None, help="Class to explain (default: the predicted class)."),
+    batch_size: int = typer.Option(16, min=1, help="Images explained together."),
+    fmt: str = typer.Option("png,npy,json", "--format", help="Outputs: any of png, npy, json (comma-separated)."),
+    split: str = typer.Option("test", help="Split of .npz inputs: train, val, test or all."),
+    index: str | None = typer.Option(None, help="Indices of .npz images, e.g. 0-9,15 (default: all)."),
+    overwrite: bool = typer.Option(False, help="Replace existing outputs."),
+    resume: bool = typer.Option(False, help="Skip images whose outputs are complete."),
+    fail_fast: bool = typer.Option(False, help="Stop at the first input that cannot be read."),
+    threads: int | None = typer.Option(None, help="CPU threads for torch."),
+) -> None:
+    """Explain images: binary mask, soft mask, overlay and JSON per image; summary.csv/json per run."""
+    from medcam_fast.workflows import explain_inputs
+
+    _threads(threads)
+    code = explain_inputs(
+        inputs, classifier=classifier, out=out, steps=steps, target=target, batch_size=batch_size,
+        formats=fmt, split=split, index=index, overwrite=overwrite, resume=resume, fail_fast=fail_fast,
+        console=console, err_console=err_console,
+    )
+    raise typer.Exit(code)
+
+
+@app.command("demo")
+@handle_errors
+def demo_cmd(
+    out: Path = typer.Option(Path("demo-out"), help="Output folder."),
+    n: int = typer.Option(8, min=1, max=256, help="Number of generated sample images."),
+    steps: int | None = typer.Option(None, min=0, help="Optimization steps per image."),
+    overwrite: bool = typer.Option(True, help="Replace earlier demo outputs."),
+    threads: int | None = typer.Option(None, help="CPU threads for torch."),
+) -> None:
+    """Generate lesion images, explain them with the shipped demo bundle, print the summary."""
+    from medcam_fast.workflows import run_demo
+
+    _threads(threads)
+    raise typer.Exit(run_demo(out, n=n, steps=steps, overwrite=overwrite, console=console, err_console=err_console))
+
+
+@bench_app.command("per-image")
+@handle_errors
+def bench_per_image_cmd(
+    models: Path = typer.Option(Path("models"), help="Folder with one classifier bundle per data set."),
+    datasets: str = typer.Option("breast,pneumonia,blood,path", help="Data sets (comma-separated)."),
+    n: int = typer.Option(32, min=1, help="Test images per data set."),
+    steps: int = typer.Option(300, min=1, help="Steps of the per-image fit."),
+    batch_size: int = typer.Option(16, min=1, help="Images fitted together."),
+    out: Path = typer.Option(Path("benchmarks/results"), help="Folder of the result files."),
+    data_dir: Path | None = typer.Option(None, envvar="MEDCAM_DATA_DIR", help="Folder of the shared .npz data sets."),
+    threads: int | None = typer.Option(None, help="CPU threads for torch."),
+) -> None:
+    """The paper's per-image fit on the shared data sets: confidence kept, area, complement, seconds."""
+    from medcam_fast.bench import bench_per_image
+
+    _threads(threads)
+    bench_per_image(
+        models, [d.strip() for d in datasets.split(",") if d.strip()], n=n, steps=steps, batch_size=batch_size,
+        out_dir=out, data_dir=data_dir, console=console,
+    )
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except Exception:  # noqa: BLE001 — a bug: show the traceback and the documented exit code
+        import traceback
+
+        traceback.print_exc()
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

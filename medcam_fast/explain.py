@@ -1,0 +1,235 @@
+"""The user-facing API: ``with MedCAM(classifier, explainer=…) as explain: result = explain(images)``.
+
+``MedCAM`` loads (or takes) a classifier and, optionally, an explainer; calling it explains a batch and
+returns an :class:`Explanation` — typed arrays, never a bare mask. Modes:
+
+* ``"full"`` — the paper's per-image fit from a fresh U-Net (:func:`medcam_fast.fit.fit_masks`);
+  the only mode without an explainer.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .classifier import ClassifierBundle, classifier_from_module, load_classifier
+from .data import Preprocess
+from .errors import UsageError
+from .fit import FitConfig, fit_masks
+from .masking import keep, make_baseline
+from .result import MaskResult
+
+__all__ = ["MedCAM", "Explanation", "Mode"]
+
+Mode = Literal["full"]
+_MODES = ("full",)
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """Explanations of a batch of ``B`` images (numpy arrays, first axis = image).
+
+    Args:
+        soft: soft masks ``[B,H,W]`` in [0,1].
+        binary: binary evidence masks ``[B,H,W]`` (bool).
+        kept: the images with only the evidence kept, in [0,1] ``[B,H,W,C]`` (the "masked image").
+        images: the preprocessed input images in [0,1] ``[B,H,W,C]``.
+        predicted: the classifier's class for each original image ``[B]``.
+        target: the class explained ``[B]``.
+        p_original: ``p_target(x)`` ``[B]``.
+        p_masked: ``p_target`` of the image with only the binary evidence kept ``[B]``.
+        p_complement: ``p_target`` of the image with the binary evidence removed ``[B]``.
+        area: fraction of the image in the binary mask ``[B]``.
+        loss: composite loss of the binary masks ``[B]``.
+        classes: class names.
+        mode: how the masks were obtained.
+        steps: optimization steps per image.
+        seconds: wall time for the batch, including the classifier's forward passes.
+        extra: facts to copy into output records (model hashes, versions, warnings).
+    """
+
+    soft: np.ndarray
+    binary: np.ndarray
+    kept: np.ndarray
+    images: np.ndarray
+    predicted: np.ndarray
+    target: np.ndarray
+    p_original: np.ndarray
+    p_masked: np.ndarray
+    p_complement: np.ndarray
+    area: np.ndarray
+    loss: np.ndarray
+    classes: list[str]
+    mode: str
+    steps: int
+    seconds: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.soft.shape[0])
+
+    def record(self, i: int) -> dict[str, Any]:
+        """JSON-safe facts of image ``i``."""
+        return {
+            "predicted": int(self.predicted[i]),
+            "predicted_name": self.classes[int(self.predicted[i])],
+            "target": int(self.target[i]),
+            "target_name": self.classes[int(self.target[i])],
+            "p_original": float(self.p_original[i]),
+            "p_masked": float(self.p_masked[i]),
+            "p_complement": float(self.p_complement[i]),
+            "area": float(self.area[i]),
+            "loss": float(self.loss[i]),
+            "mode": self.mode,
+            "steps": self.steps,
+            "seconds": self.seconds / max(1, len(self)),
+            **self.extra,
+        }
+
+
+def _to_numpy(t: Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy()
+
+
+class MedCAM:
+    """Explain a frozen classifier's decisions with binary evidence masks.
+
+    Args:
+        classifier: a :class:`~medcam_fast.classifier.ClassifierBundle`, the path of a classifier bundle,
+            or any ``nn.Module`` mapping normalized images to logits (then ``preprocess`` and ``classes``
+            are required).
+        explainer: reserved for a meta-trained explainer; None uses the per-image fit (``mode="full"``).
+        mode: ``"full"`` (the paper's per-image fit).
+        refine_steps: optimization steps per image; default: ``fit_config.steps``.
+        preprocess: preprocessing for a plain ``nn.Module`` classifier.
+        classes: class names for a plain ``nn.Module`` classifier.
+        layers: classifier layers for activation matching; None picks the documented default.
+        fit_config: settings of the per-image fit.
+        threads: torch CPU threads to use (None leaves torch's setting).
+
+    Example::
+
+        with MedCAM("models/breast/classifier") as explain:
+            result = explain(images)          # numpy uint8 images, or a normalized torch batch
+            print(result.p_masked, result.area)
+    """
+
+    def __init__(
+        self,
+        classifier: ClassifierBundle | str | Path | nn.Module,
+        explainer: Any = None,
+        *,
+        mode: Mode | None = None,
+        refine_steps: int | None = None,
+        preprocess: Preprocess | None = None,
+        classes: Sequence[str] | None = None,
+        layers: Sequence[str] | None = None,
+        fit_config: FitConfig | None = None,
+        threads: int | None = None,
+    ) -> None:
+        if isinstance(classifier, (str, Path)):
+            classifier = load_classifier(classifier)
+        elif isinstance(classifier, nn.Module):
+            if preprocess is None or classes is None:
+                raise UsageError("a plain nn.Module classifier needs preprocess= and classes=")
+            classifier = classifier_from_module(classifier, preprocess, list(classes))
+        if not isinstance(classifier, ClassifierBundle):
+            raise UsageError(f"classifier must be a bundle, a path or an nn.Module, not {type(classifier).__name__}")
+        if explainer is not None:
+            raise UsageError("explainers are not supported yet: use mode='full'")
+        self.bundle = classifier
+        self.classifier = classifier.frozen(layers)
+        self.mode: Mode = mode or "full"
+        if self.mode not in _MODES:
+            raise UsageError(f"unknown mode {self.mode!r}: choose one of {', '.join(_MODES)}")
+        self.fit_config = fit_config or FitConfig()
+        self.refine_steps = refine_steps
+        if threads is not None:
+            torch.set_num_threads(threads)
+
+    def __enter__(self) -> MedCAM:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    @property
+    def preprocess(self) -> Preprocess:
+        """The classifier's preprocessing."""
+        return self.bundle.preprocess
+
+    def prepare(self, images: Any) -> Tensor:
+        """Normalized float32 batch ``[B,C,H,W]`` from raw images or an already-normalized tensor.
+
+        A ``torch.Tensor`` of floats with 4 dimensions is taken as already normalized; anything else
+        (numpy arrays, PIL images, lists of them) is preprocessed with the classifier's preprocessing.
+        """
+        if isinstance(images, Tensor) and images.is_floating_point() and images.dim() == 4:
+            return images.detach().float()
+        if isinstance(images, Tensor):
+            images = images.detach().cpu().numpy()
+        return torch.from_numpy(self.preprocess(images))
+
+    def __call__(
+        self,
+        images: Any,
+        targets: Sequence[int] | np.ndarray | Tensor | int | None = None,
+        refine_steps: int | None = None,
+    ) -> Explanation:
+        """Explain a batch.
+
+        Args:
+            images: raw images (numpy / PIL / list) or a normalized ``[B,C,H,W]`` float tensor.
+            targets: class to explain per image (or one for all); None explains the predicted class.
+            refine_steps: optimization steps per image for this call (overrides the instance's).
+
+        Raises:
+            UsageError: a target class outside the classifier's classes.
+        """
+        start = time.perf_counter()
+        x = self.prepare(images)
+        k = len(self.bundle.classes)
+        t = None
+        if targets is not None:
+            t = torch.as_tensor(np.asarray(targets), dtype=torch.long).reshape(-1)
+            if (t < 0).any() or (t >= k).any():
+                raise UsageError(f"target class out of range: the classifier has {k} classes (0..{k - 1})")
+        steps = refine_steps if refine_steps is not None else self.refine_steps
+        cfg = self.fit_config if steps is None else self.fit_config.with_(steps=steps)
+        pre = self.preprocess
+        res = fit_masks(
+            self.classifier, x, t, cfg, logits_fn=self.classifier.logits, normalization=(pre.mean, pre.std)
+        )
+        return self._explanation(x, res, cfg.baseline, time.perf_counter() - start)
+
+    def _explanation(self, x: Tensor, res: MaskResult, baseline: str, seconds: float) -> Explanation:
+        pre = self.preprocess
+        b = make_baseline(x, baseline, pre.mean, pre.std)  # type: ignore[arg-type]
+        kept = keep(x, res.binary[:, None].to(x.dtype), b)
+        unit = lambda z: np.clip(pre.denormalize(_to_numpy(z)), 0, 1).transpose(0, 2, 3, 1)  # noqa: E731
+        v = res.verification
+        return Explanation(
+            soft=_to_numpy(res.soft),
+            binary=_to_numpy(res.binary),
+            kept=unit(kept),
+            images=unit(x),
+            predicted=_to_numpy(v.predicted),
+            target=_to_numpy(v.target),
+            p_original=_to_numpy(v.original),
+            p_masked=_to_numpy(v.masked),
+            p_complement=_to_numpy(v.complement),
+            area=_to_numpy(v.area),
+            loss=_to_numpy(res.loss),
+            classes=list(self.bundle.classes),
+            mode=self.mode,
+            steps=res.steps,
+            seconds=seconds,
+            extra={"classifier_sha256": self.bundle.sha256},
+        )

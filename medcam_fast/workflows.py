@@ -1,0 +1,254 @@
+"""End-to-end jobs behind the CLI: train a classifier bundle, explain files, run the demo.
+
+They print with rich (a console is passed in) and return exit codes, so the Typer layer stays a thin parser.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from .classifier import ClassifierBundle, load_classifier, save_classifier, train_classifier
+from .data import (
+    DATASETS,
+    ImageSet,
+    list_images,
+    load_folder,
+    load_image,
+    load_npz,
+    make_lesions,
+    resolve_data,
+    stratified_split,
+)
+from .errors import DataError, MedCamError, UsageError
+from .explain import Explanation, MedCAM
+from .writers import FORMATS, output_paths, write_explanation, write_summary
+
+__all__ = ["train_classifier_bundle", "explain_inputs", "run_demo", "DEMO_DIR", "load_splits"]
+
+#: The embedded demo bundle shipped inside the package.
+DEMO_DIR = Path(__file__).parent / "assets" / "demo"
+
+
+def load_splits(data: str | Path, data_dir: str | Path | None = None, seed: int = 0) -> dict[str, ImageSet]:
+    """Train/val/test sets of a data set: a short name (breast, …), an ``.npz`` file or a class-per-folder tree."""
+    if str(data) == "lesions":
+        return {
+            "train": make_lesions(2000, size=64, seed=seed),
+            "val": make_lesions(300, size=64, seed=seed + 1),
+            "test": make_lesions(500, size=64, seed=seed + 2),
+        }
+    path = Path(data) if Path(data).exists() else resolve_data(str(data), None if data_dir is None else str(data_dir))
+    if path.is_dir():
+        full = load_folder(path)
+        parts = stratified_split(full.labels, seed)
+        return {k: full.subset(v) for k, v in parts.items()}
+    return {s: load_npz(path, s, seed) for s in ("train", "val", "test")}
+
+
+def _check_out(out: Path, marker: str, overwrite: bool) -> None:
+    if (out / marker).exists() and not overwrite:
+        raise UsageError(f"{marker} already exists; pass --overwrite to replace it", out)
+    if out.exists() and not out.is_dir():
+        raise UsageError("output path exists and is not a folder", out)
+
+
+def train_classifier_bundle(
+    data: str | Path,
+    out: str | Path,
+    *,
+    arch: str = "resnet18",
+    epochs: int = 30,
+    width: int | None = None,
+    batch_size: int = 64,
+    lr: float = 2e-3,
+    seed: int = 0,
+    data_dir: str | Path | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> tuple[ClassifierBundle, Path]:
+    """Train a built-in classifier on ``data`` and save its bundle to ``out``. Returns the bundle and folder."""
+    out = Path(out)
+    _check_out(out, "classifier.json", overwrite)
+    sets = load_splits(data, data_dir, seed)
+    bundle = train_classifier(
+        sets["train"], sets["val"], sets["test"], arch=arch, epochs=epochs, batch_size=batch_size, lr=lr,
+        width=width, seed=seed, progress=progress,
+    )
+    bundle.metrics["data"] = sets["train"].name
+    return bundle, save_classifier(bundle, out)
+
+
+@dataclass
+class _Item:
+    stem: str
+    image: np.ndarray | None
+    error: str | None = None
+
+
+def _parse_index(spec: str | None, n: int, where: str) -> list[int]:
+    if spec is None:
+        return list(range(n))
+    out: list[int] = []
+    for part in spec.split(","):
+        part = part.strip()
+        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        if not m:
+            raise UsageError(f"bad --index {spec!r}: use e.g. 0-9,15")
+        a, b = int(m.group(1)), int(m.group(2) or m.group(1))
+        if b >= n or a > b:
+            raise UsageError(f"--index {part} is outside 0..{n - 1}", where)
+        out.extend(range(a, b + 1))
+    return out
+
+
+def _gather(inputs: Sequence[str], split: str, index: str | None, fail_fast: bool) -> list[_Item]:
+    items: list[_Item] = []
+    for spec in inputs:
+        p = Path(spec)
+        if p.suffix.lower() == ".npz" and p.is_file():
+            ds = load_npz(p, split)
+            for i in _parse_index(index, len(ds), spec):
+                items.append(_Item(f"{p.stem}_{split}_{i:05d}", ds.images[i]))
+            continue
+        for f in list_images(spec):
+            try:
+                items.append(_Item(f.stem, load_image(f)))
+            except DataError as e:
+                if fail_fast:
+                    raise
+                items.append(_Item(f.stem, None, str(e)))
+    seen: dict[str, int] = {}
+    for it in items:  # distinct output names for equal stems from different folders
+        k = seen.get(it.stem, 0)
+        seen[it.stem] = k + 1
+        if k:
+            it.stem = f"{it.stem}-{k}"
+    return items
+
+
+def _summary_table(rows: list[dict[str, Any]], title: str) -> Table:
+    table = Table(title=title)
+    for col in ("image", "predicted", "target", "p(original)", "p(kept)", "p(removed)", "area", "s/image"):
+        table.add_column(col, justify="right" if col.startswith(("p", "area", "s/")) else "left")
+    for r in rows:
+        table.add_row(
+            r["image"], r["predicted_name"], r["target_name"], f"{r['p_original']:.3f}", f"{r['p_masked']:.3f}",
+            f"{r['p_complement']:.3f}", f"{r['area']:.3f}", f"{r['seconds']:.2f}",
+        )
+    return table
+
+
+def _write_batch(out: Path, stems: list[str], ex: Explanation, formats: Sequence[str]) -> list[dict[str, Any]]:
+    rows = []
+    for i, stem in enumerate(stems):
+        rec = {"image": stem, **ex.record(i)}
+        write_explanation(
+            out, stem, ex.images[i], ex.soft[i], ex.binary[i], ex.kept[i], rec, formats
+        )
+        rows.append(rec)
+    return rows
+
+
+def explain_inputs(
+    inputs: Sequence[str],
+    *,
+    classifier: str | Path | None,
+    out: Path,
+    steps: int | None = None,
+    target: int | None = None,
+    batch_size: int = 16,
+    formats: str = "png,npy,json",
+    split: str = "test",
+    index: str | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
+    fail_fast: bool = False,
+    console: Console | None = None,
+    err_console: Console | None = None,
+    title: str = "medcam-fast",
+) -> int:
+    """Explain every input image and write its outputs; returns the exit code (0, or 5 if some inputs failed)."""
+    console = console or Console()
+    err_console = err_console or Console(stderr=True)
+    fmts = [f.strip() for f in formats.split(",") if f.strip()]
+    bad = [f for f in fmts if f not in FORMATS]
+    if bad or not fmts:
+        raise UsageError(f"unknown --format {','.join(bad) or formats!r}: choose from {', '.join(FORMATS)}")
+    if overwrite and resume:
+        raise UsageError("--overwrite and --resume exclude each other")
+    bundle = load_classifier(classifier if classifier is not None else DEMO_DIR / "classifier")
+    items = _gather(inputs, split, index, fail_fast)
+    failures = [(it.stem, it.error) for it in items if it.error]
+    todo = [it for it in items if it.image is not None]
+    if not todo:
+        for _, msg in failures:
+            err_console.print(f"[red]error:[/] {msg}", highlight=False)
+        raise DataError("no readable images among the inputs", ", ".join(inputs))
+    out.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    pending = []
+    for it in todo:
+        paths = output_paths(out, it.stem, fmts)
+        done = all(p.exists() for p in paths.values())
+        if done and resume:
+            continue
+        if any(p.exists() for p in paths.values()) and not overwrite and not resume:
+            raise UsageError(f"outputs for {it.stem} already exist; pass --overwrite or --resume", out)
+        pending.append(it)
+    with MedCAM(bundle, refine_steps=steps) as explain, Progress(
+        TextColumn("[bold]explain"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("explain", total=len(pending))
+        for start in range(0, len(pending), batch_size):
+            chunk = pending[start : start + batch_size]
+            ex = explain([it.image for it in chunk], targets=target)
+            rows.extend(_write_batch(out, [it.stem for it in chunk], ex, fmts))
+            bar.advance(task, len(chunk))
+    facts = {"classifier": str(classifier or "embedded demo"), "classifier_sha256": bundle.sha256,
+             "failures": [{"image": s, "error": e} for s, e in failures]}
+    if rows:
+        write_summary(out, rows, facts)
+        console.print(_summary_table(rows, title))
+    console.print(f"{len(rows)} explained, {len(todo) - len(pending)} skipped (complete), {len(failures)} failed → {out}")
+    for _, msg in failures:
+        err_console.print(f"[red]failed:[/] {msg}", highlight=False)
+    return 5 if failures else 0
+
+
+def run_demo(
+    out: Path,
+    n: int = 8,
+    steps: int | None = None,
+    overwrite: bool = True,
+    console: Console | None = None,
+    err_console: Console | None = None,
+) -> int:
+    """Generate ``n`` lesion images (unseen seed), explain them with the shipped demo bundle, write outputs."""
+    from ._io import atomic_write_bytes
+    from .writers import png_bytes
+
+    console = console or Console()
+    if not (DEMO_DIR / "classifier" / "classifier.json").exists():
+        raise MedCamError("the embedded demo bundle is missing: run `make demo-bundle`", DEMO_DIR)
+    ds = make_lesions(n, size=64, seed=20261126)
+    inputs_dir = out / "inputs"
+    for i, img in enumerate(ds.images):
+        atomic_write_bytes(inputs_dir / f"lesion_{i:03d}_{ds.classes[ds.labels[i]]}.png", png_bytes(img))
+    t0 = time.perf_counter()
+    code = explain_inputs(
+        [str(inputs_dir)], classifier=None, out=out / "explanations", steps=steps, overwrite=overwrite,
+        console=console, err_console=err_console, title="medcam-fast demo (embedded bundle)",
+    )
+    console.print(f"demo finished in {time.perf_counter() - t0:.1f} s; open {out / 'explanations'}/*_overlay.png")
+    return code
