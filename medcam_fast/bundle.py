@@ -14,7 +14,7 @@ No pickle is ever read: weights are safetensors only.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +39,13 @@ class InnerLoop:
         steps: K, the adaptation steps used in training.
         lr: inner learning rate η (SGD on the U-Net weights).
         first_order: whether training ignored second-order terms (first-order MAML).
+        lrs: learned step size per parameter tensor (Meta-SGD), overriding ``lr`` where given.
     """
 
     steps: int = 5
     lr: float = 0.05
     first_order: bool = False
+    lrs: dict[str, float] | None = None
 
 
 @dataclass
@@ -70,7 +72,7 @@ class ExplainerBundle:
     classifier_sha256: str
     tau: float = 1.0
     threshold: float = 0.5
-    baseline: str = "mean"
+    baseline: str = "blur"
     weights: LossWeights = field(default_factory=LossWeights)
     inner: InnerLoop = field(default_factory=InnerLoop)
     training: dict[str, Any] = field(default_factory=dict)
@@ -88,7 +90,7 @@ class ExplainerBundle:
             "threshold": self.threshold,
             "baseline": self.baseline,
             "loss_weights": self.weights.to_dict(),
-            "inner": {"steps": self.inner.steps, "lr": self.inner.lr, "first_order": self.inner.first_order},
+            "inner": asdict(self.inner),
             "training": self.training,
             "sha256": self.sha256,
         }

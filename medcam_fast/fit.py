@@ -52,7 +52,7 @@ class FitConfig:
     depth: int = 3
     tau: float = 1.0
     hard_after: float = 0.7
-    baseline: BaselineKind = "mean"
+    baseline: BaselineKind = "blur"
     weights: LossWeights = field(default_factory=LossWeights)
     seed: int = 0
 

@@ -1,0 +1,119 @@
+"""Refinement: improve an explainer's first guess for one batch of images in a few steps.
+
+Three modes, each image independent:
+
+* ``"logits"`` — optimize the mask logits ``u`` directly, starting from the first guess ``u₀ = f_θ(x, c)``
+  (or logits handed in, e.g. from onnxruntime): ``u ← Adam(u, ∇_u L)`` for ``K`` steps.
+* ``"weights"`` — adapt the U-Net weights ``K`` SGD steps from the meta-learned ``θ``, exactly the inner
+  loop of meta-training (:func:`medcam_fast.meta.adapt`, first order).
+* ``"full"`` — the paper's per-image fit from a fresh U-Net (:func:`medcam_fast.fit.fit_masks`).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from .bundle import ExplainerBundle
+from .classifier import FrozenClassifier
+from .fit import FitConfig, evaluate_masks, fit_masks, resolve_targets
+from .losses import LossWeights, Reference, composite_loss
+from .masking import make_baseline, mask_from_logits
+from .meta import adapt
+from .result import MaskResult, verify
+
+__all__ = ["refine", "RefineMode", "LOGITS_LR"]
+
+RefineMode = Literal["logits", "weights", "full"]
+
+#: Adam step size on mask logits in ``"logits"`` mode.
+LOGITS_LR = 0.3
+
+
+def refine(
+    explainer: ExplainerBundle,
+    classifier: FrozenClassifier,
+    x: Tensor,
+    targets: Tensor | int | None = None,
+    steps: int = 5,
+    mode: RefineMode = "logits",
+    initial_logits: Tensor | None = None,
+    weights: LossWeights | None = None,
+    lr: float | None = None,
+    full_config: FitConfig | None = None,
+    seed: int = 0,
+    hard_after: float = FitConfig.hard_after,
+) -> MaskResult:
+    """Masks for ``x`` from the explainer's first guess plus ``steps`` refinement steps.
+
+    Args:
+        explainer: the meta-trained explainer bundle.
+        classifier: the frozen classifier it explains.
+        x: normalized images ``[B,C,H,W]``.
+        targets: class per image (or one int); None explains the predicted class.
+        steps: refinement steps K (0 returns the first guess itself).
+        mode: ``"logits"``, ``"weights"`` or ``"full"`` (see the module docstring).
+        initial_logits: first-guess logits ``[B,1,H,W]`` or ``[B,H,W]`` (e.g. from onnxruntime), for
+            ``"logits"`` mode; default: the explainer's torch U-Net.
+        weights: loss weights; default: those the explainer was trained with.
+        lr: step size; default :data:`LOGITS_LR` (logits) or the explainer's inner step size (weights).
+        full_config: settings of ``"full"`` mode (its ``steps`` is replaced by ``steps``).
+        seed: seeds the robustness perturbations.
+        hard_after: in ``"logits"`` mode, the fraction of steps after which the straight-through binary mask
+            is optimized (as in the per-image fit).
+    """
+    pre = explainer.preprocess
+    w = weights or explainer.weights
+    if mode == "full":
+        cfg = (full_config or FitConfig(weights=w, baseline=explainer.baseline)).with_(steps=steps)  # type: ignore[arg-type]
+        return fit_masks(classifier, x, targets, cfg, logits_fn=classifier.logits, normalization=(pre.mean, pre.std))
+    if mode not in ("logits", "weights"):
+        raise ValueError(f"unknown refinement mode {mode!r}: choose logits, weights or full")
+    start = time.perf_counter()
+    x = x.detach()
+    with torch.no_grad():
+        reference = Reference(*classifier(x))
+    target = resolve_targets(reference.logits, targets)
+    baseline = make_baseline(x, explainer.baseline, pre.mean, pre.std)  # type: ignore[arg-type]
+    unet = explainer.unet.eval()
+    gen = torch.Generator().manual_seed(seed)
+    if mode == "logits" or steps == 0:
+        if initial_logits is not None:
+            u = initial_logits.detach().reshape(x.shape[0], 1, *x.shape[-2:]).float().clone()
+        else:
+            with torch.no_grad():
+                u = unet(x, target)
+        if steps > 0:
+            u.requires_grad_(True)
+            opt = torch.optim.Adam([u], lr=lr or LOGITS_LR)
+            hard_from = int(hard_after * steps)
+            for k in range(steps):
+                m = mask_from_logits(u, explainer.tau, hard=k >= hard_from)
+                total, _ = composite_loss(classifier, x, m, target, reference, baseline, w, gen)
+                opt.zero_grad(set_to_none=True)
+                total.sum().backward()
+                opt.step()
+        u = u.detach()
+    else:
+        theta = {n: p.detach() for n, p in unet.named_parameters()}
+        inner = explainer.inner
+        step_size: float | dict[str, Tensor] = lr or inner.lr
+        if lr is None and inner.lrs:
+            step_size = {n: torch.tensor(v) for n, v in inner.lrs.items()}
+        theta = {n: t.requires_grad_(False) for n, t in theta.items()}
+        with torch.enable_grad():
+            adapted = adapt(unet, theta, classifier, x, target, reference, baseline, w, explainer.tau, steps,
+                            step_size, first_order=True, generator=gen)
+        with torch.no_grad():
+            u = torch.cat([
+                torch.func.functional_call(unet, p, (x[i : i + 1], target[i : i + 1])) for i, p in enumerate(adapted)
+            ])
+    loss, terms, soft, binary = evaluate_masks(classifier, x, u, target, reference, baseline, w, explainer.tau)
+    ver = verify(classifier.logits, x, binary, target, baseline, original_logits=reference.logits)
+    return MaskResult(
+        soft=soft[:, 0], binary=binary[:, 0].bool(), logits=u[:, 0], verification=ver, terms=terms, loss=loss,
+        steps=steps, seconds=time.perf_counter() - start,
+    )
