@@ -94,8 +94,13 @@ def train_classifier_cmd(
 def explain_cmd(
     inputs: list[str] = typer.Argument(..., help="Image files, folders, glob patterns or MedMNIST .npz files."),
     classifier: Path | None = typer.Option(None, help="Classifier bundle folder (default: the embedded demo)."),
+    explainer: Path | None = typer.Option(None, help="Explainer bundle folder or .onnx file (default: the demo's, "
+                                          "with the demo classifier; none with another classifier: per-image fit)."),
+    refine: bool = typer.Option(True, "--refine/--no-refine", help="Refine the first guess (--no-refine: 0 steps)."),
+    mode: str | None = typer.Option(None, help="logits, weights or full (default: logits with an explainer)."),
+    steps: int | None = typer.Option(None, min=0, help="Refinement steps per image (default 5; full mode 300)."),
+    allow_mismatch: bool = typer.Option(False, help="Use an explainer trained for another classifier."),
     out: Path = typer.Option(Path("medcam-out"), help="Output folder."),
-    steps: int | None = typer.Option(None, min=0, help="Optimization steps per image."),
     target: int | None = typer.Option(None, help="Class to explain (default: the predicted class)."),
     batch_size: int = typer.Option(16, min=1, help="Images explained together."),
     fmt: str = typer.Option("png,npy,json", "--format", help="Outputs: any of png, npy, json (comma-separated)."),
@@ -110,12 +115,61 @@ def explain_cmd(
     from medcam_fast.workflows import explain_inputs
 
     _threads(threads)
+    if not refine and steps:
+        raise typer.BadParameter("--no-refine and --steps exclude each other")
     code = explain_inputs(
-        inputs, classifier=classifier, out=out, steps=steps, target=target, batch_size=batch_size,
+        inputs, classifier=classifier, explainer=explainer, mode=mode, allow_mismatch=allow_mismatch, out=out,
+        steps=0 if not refine else steps, target=target, batch_size=batch_size,
         formats=fmt, split=split, index=index, overwrite=overwrite, resume=resume, fail_fast=fail_fast,
         console=console, err_console=err_console,
     )
     raise typer.Exit(code)
+
+
+@app.command("meta-train")
+@handle_errors
+def meta_train_cmd(
+    classifier: Path = typer.Option(..., help="Classifier bundle folder the explainer is for."),
+    data: str = typer.Option(..., help="Training images: a .npz path, a class-per-folder directory, or a short name."),
+    out: Path = typer.Option(..., help="Output folder: checkpoints and the explainer bundle."),
+    inner_steps: int = typer.Option(3, min=0, help="K, inner adaptation steps (0 = amortized training)."),
+    first_order: bool = typer.Option(False, "--first-order", help="First-order MAML (no second-order terms)."),
+    meta_sgd: bool = typer.Option(False, "--meta-sgd", help="Learn the inner step sizes (Meta-SGD)."),
+    outer_steps: int = typer.Option(400, min=1, help="Meta-updates."),
+    meta_batch: int = typer.Option(8, min=1, help="Images per meta-update."),
+    inner_lr: float = typer.Option(0.1, help="Inner step size."),
+    outer_lr: float = typer.Option(2e-3, help="Outer (Adam) learning rate."),
+    width: int = typer.Option(16, min=2, help="U-Net width."),
+    seed: int = typer.Option(0, help="Random seed."),
+    resume: bool = typer.Option(False, help="Continue from the checkpoint in OUT."),
+    overwrite: bool = typer.Option(False, help="Start afresh even if OUT holds a checkpoint or bundle."),
+    data_dir: Path | None = typer.Option(None, envvar="MEDCAM_DATA_DIR", help="Folder of the shared .npz data sets."),
+    threads: int | None = typer.Option(None, help="CPU threads for torch."),
+) -> None:
+    """Meta-train a shared U-Net explainer for a classifier (MAML on the composite loss)."""
+    from medcam_fast.meta import MetaConfig
+    from medcam_fast.workflows import meta_train_bundle
+
+    _threads(threads)
+    cfg = MetaConfig(inner_steps=inner_steps, first_order=first_order, meta_sgd=meta_sgd, outer_steps=outer_steps,
+                     meta_batch=meta_batch, inner_lr=inner_lr, outer_lr=outer_lr, width=width, seed=seed)
+    meta_train_bundle(classifier, data, out, cfg, resume=resume, overwrite=overwrite, data_dir=data_dir,
+                      console=console)
+
+
+@app.command("export")
+@handle_errors
+def export_cmd(
+    explainer: Path = typer.Option(..., help="Explainer bundle folder."),
+    out: Path | None = typer.Option(None, help="ONNX file to write (default: explainer.onnx in the bundle)."),
+    combined: Path | None = typer.Option(None, help="Also embed this classifier bundle: an explain-and-verify graph."),
+    overwrite: bool = typer.Option(False, help="Replace an existing file."),
+) -> None:
+    """Export an explainer to one self-contained ONNX file (metadata included, parity-checked)."""
+    from medcam_fast.workflows import export_bundle
+
+    path = export_bundle(explainer, out, combined=combined, overwrite=overwrite)
+    console.print(f"wrote {path}")
 
 
 @app.command("demo")
@@ -154,6 +208,24 @@ def bench_per_image_cmd(
         models, [d.strip() for d in datasets.split(",") if d.strip()], n=n, steps=steps, batch_size=batch_size,
         out_dir=out, data_dir=data_dir, console=console,
     )
+
+
+@bench_app.command("quality")
+@handle_errors
+def bench_quality_cmd(
+    models: Path = typer.Option(Path("models"), help="Folder with <dataset>/classifier, explainer, amortized bundles."),
+    datasets: str = typer.Option("breast,pneumonia,blood,path", help="Data sets (comma-separated)."),
+    n: int = typer.Option(32, min=1, help="Test images per data set."),
+    out: Path = typer.Option(Path("benchmarks/results"), help="Folder of the result files."),
+    data_dir: Path | None = typer.Option(None, envvar="MEDCAM_DATA_DIR", help="Folder of the shared .npz data sets."),
+    threads: int | None = typer.Option(None, help="CPU threads for torch."),
+) -> None:
+    """Composite loss, confidence and area against seconds per image: meta-trained, amortized, per-image fit."""
+    from medcam_fast.bench import bench_quality
+
+    _threads(threads)
+    bench_quality(models, [d.strip() for d in datasets.split(",") if d.strip()], n=n, out_dir=out,
+                  data_dir=data_dir, console=console)
 
 
 def main() -> None:

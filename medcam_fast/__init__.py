@@ -2,7 +2,10 @@
 
 Public API (everything else is internal)::
 
-    from medcam_fast import load_classifier, FrozenClassifier, fit_masks, FitConfig
+    from medcam_fast import MedCAM
+
+    with MedCAM("models/breast/classifier", explainer="models/breast/explainer") as explain:
+        result = explain(images)          # typed Explanation: masks, probabilities, timings
 
 Names are imported on first use (PEP 562), so ``import medcam_fast`` is light and the torch-free
 ``medcam_fast.export.runtime`` can be imported with only numpy, Pillow and onnxruntime installed.
@@ -42,6 +45,8 @@ _EXPORTS: dict[str, str] = {
     "Verification": "result",
     "UNet": "unet",
     "UNetConfig": "unet",
+    "MedCAM": "explain",
+    "Explanation": "explain",
     "ExplainerBundle": "bundle",
     "load_explainer": "bundle",
     "save_explainer": "bundle",
@@ -75,6 +80,7 @@ if TYPE_CHECKING:  # static type checkers and IDEs see the eager imports
     )
     from .data import ImageSet, Preprocess, load_image, load_npz, make_lesions, resolve_data
     from .errors import EXIT_CODES, DataError, MedCamError, ModelError, UsageError
+    from .explain import Explanation, MedCAM
     from .fit import FitConfig, fit_masks
     from .losses import LossWeights, composite_loss
     from .result import MaskResult, Verification

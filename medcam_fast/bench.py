@@ -23,7 +23,7 @@ from .classifier import load_classifier
 from .data import load_npz, resolve_data
 from .fit import FitConfig, fit_masks
 
-__all__ = ["bench_per_image", "machine_facts"]
+__all__ = ["bench_per_image", "bench_quality", "machine_facts"]
 
 
 def machine_facts() -> dict[str, Any]:
@@ -88,7 +88,7 @@ def bench_per_image(
             for k in ("original", "masked", "complement", "area"):
                 cols[k].append(getattr(v, k).numpy())
             cols["loss"].append(r.loss.numpy())
-            correct.append((v.predicted.numpy() == ds.labels[s : s + len(x)]))
+            correct.append(v.predicted.numpy() == ds.labels[s : s + len(x)])
             console.print(f"  {name}: {s + len(x)}/{len(x_all)} images, {r.seconds / len(x):.2f} s/image")
         m = {k: float(np.concatenate(v).mean()) for k, v in cols.items()}
         row = {
@@ -134,3 +134,146 @@ def per_image_markdown(results: dict[str, Any]) -> str:
             f"{'yes' if all(r['pass'].values()) else 'no'} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _quality_point(results: list[Any], seconds: list[float]) -> dict[str, float]:
+    v = [r.verification for r in results]
+    cat = lambda f: torch.cat([getattr(x, f) for x in v])  # noqa: E731
+    return {
+        "loss": float(torch.cat([r.loss for r in results]).mean()),
+        "masked": float(cat("masked").mean()),
+        "complement": float(cat("complement").mean()),
+        "original": float(cat("original").mean()),
+        "area": float(cat("area").mean()),
+        "seconds_per_image": statistics.median(seconds),
+    }
+
+
+def bench_quality(
+    models: Path,
+    datasets: Sequence[str],
+    *,
+    n: int = 32,
+    ks: Sequence[int] = (0, 1, 2, 5, 10, 20, 50),
+    fit_steps: Sequence[int] = (10, 50, 100, 300),
+    batch_size: int = 16,
+    out_dir: Path = Path("benchmarks/results"),
+    data_dir: Path | None = None,
+    console: Console | None = None,
+) -> dict[str, Any]:
+    """Quality against wall time per image: meta-trained and amortized explainers + K refinement steps
+    (``logits`` and ``weights`` modes) against the per-image fit from scratch, in one run.
+
+    Needs ``<models>/<dataset>/classifier`` and ``<models>/<dataset>/explainer`` (meta-trained), and uses
+    ``<models>/<dataset>/amortized`` when present. Loss, masked and complement confidence and area are of the
+    binary masks. Writes ``quality.json``, ``quality.md`` and ``quality.png`` under ``out_dir``.
+    """
+    from .bundle import load_explainer
+    from .refine import refine
+
+    console = console or Console()
+    results: dict[str, Any] = {"n": n, "machine": machine_facts(), "datasets": {}}
+    for name in datasets:
+        bundle = load_classifier(models / name / "classifier")
+        clf = bundle.frozen()
+        ds = load_npz(resolve_data(name, None if data_dir is None else str(data_dir)), "test")
+        x_all = torch.from_numpy(bundle.preprocess(ds.images[:n]))
+        batches = [x_all[s : s + batch_size] for s in range(0, len(x_all), batch_size)]
+        curves: dict[str, list[dict[str, float]]] = {}
+        explainers = {"meta": load_explainer(models / name / "explainer")}
+        if (models / name / "amortized" / "explainer.json").exists():
+            explainers["amortized"] = load_explainer(models / name / "amortized")
+        weights = explainers["meta"].weights
+        for label, ex in explainers.items():
+            for mode in ("logits", "weights"):
+                pts = []
+                for k in ks:
+                    if mode == "weights" and k == 0:
+                        pts.append({**curves[f"{label}+logits"][0], "steps": 0})
+                        continue
+                    rs, secs = [], []
+                    for x in batches:
+                        r = refine(ex, clf, x, steps=k, mode=mode, weights=weights)  # type: ignore[arg-type]
+                        rs.append(r)
+                        secs.extend([r.seconds / len(x)] * len(x))
+                    pts.append({**_quality_point(rs, secs), "steps": k})
+                    console.print(f"  {name} {label}+{mode} K={k}: loss {pts[-1]['loss']:.3f} "
+                                  f"p(kept) {pts[-1]['masked']:.3f} {pts[-1]['seconds_per_image']:.3f} s/image")
+                curves[f"{label}+{mode}"] = pts
+        pts = []
+        for steps in fit_steps:
+            cfg = FitConfig(steps=steps, weights=weights, baseline=explainers["meta"].baseline)  # type: ignore[arg-type]
+            rs, secs = [], []
+            for x in batches:
+                r = fit_masks(clf, x, None, cfg, logits_fn=clf.logits,
+                              normalization=(bundle.preprocess.mean, bundle.preprocess.std))
+                rs.append(r)
+                secs.extend([r.seconds / len(x)] * len(x))
+            pts.append({**_quality_point(rs, secs), "steps": steps})
+            console.print(f"  {name} per-image fit {steps}: loss {pts[-1]['loss']:.3f} p(kept) {pts[-1]['masked']:.3f}")
+        curves["per-image fit"] = pts
+        # another class than the predicted one: its probability must rise when only its evidence is kept
+        with torch.no_grad():
+            pred = clf.logits(x_all).argmax(1)
+        other = (pred + 1) % len(bundle.classes)
+        r = refine(explainers["meta"], clf, x_all, targets=other, steps=10, mode="logits", weights=weights)
+        v = r.verification
+        results["datasets"][name] = {
+            "curves": curves,
+            "other_class": {"p_original": float(v.original.mean()), "p_masked": float(v.masked.mean()),
+                            "raised_fraction": float((v.masked > v.original).float().mean())},
+            "explainer_training": {k: e.training.get("seconds") for k, e in explainers.items()},
+        }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out_dir / "quality.json", results)
+    atomic_write(out_dir / "quality.md", lambda tmp: tmp.write_text(quality_markdown(results), encoding="utf-8"))
+    _quality_plot(results, out_dir / "quality.png")
+    console.print(quality_markdown(results))
+    return results
+
+
+def quality_markdown(results: dict[str, Any]) -> str:
+    """README table of :func:`bench_quality`: every method and K, with the speed-up over the 300-step fit."""
+    lines = []
+    for name, r in results["datasets"].items():
+        ref = r["curves"]["per-image fit"][-1]
+        lines += [f"**{name}** (per-image fit {ref['steps']} steps: loss {ref['loss']:.3f}, "
+                  f"p(kept) {ref['masked']:.3f}, {ref['seconds_per_image']:.2f} s/image)", "",
+                  "| method | steps | loss | loss / fit-300 | p(kept) | p(removed) | area | s/image | speed-up vs fit-300 |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for method, pts in r["curves"].items():
+            for p in pts:
+                lines.append(
+                    f"| {method} | {p['steps']} | {p['loss']:.3f} | {p['loss'] / ref['loss']:.3f} | {p['masked']:.3f} | "
+                    f"{p['complement']:.3f} | {p['area']:.3f} | {p['seconds_per_image']:.4f} | "
+                    f"{ref['seconds_per_image'] / max(p['seconds_per_image'], 1e-9):.1f}× |"
+                )
+        oc = r["other_class"]
+        lines += ["", f"Non-predicted class (K=10, logits): p(original) {oc['p_original']:.3f} → p(kept) "
+                  f"{oc['p_masked']:.3f}; raised for {oc['raised_fraction']:.0%} of the images.", ""]
+    return "\n".join(lines) + "\n"
+
+
+def _quality_plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(results["datasets"])
+    fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 4), squeeze=False)
+    for ax, name in zip(axes[0], names, strict=True):
+        for method, pts in results["datasets"][name]["curves"].items():
+            ax.plot([p["seconds_per_image"] for p in pts], [p["loss"] for p in pts], marker="o", label=method)
+        ax.set_xscale("log")
+        ax.set_xlabel("seconds per image (log)")
+        ax.set_ylabel("composite loss (binary mask)")
+        ax.set_title(name)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+
+    def save(tmp: Path) -> None:
+        fig.savefig(tmp, format="png", dpi=110)
+
+    atomic_write(path, save)
+    plt.close(fig)

@@ -3,8 +3,14 @@
 ``MedCAM`` loads (or takes) a classifier and, optionally, an explainer; calling it explains a batch and
 returns an :class:`Explanation` — typed arrays, never a bare mask. Modes:
 
+* ``"logits"`` (default with an explainer) — the explainer's first guess (from onnxruntime when the
+  bundle holds ``explainer.onnx``, else its torch U-Net), then ``K`` steps on the mask logits;
+* ``"weights"`` — ``K`` inner-loop steps on the explainer's U-Net weights (MAML adaptation);
 * ``"full"`` — the paper's per-image fit from a fresh U-Net (:func:`medcam_fast.fit.fit_masks`);
   the only mode without an explainer.
+
+``refine_steps=0`` returns the first guess itself. An explainer records the sha256 of the classifier it was
+trained for; a different classifier is refused unless ``allow_mismatch=True`` (then every record says so).
 """
 
 from __future__ import annotations
@@ -19,17 +25,21 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .bundle import ExplainerBundle, load_explainer
 from .classifier import ClassifierBundle, classifier_from_module, load_classifier
 from .data import Preprocess
-from .errors import UsageError
+from .errors import ModelError, UsageError
 from .fit import FitConfig, fit_masks
 from .masking import keep, make_baseline
+from .refine import refine
 from .result import MaskResult
 
-__all__ = ["MedCAM", "Explanation", "Mode"]
+__all__ = ["MedCAM", "Explanation", "Mode", "DEFAULT_STEPS"]
 
-Mode = Literal["full"]
-_MODES = ("full",)
+Mode = Literal["logits", "weights", "full"]
+_MODES = ("logits", "weights", "full")
+#: Default refinement steps with an explainer (chosen from ``medcam-fast bench quality``).
+DEFAULT_STEPS = 5
 
 
 @dataclass(frozen=True)
@@ -105,14 +115,18 @@ class MedCAM:
         classifier: a :class:`~medcam_fast.classifier.ClassifierBundle`, the path of a classifier bundle,
             or any ``nn.Module`` mapping normalized images to logits (then ``preprocess`` and ``classes``
             are required).
-        explainer: reserved for a meta-trained explainer; None uses the per-image fit (``mode="full"``).
-        mode: ``"full"`` (the paper's per-image fit).
-        refine_steps: optimization steps per image; default: ``fit_config.steps``.
+        explainer: an :class:`~medcam_fast.bundle.ExplainerBundle`, its folder, or an exported ``.onnx`` file
+            (first guess and ``"logits"`` refinement only); None uses the per-image fit (``mode="full"``).
+        mode: ``"logits"``, ``"weights"`` or ``"full"``; default ``"logits"`` with an explainer, else ``"full"``.
+        refine_steps: optimization steps per image; default :data:`DEFAULT_STEPS` with an explainer, else
+            ``fit_config.steps``.
         preprocess: preprocessing for a plain ``nn.Module`` classifier.
         classes: class names for a plain ``nn.Module`` classifier.
         layers: classifier layers for activation matching; None picks the documented default.
         fit_config: settings of the per-image fit.
         threads: torch CPU threads to use (None leaves torch's setting).
+        allow_mismatch: accept an explainer trained for another classifier (records carry a warning).
+        use_onnx: take the first guess from ``explainer.onnx`` with onnxruntime when the bundle has one.
 
     Example::
 
@@ -133,6 +147,8 @@ class MedCAM:
         layers: Sequence[str] | None = None,
         fit_config: FitConfig | None = None,
         threads: int | None = None,
+        allow_mismatch: bool = False,
+        use_onnx: bool = True,
     ) -> None:
         if isinstance(classifier, (str, Path)):
             classifier = load_classifier(classifier)
@@ -142,13 +158,25 @@ class MedCAM:
             classifier = classifier_from_module(classifier, preprocess, list(classes))
         if not isinstance(classifier, ClassifierBundle):
             raise UsageError(f"classifier must be a bundle, a path or an nn.Module, not {type(classifier).__name__}")
-        if explainer is not None:
-            raise UsageError("explainers are not supported yet: use mode='full'")
         self.bundle = classifier
         self.classifier = classifier.frozen(layers)
-        self.mode: Mode = mode or "full"
+        self.explainer, self.onnx = _load_explainer(explainer, use_onnx)
+        self.mode: Mode = mode or ("full" if explainer is None else "logits")
         if self.mode not in _MODES:
             raise UsageError(f"unknown mode {self.mode!r}: choose one of {', '.join(_MODES)}")
+        if self.mode != "full" and explainer is None:
+            raise UsageError(f"mode {self.mode!r} needs an explainer; without one use mode 'full'")
+        if self.mode == "weights" and self.explainer is None:
+            raise UsageError("mode 'weights' needs the explainer's torch weights (its bundle folder), not only ONNX")
+        self.warnings: list[str] = []
+        trained_for = self.onnx.classifier_sha256 if self.onnx is not None else (
+            self.explainer.classifier_sha256 if self.explainer is not None else None)
+        if trained_for is not None and trained_for != classifier.sha256:
+            msg = (f"explainer was trained for classifier {trained_for[:12]}…, not this one "
+                   f"({classifier.sha256[:12]}…)")
+            if not allow_mismatch:
+                raise ModelError(msg + "; pass allow_mismatch=True (--allow-mismatch) to use it anyway")
+            self.warnings.append(msg)
         self.fit_config = fit_config or FitConfig()
         self.refine_steps = refine_steps
         if threads is not None:
@@ -202,12 +230,25 @@ class MedCAM:
             if (t < 0).any() or (t >= k).any():
                 raise UsageError(f"target class out of range: the classifier has {k} classes (0..{k - 1})")
         steps = refine_steps if refine_steps is not None else self.refine_steps
-        cfg = self.fit_config if steps is None else self.fit_config.with_(steps=steps)
         pre = self.preprocess
-        res = fit_masks(
-            self.classifier, x, t, cfg, logits_fn=self.classifier.logits, normalization=(pre.mean, pre.std)
-        )
-        return self._explanation(x, res, cfg.baseline, time.perf_counter() - start)
+        if self.mode == "full":
+            cfg = self.fit_config if steps is None else self.fit_config.with_(steps=steps)
+            res = fit_masks(
+                self.classifier, x, t, cfg, logits_fn=self.classifier.logits, normalization=(pre.mean, pre.std)
+            )
+            return self._explanation(x, res, cfg.baseline, time.perf_counter() - start)
+        k_steps = DEFAULT_STEPS if steps is None else steps
+        with torch.no_grad():
+            ref_logits = self.classifier.logits(x)
+        target = t if t is not None else ref_logits.argmax(1)
+        if target.numel() == 1:
+            target = target.expand(x.shape[0]).clone()
+        initial = None
+        if self.onnx is not None and self.mode == "logits":
+            initial = torch.from_numpy(self.onnx.logits(x.numpy(), target.numpy()))
+        explainer = self.explainer if self.explainer is not None else _onnx_only_bundle(self.onnx, self.fit_config)
+        res = refine(explainer, self.classifier, x, target, k_steps, self.mode, initial_logits=initial)
+        return self._explanation(x, res, explainer.baseline, time.perf_counter() - start)
 
     def _explanation(self, x: Tensor, res: MaskResult, baseline: str, seconds: float) -> Explanation:
         pre = self.preprocess
@@ -231,5 +272,50 @@ class MedCAM:
             mode=self.mode,
             steps=res.steps,
             seconds=seconds,
-            extra={"classifier_sha256": self.bundle.sha256},
+            extra={"classifier_sha256": self.bundle.sha256, **self._model_facts()},
         )
+
+    def _model_facts(self) -> dict[str, Any]:
+        facts: dict[str, Any] = {}
+        if self.onnx is not None:
+            facts["explainer"] = str(self.onnx.path)
+            facts["explainer_provider"] = self.onnx.provider
+        if self.explainer is not None:
+            facts["explainer_sha256"] = self.explainer.sha256
+        if self.warnings:
+            facts["warnings"] = list(self.warnings)
+        return facts
+
+
+def _load_explainer(explainer: Any, use_onnx: bool) -> tuple[ExplainerBundle | None, Any]:
+    """(torch bundle or None, OnnxExplainer or None) from a bundle, a bundle folder or an ``.onnx`` file."""
+    if explainer is None:
+        return None, None
+    if isinstance(explainer, ExplainerBundle):
+        return explainer, None
+    path = Path(explainer)
+    if path.suffix == ".onnx":
+        from .export.runtime import OnnxExplainer
+
+        return None, OnnxExplainer(path)
+    bundle = load_explainer(path)
+    folder = path.parent if path.suffix == ".json" else path
+    onnx_file = folder / "explainer.onnx"
+    if use_onnx and onnx_file.exists():
+        from .export.runtime import OnnxExplainer
+
+        return bundle, OnnxExplainer(onnx_file)
+    return bundle, None
+
+
+def _onnx_only_bundle(onnx: Any, fit_config: FitConfig) -> ExplainerBundle:
+    """The settings refinement needs, read from an ONNX file's metadata (its U-Net stays in onnxruntime)."""
+    from .losses import LossWeights
+    from .unet import UNet, UNetConfig
+
+    f = onnx.facts
+    return ExplainerBundle(
+        unet=UNet(UNetConfig.from_dict(f["unet"])), preprocess=onnx.preprocess, classes=list(onnx.classes),
+        classifier_sha256=onnx.classifier_sha256, tau=onnx.tau, threshold=onnx.threshold,
+        baseline=f.get("baseline", fit_config.baseline), weights=LossWeights.from_dict(f.get("loss_weights", {})),
+    )

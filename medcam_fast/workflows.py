@@ -17,9 +17,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from .bundle import ExplainerBundle, load_explainer
 from .classifier import ClassifierBundle, load_classifier, save_classifier, train_classifier
 from .data import (
-    DATASETS,
     ImageSet,
     list_images,
     load_folder,
@@ -31,9 +31,13 @@ from .data import (
 )
 from .errors import DataError, MedCamError, UsageError
 from .explain import Explanation, MedCAM
+from .meta import MetaConfig, meta_train
 from .writers import FORMATS, output_paths, write_explanation, write_summary
 
-__all__ = ["train_classifier_bundle", "explain_inputs", "run_demo", "DEMO_DIR", "load_splits"]
+__all__ = [
+    "train_classifier_bundle", "meta_train_bundle", "export_bundle", "explain_inputs", "run_demo", "DEMO_DIR",
+    "load_splits",
+]
 
 #: The embedded demo bundle shipped inside the package.
 DEMO_DIR = Path(__file__).parent / "assets" / "demo"
@@ -164,6 +168,9 @@ def explain_inputs(
     *,
     classifier: str | Path | None,
     out: Path,
+    explainer: str | Path | None = None,
+    mode: str | None = None,
+    allow_mismatch: bool = False,
     steps: int | None = None,
     target: int | None = None,
     batch_size: int = 16,
@@ -187,6 +194,8 @@ def explain_inputs(
     if overwrite and resume:
         raise UsageError("--overwrite and --resume exclude each other")
     bundle = load_classifier(classifier if classifier is not None else DEMO_DIR / "classifier")
+    if explainer is None and classifier is None and (DEMO_DIR / "explainer" / "explainer.json").exists():
+        explainer = DEMO_DIR / "explainer"
     items = _gather(inputs, split, index, fail_fast)
     failures = [(it.stem, it.error) for it in items if it.error]
     todo = [it for it in items if it.image is not None]
@@ -205,7 +214,7 @@ def explain_inputs(
         if any(p.exists() for p in paths.values()) and not overwrite and not resume:
             raise UsageError(f"outputs for {it.stem} already exist; pass --overwrite or --resume", out)
         pending.append(it)
-    with MedCAM(bundle, refine_steps=steps) as explain, Progress(
+    with MedCAM(bundle, explainer, mode=mode, refine_steps=steps, allow_mismatch=allow_mismatch) as explain, Progress(  # type: ignore[arg-type]
         TextColumn("[bold]explain"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console,
         transient=True,
     ) as bar:
@@ -216,6 +225,7 @@ def explain_inputs(
             rows.extend(_write_batch(out, [it.stem for it in chunk], ex, fmts))
             bar.advance(task, len(chunk))
     facts = {"classifier": str(classifier or "embedded demo"), "classifier_sha256": bundle.sha256,
+             "explainer": None if explainer is None else str(explainer),
              "failures": [{"image": s, "error": e} for s, e in failures]}
     if rows:
         write_summary(out, rows, facts)
@@ -252,3 +262,54 @@ def run_demo(
     )
     console.print(f"demo finished in {time.perf_counter() - t0:.1f} s; open {out / 'explanations'}/*_overlay.png")
     return code
+
+
+def meta_train_bundle(
+    classifier: str | Path,
+    data: str | Path,
+    out: str | Path,
+    config: MetaConfig,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    data_dir: str | Path | None = None,
+    console: Console | None = None,
+) -> ExplainerBundle:
+    """Meta-train an explainer for the classifier bundle on the training split of ``data``; live progress."""
+    console = console or Console()
+    out = Path(out)
+    if not resume and not overwrite and ((out / "explainer.json").exists() or (out / "checkpoint.json").exists()):
+        raise UsageError("holds an explainer or checkpoint; pass --resume to continue or --overwrite", out)
+    if overwrite and not resume:
+        for name in ("checkpoint.json", "checkpoint.safetensors"):
+            (out / name).unlink(missing_ok=True)
+    bundle = load_classifier(classifier)
+    train = load_splits(data, data_dir)["train"]
+    columns = (TextColumn("[bold]meta-train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+               TimeRemainingColumn())
+    with Progress(*columns, console=console) as bar:
+        task = bar.add_task("meta", total=config.outer_steps, info="")
+
+        def show(step: int, log: dict[str, float]) -> None:
+            terms = " ".join(f"{k}={log[k]:.3f}" for k in ("act", "kl", "ce", "area", "nec") if k in log)
+            k = f" K-step={log['adapted']:.3f}" if "adapted" in log else ""
+            bar.update(task, completed=step, info=f"zero-step={log['zero']:.3f}{k} {terms}")
+
+        explainer = meta_train(bundle, train.images, config, out_dir=out, resume=resume, callback=show)
+    console.print(f"wrote {out}: {explainer.training['method']}, {explainer.training['steps_done']} steps, "
+                  f"{explainer.training['seconds']:.0f} s")
+    return explainer
+
+
+def export_bundle(explainer: str | Path, out: str | Path | None, *, combined: str | Path | None = None,
+                  overwrite: bool = False) -> Path:
+    """Export an explainer bundle to ONNX (optionally with its classifier as an explain-and-verify graph)."""
+    from .export.onnx_export import export_combined, export_explainer
+
+    bundle = load_explainer(explainer)
+    target = Path(out) if out is not None else Path(explainer) / "explainer.onnx"
+    if target.exists() and not overwrite:
+        raise UsageError("already exists; pass --overwrite to replace it", target)
+    if combined is not None:
+        return export_combined(bundle, load_classifier(combined).model, target)
+    return export_explainer(bundle, target)

@@ -14,14 +14,14 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from medcam_fast.export.onnx_export import export_combined, export_explainer
-from medcam_fast.export.runtime import OnnxExplainer, RuntimeMasks
 from torch import nn
 
 from medcam_fast.bundle import ExplainerBundle, save_explainer
 from medcam_fast.classifier import state_sha256
 from medcam_fast.data import ImageSet, Preprocess, load_npz, resolve_data
 from medcam_fast.errors import DataError, ModelError, UsageError
+from medcam_fast.export.onnx_export import export_combined, export_explainer
+from medcam_fast.export.runtime import OnnxExplainer, RuntimeMasks
 from medcam_fast.unet import UNet, UNetConfig
 
 torch.set_num_threads(1)
