@@ -8,7 +8,7 @@ TORCH ?= torch==2.13.0
 DATA ?= ../shared/data
 THREADS ?= 2
 
-.PHONY: install test demo bench lint demo-bundle models clean
+.PHONY: install test demo bench lint demo-bundle models explainers clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -26,7 +26,8 @@ demo: $(STAMP)
 	$(BIN)/medcam-fast demo --out demo-out
 
 bench: $(STAMP)
-	MEDCAM_DATA_DIR=$(DATA) $(BIN)/medcam-fast bench per-image --threads $(THREADS)
+	MEDCAM_DATA_DIR=$(DATA) $(BIN)/medcam-fast bench per-image --threads 1
+	MEDCAM_DATA_DIR=$(DATA) $(BIN)/medcam-fast bench quality --threads 1 --datasets $${QUALITY_DATASETS:-breast}
 
 lint: $(STAMP)
 	$(BIN)/ruff check medcam_fast cli export tests
@@ -38,9 +39,24 @@ models: $(STAMP)
 	    --epochs $${EPOCHS:-30} --threads $(THREADS) --overwrite || exit 1; \
 	done
 
+DEMO := medcam_fast/assets/demo
 demo-bundle: $(STAMP)
-	$(BIN)/medcam-fast train-classifier --data lesions --out medcam_fast/assets/demo/classifier \
-	  --epochs 12 --threads $(THREADS) --overwrite
+	$(BIN)/medcam-fast train-classifier --data lesions --out $(DEMO)/classifier --epochs 10 --threads 1 --overwrite
+	$(BIN)/medcam-fast meta-train --classifier $(DEMO)/classifier --data lesions --out $(DEMO)/explainer \
+	  --inner-steps 3 --first-order --outer-steps $${DEMO_STEPS:-300} --width 8 --threads 1 --overwrite
+	$(BIN)/medcam-fast export --explainer $(DEMO)/explainer --overwrite
+	rm -f $(DEMO)/explainer/checkpoint.json $(DEMO)/explainer/checkpoint.safetensors
+
+# The explainers behind `bench quality` (same wall-time budget for meta-trained and amortized).
+explainers: $(STAMP)
+	for d in breast pneumonia blood path; do \
+	  MEDCAM_DATA_DIR=$(DATA) $(BIN)/medcam-fast meta-train --classifier models/$$d/classifier --data $$d \
+	    --out models/$$d/explainer --inner-steps 3 --first-order --outer-steps 5000 --minutes $${MINUTES:-15} \
+	    --threads 1 --overwrite & \
+	  MEDCAM_DATA_DIR=$(DATA) $(BIN)/medcam-fast meta-train --classifier models/$$d/classifier --data $$d \
+	    --out models/$$d/amortized --inner-steps 0 --outer-steps 50000 --minutes $${MINUTES:-15} \
+	    --threads 1 --overwrite; wait; \
+	done
 
 clean:
 	rm -rf $(VENV) demo-out medcam-out .pytest_cache

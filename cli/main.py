@@ -89,6 +89,31 @@ def train_classifier_cmd(
     )
 
 
+@app.command("import-classifier")
+@handle_errors
+def import_classifier_cmd(
+    out: Path = typer.Option(..., help="Output folder of the classifier bundle."),
+    classes: str = typer.Option(..., help="Class names, comma-separated, in logit order."),
+    size: int = typer.Option(..., min=8, help="Input side in pixels (square)."),
+    channels: int = typer.Option(..., min=1, max=3, help="Input channels (1 or 3)."),
+    mean: str = typer.Option(..., help="Normalization mean per channel on [0,1], comma-separated."),
+    std: str = typer.Option(..., help="Normalization std per channel, comma-separated."),
+    factory: str | None = typer.Option(None, "--import", help="Your model: package.module:factory (needs --weights)."),
+    weights: Path | None = typer.Option(None, help="safetensors state dict for --import or --timm."),
+    program: Path | None = typer.Option(None, help="A torch.export .pt2 program."),
+    timm_name: str | None = typer.Option(None, "--timm", help="A timm architecture name (needs --weights)."),
+    overwrite: bool = typer.Option(False, help="Replace an existing bundle in OUT."),
+) -> None:
+    """Wrap your own classifier (import path, .pt2 program or timm name) as a bundle every command accepts."""
+    from medcam_fast.workflows import import_classifier_bundle
+
+    path = import_classifier_bundle(
+        out, classes=classes, size=size, channels=channels, mean=mean, std=std, factory=factory,
+        weights=weights, program=program, timm_name=timm_name, overwrite=overwrite,
+    )
+    console.print(f"wrote {path}")
+
+
 @app.command("explain")
 @handle_errors
 def explain_cmd(
@@ -100,6 +125,7 @@ def explain_cmd(
     mode: str | None = typer.Option(None, help="logits, weights or full (default: logits with an explainer)."),
     steps: int | None = typer.Option(None, min=0, help="Refinement steps per image (default 5; full mode 300)."),
     allow_mismatch: bool = typer.Option(False, help="Use an explainer trained for another classifier."),
+    allow_import: bool = typer.Option(False, help="Let a bundle made by import-classifier --import run its factory."),
     out: Path = typer.Option(Path("medcam-out"), help="Output folder."),
     target: int | None = typer.Option(None, help="Class to explain (default: the predicted class)."),
     batch_size: int = typer.Option(16, min=1, help="Images explained together."),
@@ -118,7 +144,8 @@ def explain_cmd(
     if not refine and steps:
         raise typer.BadParameter("--no-refine and --steps exclude each other")
     code = explain_inputs(
-        inputs, classifier=classifier, explainer=explainer, mode=mode, allow_mismatch=allow_mismatch, out=out,
+        inputs, classifier=classifier, explainer=explainer, mode=mode, allow_mismatch=allow_mismatch,
+        allow_import=allow_import, out=out,
         steps=0 if not refine else steps, target=target, batch_size=batch_size,
         formats=fmt, split=split, index=index, overwrite=overwrite, resume=resume, fail_fast=fail_fast,
         console=console, err_console=err_console,
@@ -141,6 +168,7 @@ def meta_train_cmd(
     outer_lr: float = typer.Option(2e-3, help="Outer (Adam) learning rate."),
     width: int = typer.Option(16, min=2, help="U-Net width."),
     seed: int = typer.Option(0, help="Random seed."),
+    minutes: float | None = typer.Option(None, min=0.1, help="Finish after this much training time."),
     resume: bool = typer.Option(False, help="Continue from the checkpoint in OUT."),
     overwrite: bool = typer.Option(False, help="Start afresh even if OUT holds a checkpoint or bundle."),
     data_dir: Path | None = typer.Option(None, envvar="MEDCAM_DATA_DIR", help="Folder of the shared .npz data sets."),
@@ -154,7 +182,7 @@ def meta_train_cmd(
     cfg = MetaConfig(inner_steps=inner_steps, first_order=first_order, meta_sgd=meta_sgd, outer_steps=outer_steps,
                      meta_batch=meta_batch, inner_lr=inner_lr, outer_lr=outer_lr, width=width, seed=seed)
     meta_train_bundle(classifier, data, out, cfg, resume=resume, overwrite=overwrite, data_dir=data_dir,
-                      console=console)
+                      console=console, time_budget=None if minutes is None else minutes * 60)
 
 
 @app.command("export")
@@ -226,6 +254,18 @@ def bench_quality_cmd(
     _threads(threads)
     bench_quality(models, [d.strip() for d in datasets.split(",") if d.strip()], n=n, out_dir=out,
                   data_dir=data_dir, console=console)
+
+
+@bench_app.command("speed")
+@handle_errors
+def bench_speed_cmd(
+    out: Path = typer.Option(Path("benchmarks/results"), help="Folder of the result files."),
+    repeats: int = typer.Option(7, min=1, help="Repeats per measurement (medians are reported)."),
+) -> None:
+    """Milliseconds per image: ONNX/torch first guess, + K steps, per-image fit, Grad-CAM; ratios to Grad-CAM."""
+    from medcam_fast.bench import bench_speed
+
+    bench_speed(out_dir=out, repeats=repeats, console=console)
 
 
 def main() -> None:

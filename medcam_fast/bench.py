@@ -17,13 +17,14 @@ import numpy as np
 import torch
 from rich.console import Console
 from rich.table import Table
+from torch import Tensor
 
 from ._io import atomic_write, atomic_write_json
 from .classifier import load_classifier
 from .data import load_npz, resolve_data
 from .fit import FitConfig, fit_masks
 
-__all__ = ["bench_per_image", "bench_quality", "machine_facts"]
+__all__ = ["bench_per_image", "bench_quality", "bench_speed", "machine_facts"]
 
 
 def machine_facts() -> dict[str, Any]:
@@ -277,3 +278,122 @@ def _quality_plot(results: dict[str, Any], path: Path) -> None:
 
     atomic_write(path, save)
     plt.close(fig)
+
+
+def _median_time(fn: Any, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def bench_speed(
+    *,
+    sizes: Sequence[int] = (64, 224),
+    batches: Sequence[int] = (1, 32),
+    refine_steps: Sequence[int] = (5, 10),
+    fit_steps: int = 300,
+    fit_measured_steps: int = 10,
+    repeats: int = 7,
+    out_dir: Path = Path("benchmarks/results"),
+    console: Console | None = None,
+) -> dict[str, Any]:
+    """Seconds per image of every way to get a mask, on the same classifier and images, in one run.
+
+    Per size, a ResNet-18-style classifier and a width-16 explainer U-Net (timing does not depend on the
+    weights, so both are freshly initialized); CPU, one torch thread and one onnxruntime thread. Methods:
+    onnxruntime first guess and torch first guess (each counting the classifier forward pass that picks the
+    target class), first guess + K ``logits`` refinement steps, the per-image fit (``fit_measured_steps``
+    measured, scaled linearly to ``fit_steps``; batch 1 only), and Grad-CAM from the ``grad-cam`` package
+    (skipped with a note when it is not installed). Medians over ``repeats``; ratios against Grad-CAM.
+    """
+    import tempfile
+
+    from .bundle import ExplainerBundle, save_explainer
+    from .classifier import FrozenClassifier, build_classifier
+    from .data import Preprocess
+    from .export.onnx_export import export_explainer
+    from .export.runtime import OnnxExplainer
+    from .unet import UNet, UNetConfig
+
+    console = console or Console()
+    torch.set_num_threads(1)
+    try:
+        from pytorch_grad_cam import GradCAM
+    except ImportError:
+        GradCAM = None  # noqa: N806
+    results: dict[str, Any] = {"machine": machine_facts(), "repeats": repeats, "rows": [],
+                               "grad_cam": "installed" if GradCAM else "not installed: pip install 'medcam-fast[baselines]'"}
+    for size in sizes:
+        torch.manual_seed(0)
+        model = build_classifier("resnet18", 1, 2, size).eval()
+        clf = FrozenClassifier(model)
+        pre = Preprocess.identity((size, size), 1)
+        ex = ExplainerBundle(UNet(UNetConfig(1, 2, 16, 3)), pre, ["a", "b"], "0" * 64)
+        with tempfile.TemporaryDirectory() as tmp:
+            save_explainer(ex, tmp)
+            onnx_path = export_explainer(ex, Path(tmp) / "explainer.onnx")
+            ort = OnnxExplainer(onnx_path, threads=1)
+            for b in batches:
+                reps = repeats if b == 1 or size <= 64 else max(3, repeats // 2)
+                timings = _speed_timings(torch.randn(b, 1, size, size), model, clf, ex, ort, GradCAM, reps,
+                                         refine_steps, fit_steps, fit_measured_steps)
+                ref = timings.get("grad-cam")
+                for method, sec in timings.items():
+                    row = {"size": size, "batch": b, "method": method, "seconds_per_image": sec / b,
+                           "ratio_to_grad_cam": None if ref is None else sec / ref}
+                    results["rows"].append(row)
+                    ratio = "" if ref is None else f"  ×{sec / ref:.2f} of Grad-CAM"
+                    console.print(f"  {size}px batch {b}: {method}: {1000 * sec / b:.2f} ms/image{ratio}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out_dir / "speed.json", results)
+    atomic_write(out_dir / "speed.md", lambda tmp: tmp.write_text(speed_markdown(results), encoding="utf-8"))
+    return results
+
+
+def _speed_timings(x: Tensor, model: Any, clf: Any, ex: Any, ort: Any, grad_cam: Any, reps: int,
+                   refine_steps: Sequence[int], fit_steps: int, fit_measured_steps: int) -> dict[str, float]:
+    """Median seconds per batch of each method on ``x`` (see :func:`bench_speed`)."""
+    from .refine import refine
+
+    xn = x.numpy()
+
+    def onnx_guess() -> np.ndarray:
+        with torch.no_grad():
+            t = clf.logits(x).argmax(1)
+        return ort.logits(xn, t.numpy())
+
+    def torch_guess() -> Tensor:
+        with torch.no_grad():
+            return ex.unet(x, clf.logits(x).argmax(1))
+
+    timings = {"onnx first guess": _median_time(onnx_guess, reps), "torch first guess": _median_time(torch_guess, reps)}
+    for k in refine_steps:
+        timings[f"onnx first guess + {k} steps"] = _median_time(
+            lambda k=k: refine(ex, clf, x, steps=k, mode="logits", initial_logits=torch.from_numpy(onnx_guess())),
+            max(3, reps // 2),
+        )
+    if x.shape[0] == 1:
+        cfg = FitConfig(steps=fit_measured_steps)
+        t_fit = _median_time(lambda: fit_masks(clf, x, None, cfg, logits_fn=clf.logits), 3)
+        timings[f"per-image fit {fit_steps} steps"] = t_fit * fit_steps / fit_measured_steps
+    if grad_cam is not None:
+        for p in model.parameters():
+            p.requires_grad_(True)  # grad-cam back-propagates through the model's own graph
+        cam = grad_cam(model=model, target_layers=[model.layer4])
+        timings["grad-cam"] = _median_time(lambda: cam(input_tensor=x), reps)
+        for p in model.parameters():
+            p.requires_grad_(False)
+    return timings
+
+
+def speed_markdown(results: dict[str, Any]) -> str:
+    """README table of :func:`bench_speed`."""
+    lines = ["| size | batch | method | ms / image (median) | time / Grad-CAM |", "|---|---|---|---|---|"]
+    for r in results["rows"]:
+        ratio = "–" if r["ratio_to_grad_cam"] is None else f"{r['ratio_to_grad_cam']:.2f}"
+        lines.append(f"| {r['size']} | {r['batch']} | {r['method']} | {1000 * r['seconds_per_image']:.2f} | {ratio} |")
+    return "\n".join(lines) + "\n"

@@ -238,6 +238,7 @@ def meta_train(
     resume: bool = False,
     callback: Callable[[int, dict[str, float]], None] | None = None,
     stop_after: int | None = None,
+    time_budget: float | None = None,
 ) -> ExplainerBundle:
     """Meta-train (or, with ``inner_steps=0``, amortize-train) an explainer for ``classifier``.
 
@@ -249,6 +250,8 @@ def meta_train(
         resume: continue from the checkpoint in ``out_dir``.
         callback: called after each outer step with the step and its logged values.
         stop_after: stop (after checkpointing) once this many outer steps are done in this call (tests).
+        time_budget: finish (checkpoint and save the bundle) once training has taken this many seconds in
+            all, even before ``outer_steps`` — for comparisons at equal wall time.
 
     Returns:
         The explainer bundle (also saved to ``out_dir`` when given).
@@ -274,6 +277,7 @@ def meta_train(
             raise UsageError("nothing to resume: no checkpoint.json", folder)
         step, history, seconds = _load_checkpoint(folder, theta, lrs, opt, cfg)
     done_here = 0
+    out_of_time = False
     while step < cfg.outer_steps:
         t0 = time.perf_counter()
         idx = torch.from_numpy(_sample(len(x_all), step, cfg))
@@ -307,9 +311,10 @@ def meta_train(
         history.append(log)
         if callback is not None:
             callback(step, log)
-        if folder is not None and (step % cfg.checkpoint_every == 0 or step == cfg.outer_steps):
+        out_of_time = time_budget is not None and seconds >= time_budget
+        if folder is not None and (step % cfg.checkpoint_every == 0 or step == cfg.outer_steps or out_of_time):
             _save_checkpoint(folder, step, theta, lrs, opt, cfg, history, seconds)
-        if stop_after is not None and done_here >= stop_after:
+        if (stop_after is not None and done_here >= stop_after) or out_of_time:
             break
 
     with torch.no_grad():
@@ -334,7 +339,7 @@ def meta_train(
                   "steps_done": step, "seconds": seconds, "n_images": int(len(x_all)),
                   "final": history[-1] if history else {}},
     )
-    if folder is not None and step >= cfg.outer_steps:
+    if folder is not None and (step >= cfg.outer_steps or out_of_time):
         from .bundle import save_explainer
 
         save_explainer(bundle, folder)

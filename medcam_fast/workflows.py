@@ -35,7 +35,7 @@ from .meta import MetaConfig, meta_train
 from .writers import FORMATS, output_paths, write_explanation, write_summary
 
 __all__ = [
-    "train_classifier_bundle", "meta_train_bundle", "export_bundle", "explain_inputs", "run_demo", "DEMO_DIR",
+    "train_classifier_bundle", "import_classifier_bundle", "meta_train_bundle", "export_bundle", "explain_inputs", "run_demo", "DEMO_DIR",
     "load_splits",
 ]
 
@@ -171,6 +171,7 @@ def explain_inputs(
     explainer: str | Path | None = None,
     mode: str | None = None,
     allow_mismatch: bool = False,
+    allow_import: bool = False,
     steps: int | None = None,
     target: int | None = None,
     batch_size: int = 16,
@@ -193,7 +194,8 @@ def explain_inputs(
         raise UsageError(f"unknown --format {','.join(bad) or formats!r}: choose from {', '.join(FORMATS)}")
     if overwrite and resume:
         raise UsageError("--overwrite and --resume exclude each other")
-    bundle = load_classifier(classifier if classifier is not None else DEMO_DIR / "classifier")
+    bundle = load_classifier(classifier if classifier is not None else DEMO_DIR / "classifier",
+                             allow_import=allow_import)
     if explainer is None and classifier is None and (DEMO_DIR / "explainer" / "explainer.json").exists():
         explainer = DEMO_DIR / "explainer"
     items = _gather(inputs, split, index, fail_fast)
@@ -260,8 +262,67 @@ def run_demo(
         [str(inputs_dir)], classifier=None, out=out / "explanations", steps=steps, overwrite=overwrite,
         console=console, err_console=err_console, title="medcam-fast demo (embedded bundle)",
     )
-    console.print(f"demo finished in {time.perf_counter() - t0:.1f} s; open {out / 'explanations'}/*_overlay.png")
+    overlays = sorted((out / "explanations").glob("*_overlay.png"))[:4]
+    if overlays:
+        from PIL import Image
+
+        tiles = [np.asarray(Image.open(p).convert("RGB")) for p in overlays]
+        gap = np.full((8, tiles[0].shape[1], 3), 255, dtype=np.uint8)
+        grid = np.concatenate([t for tile in tiles for t in (tile, gap)][:-1], axis=0)
+        atomic_write_bytes(out / "overview.png", png_bytes(grid))
+    console.print(f"demo finished in {time.perf_counter() - t0:.1f} s; see {out / 'overview.png'} and "
+                  f"{out / 'explanations'}/")
     return code
+
+
+def _floats(text: str, what: str, n: int) -> tuple[float, ...]:
+    try:
+        vals = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise UsageError(f"--{what} must be comma-separated numbers, got {text!r}") from None
+    if len(vals) == 1:
+        vals = vals * n
+    if len(vals) != n:
+        raise UsageError(f"--{what} needs 1 or {n} values, got {len(vals)}")
+    return vals
+
+
+def import_classifier_bundle(
+    out: str | Path,
+    *,
+    classes: str,
+    size: int,
+    channels: int,
+    mean: str,
+    std: str,
+    factory: str | None = None,
+    weights: str | Path | None = None,
+    program: str | Path | None = None,
+    timm_name: str | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Bundle a user's classifier: ``package.module:factory`` + safetensors, a ``.pt2`` program, or a timm name."""
+    from .classifier import load_exported, load_import_path, load_timm
+    from .data import Preprocess
+
+    out = Path(out)
+    _check_out(out, "classifier.json", overwrite)
+    if sum(v is not None for v in (factory, program, timm_name)) != 1:
+        raise UsageError("name exactly one model: --import, --program or --timm")
+    if channels not in (1, 3):
+        raise UsageError(f"--channels must be 1 or 3, got {channels}")
+    names = [c.strip() for c in classes.split(",") if c.strip()]
+    pre = Preprocess((size, size), channels, _floats(mean, "mean", channels), _floats(std, "std", channels))
+    if program is not None:
+        bundle = load_exported(program, pre, names)
+    else:
+        if weights is None:
+            raise UsageError("--import and --timm need --weights FILE.safetensors")
+        if factory is not None:
+            bundle = load_import_path(factory, weights, pre, names)
+        else:
+            bundle = load_timm(str(timm_name), len(names), weights, pre, names)
+    return save_classifier(bundle, out)
 
 
 def meta_train_bundle(
@@ -274,6 +335,7 @@ def meta_train_bundle(
     overwrite: bool = False,
     data_dir: str | Path | None = None,
     console: Console | None = None,
+    time_budget: float | None = None,
 ) -> ExplainerBundle:
     """Meta-train an explainer for the classifier bundle on the training split of ``data``; live progress."""
     console = console or Console()
@@ -295,7 +357,8 @@ def meta_train_bundle(
             k = f" K-step={log['adapted']:.3f}" if "adapted" in log else ""
             bar.update(task, completed=step, info=f"zero-step={log['zero']:.3f}{k} {terms}")
 
-        explainer = meta_train(bundle, train.images, config, out_dir=out, resume=resume, callback=show)
+        explainer = meta_train(bundle, train.images, config, out_dir=out, resume=resume, callback=show,
+                               time_budget=time_budget)
     console.print(f"wrote {out}: {explainer.training['method']}, {explainer.training['steps_done']} steps, "
                   f"{explainer.training['seconds']:.0f} s")
     return explainer

@@ -103,3 +103,36 @@ def test_import_does_not_pull_in_typer_or_onnxruntime():
     code = "import sys, medcam_fast; medcam_fast.MedCAM; print('typer' in sys.modules, 'onnxruntime' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+def test_import_classifier_from_a_factory_then_explain(tmp_path, monkeypatch):
+    import torch
+    from safetensors.torch import save_file
+
+    pkg = tmp_path / "usermodels"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "nets.py").write_text(
+        "import torch.nn as nn\n"
+        "def make():\n"
+        "    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1),\n"
+        "                         nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from usermodels.nets import make  # type: ignore[import-not-found]
+
+    torch.manual_seed(0)
+    save_file({k: v.contiguous() for k, v in make().state_dict().items()}, str(tmp_path / "w.safetensors"))
+    bundle_dir = tmp_path / "bundle"
+    r = runner.invoke(app, ["import-classifier", "--import", "usermodels.nets:make", "--weights",
+                            str(tmp_path / "w.safetensors"), "--classes", "benign,lesion", "--size", "32",
+                            "--channels", "1", "--mean", "0.5", "--std", "0.25", "--out", str(bundle_dir)])
+    assert r.exit_code == 0, r.output
+    img = tmp_path / "one.png"
+    Image.fromarray(make_lesions(1, size=32, seed=0).images[0]).save(img)
+    args = [str(img), "--classifier", str(bundle_dir), "--steps", "2", "--out", str(tmp_path / "o")]
+    r = _explain(args)
+    assert r.exit_code == 4 and "allow" in r.output.lower()  # the factory is not imported unasked
+    r = _explain([*args, "--allow-import"])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "o" / "one_mask.png").exists()
