@@ -42,8 +42,11 @@ models: $(STAMP)
 DEMO := medcam_fast/assets/demo
 demo-bundle: $(STAMP)
 	$(BIN)/medcam-fast train-classifier --data lesions --out $(DEMO)/classifier --epochs 10 --threads 1 --overwrite
+	$(BIN)/medcam-fast meta-train --classifier $(DEMO)/classifier --data lesions --out $(DEMO)/amortized \
+	  --inner-steps 0 --outer-steps 600 --width 8 --threads 1 --overwrite
 	$(BIN)/medcam-fast meta-train --classifier $(DEMO)/classifier --data lesions --out $(DEMO)/explainer \
-	  --inner-steps 3 --first-order --outer-steps $${DEMO_STEPS:-300} --width 8 --threads 1 --overwrite
+	  --inner-steps 3 --first-order --outer-steps 60 --width 8 --init $(DEMO)/amortized --threads 1 --overwrite
+	rm -rf $(DEMO)/amortized
 	$(BIN)/medcam-fast export --explainer $(DEMO)/explainer --overwrite
 	rm -f $(DEMO)/explainer/checkpoint.json $(DEMO)/explainer/checkpoint.safetensors
 

@@ -169,6 +169,7 @@ def meta_train_cmd(
     width: int = typer.Option(16, min=2, help="U-Net width."),
     seed: int = typer.Option(0, help="Random seed."),
     minutes: float | None = typer.Option(None, min=0.1, help="Finish after this much training time."),
+    init: Path | None = typer.Option(None, help="Start from this explainer bundle (e.g. an amortized one)."),
     resume: bool = typer.Option(False, help="Continue from the checkpoint in OUT."),
     overwrite: bool = typer.Option(False, help="Start afresh even if OUT holds a checkpoint or bundle."),
     data_dir: Path | None = typer.Option(None, envvar="MEDCAM_DATA_DIR", help="Folder of the shared .npz data sets."),
@@ -182,7 +183,7 @@ def meta_train_cmd(
     cfg = MetaConfig(inner_steps=inner_steps, first_order=first_order, meta_sgd=meta_sgd, outer_steps=outer_steps,
                      meta_batch=meta_batch, inner_lr=inner_lr, outer_lr=outer_lr, width=width, seed=seed)
     meta_train_bundle(classifier, data, out, cfg, resume=resume, overwrite=overwrite, data_dir=data_dir,
-                      console=console, time_budget=None if minutes is None else minutes * 60)
+                      console=console, time_budget=None if minutes is None else minutes * 60, init=init)
 
 
 @app.command("export")

@@ -239,6 +239,7 @@ def meta_train(
     callback: Callable[[int, dict[str, float]], None] | None = None,
     stop_after: int | None = None,
     time_budget: float | None = None,
+    init: ExplainerBundle | None = None,
 ) -> ExplainerBundle:
     """Meta-train (or, with ``inner_steps=0``, amortize-train) an explainer for ``classifier``.
 
@@ -252,6 +253,8 @@ def meta_train(
         stop_after: stop (after checkpointing) once this many outer steps are done in this call (tests).
         time_budget: finish (checkpoint and save the bundle) once training has taken this many seconds in
             all, even before ``outer_steps`` — for comparisons at equal wall time.
+        init: start θ from this explainer's U-Net (e.g. meta-train on top of amortized training) instead
+            of a fresh initialization; its shape must match ``width``/``depth``.
 
     Returns:
         The explainer bundle (also saved to ``out_dir`` when given).
@@ -265,6 +268,10 @@ def meta_train(
     k = len(classifier.classes)
     torch.manual_seed(cfg.seed)
     unet = UNet(UNetConfig(pre.channels, k, cfg.width, cfg.depth))
+    if init is not None:
+        if init.unet.config != unet.config:
+            raise UsageError(f"--init explainer has U-Net {init.unet.config}, expected {unet.config}")
+        unet.load_state_dict(init.unet.state_dict())
     theta: Params = {n: p.detach().clone().requires_grad_(True) for n, p in unet.named_parameters()}
     lrs: Params = {}
     if cfg.meta_sgd and cfg.inner_steps > 0:
@@ -335,7 +342,8 @@ def meta_train(
         baseline=cfg.baseline,
         weights=cfg.weights,
         inner=inner,
-        training={"method": "maml" if cfg.inner_steps else "amortized", "config": cfg.to_dict(),
+        training={"method": ("maml" if cfg.inner_steps else "amortized") + ("+init" if init is not None else ""),
+                  "init": None if init is None else init.training, "config": cfg.to_dict(),
                   "steps_done": step, "seconds": seconds, "n_images": int(len(x_all)),
                   "final": history[-1] if history else {}},
     )

@@ -336,6 +336,7 @@ def meta_train_bundle(
     data_dir: str | Path | None = None,
     console: Console | None = None,
     time_budget: float | None = None,
+    init: str | Path | None = None,
 ) -> ExplainerBundle:
     """Meta-train an explainer for the classifier bundle on the training split of ``data``; live progress."""
     console = console or Console()
@@ -358,7 +359,7 @@ def meta_train_bundle(
             bar.update(task, completed=step, info=f"zero-step={log['zero']:.3f}{k} {terms}")
 
         explainer = meta_train(bundle, train.images, config, out_dir=out, resume=resume, callback=show,
-                               time_budget=time_budget)
+                               time_budget=time_budget, init=None if init is None else load_explainer(init))
     console.print(f"wrote {out}: {explainer.training['method']}, {explainer.training['steps_done']} steps, "
                   f"{explainer.training['seconds']:.0f} s")
     return explainer
