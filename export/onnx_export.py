@@ -47,7 +47,7 @@ from medcam_fast import __version__
 from medcam_fast._io import atomic_write
 from medcam_fast.bundle import ExplainerBundle
 from medcam_fast.classifier import FrozenClassifier, _as_logits, state_sha256
-from medcam_fast.errors import ModelError, UsageError
+from medcam_fast.errors import ModelError, UsageError, one_line
 from medcam_fast.masking import make_baseline
 
 from .runtime import METADATA_KEY, OnnxExplainer, _sigmoid
@@ -66,12 +66,6 @@ _PROTOBUF_LIMIT = 2**31 - 1
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
-def _one_line(e: BaseException, limit: int = 300) -> str:
-    """``Type: first line of the message`` (terminal colours removed), at most ``limit`` characters."""
-    text = _ANSI.sub("", str(e)).strip()
-    first = text.splitlines()[0].strip() if text else ""
-    first = first if len(first) <= limit else first[: limit - 1] + "…"
-    return f"{type(e).__name__}: {first}" if first else type(e).__name__
 
 
 def _export_cause(e: BaseException) -> str:
@@ -88,8 +82,8 @@ def _export_cause(e: BaseException) -> str:
     stage = {"TorchExportError": "torch.export could not capture the model",
              "ConversionError": "the ONNX translation failed"}.get(type(e).__name__)
     if stage is None:
-        return _one_line(e)
-    return f"{stage}: {_one_line(root)}" if root is not e else stage
+        return one_line(e, typed=True)
+    return f"{stage}: {one_line(root, typed=True)}" if root is not e else stage
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -158,7 +152,7 @@ def _frozen_copy(module: nn.Module) -> nn.Module:
     try:
         clone = copy.deepcopy(module)
     except Exception as e:  # noqa: BLE001 — any failure to copy is reported as a model problem
-        raise ModelError(f"cannot copy the model for export: {_one_line(e)}") from None
+        raise ModelError(f"cannot copy the model for export: {one_line(e, typed=True)}") from None
     clone = clone.cpu()
     try:
         clone.eval()
@@ -290,7 +284,7 @@ def _write(proto: onnx.ModelProto, out: Path, verify: Callable[[Path], None] | N
         try:
             onnx.checker.check_model(os.fspath(tmp), full_check=True)
         except Exception as e:  # noqa: BLE001 — ValidationError, shape inference errors
-            raise ModelError(f"the exported model fails onnx.checker: {_one_line(e)}", out) from None
+            raise ModelError(f"the exported model fails onnx.checker: {one_line(e, typed=True)}", out) from None
         if verify is not None:
             verify(tmp)
 
@@ -433,7 +427,7 @@ def export_combined(bundle: ExplainerBundle, classifier_module: nn.Module, out: 
     except ModelError as e:
         raise ModelError(e.cause, out) from None
     except Exception as e:  # noqa: BLE001 — whatever the user's model raises
-        raise ModelError(f"the classifier fails on a [2, {pre.channels}, {h}, {w}] input: {_one_line(e)}", out) from None
+        raise ModelError(f"the classifier fails on a [2, {pre.channels}, {h}, {w}] input: {one_line(e, typed=True)}", out) from None
     if shapes[1] != (2, k):
         raise ModelError(f"the classifier returns {shapes[1][-1]} logits but the explainer knows {k} classes", out)
     batch = torch.export.Dim("batch", min=1)

@@ -30,7 +30,7 @@ import numpy as np
 import onnxruntime as ort
 
 from medcam_fast.data import ImageInput, Preprocess
-from medcam_fast.errors import ModelError, UsageError
+from medcam_fast.errors import ModelError, UsageError, one_line
 
 __all__ = ["OnnxExplainer", "RuntimeMasks", "METADATA_KEY", "default_providers"]
 
@@ -41,15 +41,11 @@ _CUDA = "CUDAExecutionProvider"
 _CPU = "CPUExecutionProvider"
 
 
-def _one_line(e: BaseException, limit: int = 300) -> str:
-    """An exception's message squeezed onto one line (type name when it has none), at most ``limit`` chars."""
-    text = " ".join(str(e).split()) or type(e).__name__
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _ort_cause(e: BaseException) -> str:
     """onnxruntime's load error without its ``[ONNXRuntimeError] : 7 : CODE : Load model from … failed:`` prefix."""
-    text = _one_line(e)
+    text = one_line(e)
     text = re.sub(r"^\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*\w+\s*:\s*", "", text)
     return re.sub(r"^Load model from .*? failed:\s*", "", text) or type(e).__name__
 
@@ -171,7 +167,7 @@ class OnnxExplainer:
             self.classifier_sha256: str = str(facts.get("classifier_sha256", ""))
             num_classes = int(facts["unet"]["num_classes"])
         except Exception as e:  # malformed JSON, missing keys, invalid values
-            raise ModelError(f"invalid medcam-fast metadata: {_one_line(e)}", self.path) from None
+            raise ModelError(f"invalid medcam-fast metadata: {one_line(e)}", self.path) from None
         self._num_classes = num_classes
         inputs = {i.name: i for i in self._session.get_inputs()}
         outputs = [o.name for o in self._session.get_outputs()]
@@ -249,7 +245,7 @@ class OnnxExplainer:
         try:
             out = self._session.run(self._outputs, {"image": x, "target": t})
         except Exception as e:  # onnxruntime's own exception types
-            raise ModelError(f"onnxruntime failed: {_one_line(e)}", self.path) from None
+            raise ModelError(f"onnxruntime failed: {one_line(e)}", self.path) from None
         out[0] = out[0][:, :, :h, :w]
         return out
 

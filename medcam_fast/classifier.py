@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._io import atomic_write, atomic_write_bytes, atomic_write_json, sha256_file
-from .errors import ModelError, UsageError
+from .errors import ModelError, UsageError, one_line
 
 if TYPE_CHECKING:
     from .data import ImageSet, Preprocess
@@ -450,7 +450,7 @@ def _scan_outputs(model: nn.Module, example_input: Tensor) -> list[tuple[str, Te
             try:
                 model(example_input)
             except Exception as e:
-                raise ModelError(f"forward pass on the example input failed: {_one_line(e)}") from e
+                raise ModelError(f"forward pass on the example input failed: {one_line(e, typed=True)}") from e
     finally:
         for h in handles:
             h.remove()
@@ -716,12 +716,6 @@ class ClassifierBundle:
         return FrozenClassifier(self.model, layers, example_input=example, num_classes=len(self.classes))
 
 
-def _one_line(e: BaseException, limit: int = 300) -> str:
-    """A one-line description of an exception (type and first line of its message)."""
-    text = str(e).strip()
-    first = text.splitlines()[0] if text else ""
-    first = first if len(first) <= limit else first[: limit - 1] + "…"
-    return f"{type(e).__name__}: {first}" if first else type(e).__name__
 
 
 def _version() -> str:
@@ -842,7 +836,7 @@ def _read_meta(json_path: Path) -> dict[str, Any]:
     try:
         meta = json.loads(json_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelError(f"cannot read classifier metadata: {_one_line(e)}", json_path) from e
+        raise ModelError(f"cannot read classifier metadata: {one_line(e, typed=True)}", json_path) from e
     if not isinstance(meta, dict):
         raise ModelError("classifier metadata is not a JSON object", json_path)
     for key, kind in _REQUIRED_KEYS.items():
@@ -881,7 +875,7 @@ def _read_safetensors(path: Path) -> dict[str, Tensor]:
     try:
         return safetensors.torch.load_file(str(path), device="cpu")
     except Exception as e:  # safetensors raises SafetensorError, OSError, …
-        raise ModelError(f"not a valid safetensors file ({_one_line(e)})", path) from e
+        raise ModelError(f"not a valid safetensors file ({one_line(e, typed=True)})", path) from e
 
 
 def _load_weights_strict(model: nn.Module, path: Path) -> None:
@@ -915,7 +909,7 @@ def _load_weights_strict(model: nn.Module, path: Path) -> None:
     try:
         model.load_state_dict(tensors, strict=True)
     except Exception as e:
-        raise ModelError(f"cannot load the weights: {_one_line(e)}", path) from e
+        raise ModelError(f"cannot load the weights: {one_line(e, typed=True)}", path) from e
 
 
 def _preprocess_from_dict(d: Mapping[str, Any], path: Path) -> Preprocess:
@@ -925,7 +919,7 @@ def _preprocess_from_dict(d: Mapping[str, Any], path: Path) -> Preprocess:
     try:
         return Preprocess.from_dict(d)
     except Exception as e:
-        raise ModelError(f"invalid preprocessing in the metadata: {_one_line(e)}", path) from e
+        raise ModelError(f"invalid preprocessing in the metadata: {one_line(e, typed=True)}", path) from e
 
 
 def load_classifier(path: str | os.PathLike[str], *, allow_import: bool = False) -> ClassifierBundle:
@@ -973,7 +967,7 @@ def load_classifier(path: str | os.PathLike[str], *, allow_import: bool = False)
         try:
             model = _rebuild_builtin(config)
         except (UsageError, TypeError, KeyError) as e:
-            raise ModelError(f"invalid architecture config: {_one_line(e)}", json_path) from e
+            raise ModelError(f"invalid architecture config: {one_line(e, typed=True)}", json_path) from e
     elif source == "timm":
         in_channels = config.get("in_channels", preprocess.channels)
         if not isinstance(in_channels, int):
@@ -1044,7 +1038,7 @@ def _check_model_fits(model: nn.Module, preprocess: Preprocess, classes: Sequenc
     except ModelError as e:
         raise ModelError(e.cause, where) from e
     except Exception as e:
-        raise ModelError(f"the model fails on a {tuple(x.shape)} input: {_one_line(e)}", where) from e
+        raise ModelError(f"the model fails on a {tuple(x.shape)} input: {one_line(e, typed=True)}", where) from e
     if logits.shape != (2, len(classes)):
         raise ModelError(
             f"the model returns {logits.shape[1]} logits but {len(classes)} classes are named", where
@@ -1102,13 +1096,13 @@ def _call_factory(spec: str) -> nn.Module:
         for part in attr.split("."):
             obj = getattr(obj, part)
     except Exception as e:
-        raise ModelError(f"cannot import the factory: {_one_line(e)}", spec) from e
+        raise ModelError(f"cannot import the factory: {one_line(e, typed=True)}", spec) from e
     if not callable(obj):
         raise ModelError("the factory is not callable", spec)
     try:
         model = obj()
     except Exception as e:
-        raise ModelError(f"the factory failed: {_one_line(e)}", spec) from e
+        raise ModelError(f"the factory failed: {one_line(e, typed=True)}", spec) from e
     if not isinstance(model, nn.Module):
         raise ModelError(f"the factory returned {type(model).__name__}, not a torch.nn.Module", spec)
     return model
@@ -1180,7 +1174,7 @@ def _load_program(path: Path) -> nn.Module:
                 "refused: the archive holds pickled data other than plain tensors (loading it could run code)",
                 path,
             ) from e
-        raise ModelError(f"cannot load the exported program: {_one_line(e)}", path) from e
+        raise ModelError(f"cannot load the exported program: {one_line(e, typed=True)}", path) from e
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -1235,7 +1229,7 @@ def _create_timm(name: str, num_classes: int, in_channels: int) -> nn.Module:
     try:
         return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_channels)
     except Exception as e:
-        raise ModelError(f"timm cannot create {name!r}: {_one_line(e)}") from e
+        raise ModelError(f"timm cannot create {name!r}: {one_line(e, typed=True)}") from e
 
 
 def load_timm(

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import DataError, UsageError
+from .errors import DataError, UsageError, one_line
 
 __all__ = [
     "Preprocess",
@@ -90,10 +90,6 @@ _DEFAULT_MAX_PIXELS = 50_000_000
 _PIL_LIMIT_LOCK = threading.Lock()
 
 
-def _one_line(exc: BaseException) -> str:
-    """An exception's message squeezed onto one line (type name when it has none)."""
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -244,7 +240,7 @@ class Preprocess:
             std = tuple(float(s) for s in self.std)
             channels = int(self.channels)
         except (TypeError, ValueError) as e:
-            raise UsageError(f"invalid Preprocess fields: {_one_line(e)}") from None
+            raise UsageError(f"invalid Preprocess fields: {one_line(e)}") from None
         if len(size) != 2 or min(size) < 1:
             raise UsageError(f"Preprocess size must be two positive integers (H, W), got {self.size!r}")
         if channels not in (1, 3):
@@ -275,7 +271,7 @@ class Preprocess:
         try:
             return cls(size=tuple(d["size"]), channels=d["channels"], mean=tuple(d["mean"]), std=tuple(d["std"]))
         except (KeyError, TypeError) as e:
-            raise UsageError(f"invalid Preprocess dict (needs size, channels, mean, std): {_one_line(e)}") from None
+            raise UsageError(f"invalid Preprocess dict (needs size, channels, mean, std): {one_line(e)}") from None
 
     @classmethod
     def identity(cls, size: tuple[int, int], channels: int) -> Preprocess:
@@ -471,7 +467,7 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
     except DataError:
         raise
     except Exception as e:  # text, truncated, pickled, bad zip or zlib data: all user data problems
-        raise DataError(f"not a valid .npz file: {_one_line(e)}", path) from None
+        raise DataError(f"not a valid .npz file: {one_line(e)}", path) from None
 
 
 def _npz_images(images: np.ndarray, path: Path, key: str) -> np.ndarray:
@@ -805,7 +801,7 @@ def load_image(path: PathLike, *, max_pixels: int = _DEFAULT_MAX_PIXELS) -> np.n
     except PermissionError:
         raise DataError("permission denied", path) from None
     except Exception as e:
-        raise DataError(f"cannot open image: {_one_line(e)}", path) from None
+        raise DataError(f"cannot open image: {one_line(e)}", path) from None
     with img:
         w, h = img.size
         if w * h > max_pixels:
@@ -816,7 +812,7 @@ def load_image(path: PathLike, *, max_pixels: int = _DEFAULT_MAX_PIXELS) -> np.n
         try:
             img.load()
         except Exception as e:
-            raise DataError(f"truncated or corrupt image: {_one_line(e)}", path) from None
+            raise DataError(f"truncated or corrupt image: {one_line(e)}", path) from None
         try:
             img = ImageOps.exif_transpose(img)  # a no-op without an EXIF orientation tag
         except Exception:  # a malformed EXIF block is not worth refusing the pixels for
@@ -826,7 +822,7 @@ def load_image(path: PathLike, *, max_pixels: int = _DEFAULT_MAX_PIXELS) -> np.n
         except DataError as e:
             raise DataError(e.cause, path) from None
         except Exception as e:
-            raise DataError(f"cannot convert image mode {img.mode!r}: {_one_line(e)}", path) from None
+            raise DataError(f"cannot convert image mode {img.mode!r}: {one_line(e)}", path) from None
 
 
 def _is_image_file(p: Path) -> bool:

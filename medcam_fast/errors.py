@@ -6,9 +6,10 @@ CLI can print ``error: <path>: <cause>`` without a traceback.
 
 from __future__ import annotations
 
+import re
 from os import PathLike
 
-__all__ = ["MedCamError", "UsageError", "DataError", "ModelError", "EXIT_CODES"]
+__all__ = ["MedCamError", "UsageError", "DataError", "ModelError", "EXIT_CODES", "one_line"]
 
 
 class MedCamError(Exception):
@@ -55,3 +56,18 @@ EXIT_CODES: dict[int, str] = {
     5: "some inputs of a batch failed (the others were written)",
     130: "interrupted",
 }
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def one_line(e: BaseException, limit: int = 300, typed: bool = False) -> str:
+    """An exception's message on one line for a user-facing error: terminal colours removed, white space
+    squeezed, at most ``limit`` characters; ``typed`` prefixes the exception's type name. A message-less
+    exception gives its type name."""
+    text = " ".join(_ANSI.sub("", str(e)).split())
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    if not text:
+        return type(e).__name__
+    return f"{type(e).__name__}: {text}" if typed else text

@@ -22,6 +22,7 @@ from medcam_fast.data import ImageSet, Preprocess, load_npz, resolve_data
 from medcam_fast.errors import DataError, ModelError, UsageError
 from medcam_fast.export.onnx_export import export_combined, export_explainer
 from medcam_fast.export.runtime import OnnxExplainer, RuntimeMasks
+from medcam_fast.masking import keep, make_baseline
 from medcam_fast.unet import UNet, UNetConfig
 
 torch.set_num_threads(1)
@@ -301,7 +302,8 @@ def test_combined_graph_matches_torch(tmp_path):
         t = p0.argmax(-1)
         soft = torch.sigmoid(bundle.unet(x, t) / bundle.tau)
         m = (soft > bundle.threshold).float()
-        p1 = torch.softmax(cnn(m * x), dim=-1)  # baseline "mean" = 0 in normalized space
+        b = make_baseline(x, bundle.baseline, bundle.preprocess.mean, bundle.preprocess.std)  # type: ignore[arg-type]
+        p1 = torch.softmax(cnn(keep(x, m, b)), dim=-1)
     assert np.array_equal(got.targets, t.numpy())
     _assert_masks_match(got, soft[:, 0].numpy(), bundle.threshold)
     assert np.abs(got.probs_original - p0.numpy()).max() <= TOL
