@@ -129,6 +129,7 @@ def explain_cmd(
     out: Path = typer.Option(Path("medcam-out"), help="Output folder."),
     target: int | None = typer.Option(None, help="Class to explain (default: the predicted class)."),
     batch_size: int = typer.Option(16, min=1, help="Images explained together."),
+    device: str = typer.Option("cpu", help="torch device: cpu or cuda (onnxruntime picks CUDA itself when it can)."),
     fmt: str = typer.Option("png,npy,json", "--format", help="Outputs: any of png, npy, json (comma-separated)."),
     split: str = typer.Option("test", help="Split of .npz inputs: train, val, test or all."),
     index: str | None = typer.Option(None, help="Indices of .npz images, e.g. 0-9,15 (default: all)."),
@@ -145,7 +146,7 @@ def explain_cmd(
         raise typer.BadParameter("--no-refine and --steps exclude each other")
     code = explain_inputs(
         inputs, classifier=classifier, explainer=explainer, mode=mode, allow_mismatch=allow_mismatch,
-        allow_import=allow_import, out=out,
+        allow_import=allow_import, device=device, out=out,
         steps=0 if not refine else steps, target=target, batch_size=batch_size,
         formats=fmt, split=split, index=index, overwrite=overwrite, resume=resume, fail_fast=fail_fast,
         console=console, err_console=err_console,

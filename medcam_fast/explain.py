@@ -127,6 +127,8 @@ class MedCAM:
         threads: torch CPU threads to use (None leaves torch's setting).
         allow_mismatch: accept an explainer trained for another classifier (records carry a warning).
         use_onnx: take the first guess from ``explainer.onnx`` with onnxruntime when the bundle has one.
+        device: torch device for the classifier, refinement and the per-image fit (``"cpu"``, ``"cuda"``).
+            onnxruntime picks its own provider (CUDA with onnxruntime-gpu and a GPU).
 
     Example::
 
@@ -149,6 +151,7 @@ class MedCAM:
         threads: int | None = None,
         allow_mismatch: bool = False,
         use_onnx: bool = True,
+        device: str = "cpu",
     ) -> None:
         if isinstance(classifier, (str, Path)):
             classifier = load_classifier(classifier)
@@ -158,9 +161,17 @@ class MedCAM:
             classifier = classifier_from_module(classifier, preprocess, list(classes))
         if not isinstance(classifier, ClassifierBundle):
             raise UsageError(f"classifier must be a bundle, a path or an nn.Module, not {type(classifier).__name__}")
+        try:
+            self.device = torch.device(device)
+        except RuntimeError as e:
+            raise UsageError(f"unknown device {device!r}: {e}") from None
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise UsageError("device 'cuda' requested but this torch has no CUDA GPU available")
         self.bundle = classifier
-        self.classifier = classifier.frozen(layers)
+        self.classifier = classifier.frozen(layers).to(self.device)
         self.explainer, self.onnx = _load_explainer(explainer, use_onnx)
+        if self.explainer is not None:
+            self.explainer.unet.to(self.device)
         self.mode: Mode = mode or ("full" if explainer is None else "logits")
         if self.mode not in _MODES:
             raise UsageError(f"unknown mode {self.mode!r}: choose one of {', '.join(_MODES)}")
@@ -200,10 +211,10 @@ class MedCAM:
         (numpy arrays, PIL images, lists of them) is preprocessed with the classifier's preprocessing.
         """
         if isinstance(images, Tensor) and images.is_floating_point() and images.dim() == 4:
-            return images.detach().float()
+            return images.detach().float().to(self.device)
         if isinstance(images, Tensor):
             images = images.detach().cpu().numpy()
-        return torch.from_numpy(self.preprocess(images))
+        return torch.from_numpy(self.preprocess(images)).to(self.device)
 
     def __call__(
         self,
@@ -226,7 +237,7 @@ class MedCAM:
         k = len(self.bundle.classes)
         t = None
         if targets is not None:
-            t = torch.as_tensor(np.asarray(targets), dtype=torch.long).reshape(-1)
+            t = torch.as_tensor(np.asarray(targets), dtype=torch.long).reshape(-1).to(self.device)
             if (t < 0).any() or (t >= k).any():
                 raise UsageError(f"target class out of range: the classifier has {k} classes (0..{k - 1})")
         steps = refine_steps if refine_steps is not None else self.refine_steps
@@ -245,7 +256,7 @@ class MedCAM:
             target = target.expand(x.shape[0]).clone()
         initial = None
         if self.onnx is not None and self.mode == "logits":
-            initial = torch.from_numpy(self.onnx.logits(x.numpy(), target.numpy()))
+            initial = torch.from_numpy(self.onnx.logits(x.cpu().numpy(), target.cpu().numpy())).to(self.device)
         explainer = self.explainer if self.explainer is not None else _onnx_only_bundle(self.onnx, self.fit_config)
         res = refine(explainer, self.classifier, x, target, k_steps, self.mode, initial_logits=initial)
         return self._explanation(x, res, explainer.baseline, time.perf_counter() - start)

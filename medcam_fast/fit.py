@@ -165,7 +165,7 @@ def fit_masks(
     baseline = make_baseline(x, config.baseline, mean, std)
 
     torch.manual_seed(config.seed)
-    unet = UNet(UNetConfig(x.shape[1], ref_logits.shape[1], config.width, config.depth))
+    unet = UNet(UNetConfig(x.shape[1], ref_logits.shape[1], config.width, config.depth)).to(x.device)
     forward = UNetEnsemble(unet, x.shape[0])
     opt = torch.optim.Adam(forward.parameters(), lr=config.lr)
     gen = torch.Generator().manual_seed(config.seed)

@@ -102,7 +102,7 @@ def refine(
         inner = explainer.inner
         step_size: float | dict[str, Tensor] = lr or inner.lr
         if lr is None and inner.lrs:
-            step_size = {n: torch.tensor(v) for n, v in inner.lrs.items()}
+            step_size = {n: torch.tensor(v, device=x.device) for n, v in inner.lrs.items()}
         theta = {n: t.requires_grad_(False) for n, t in theta.items()}
         with torch.enable_grad():
             adapted = adapt(unet, theta, classifier, x, target, reference, baseline, w, explainer.tau, steps,

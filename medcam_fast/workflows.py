@@ -172,6 +172,7 @@ def explain_inputs(
     mode: str | None = None,
     allow_mismatch: bool = False,
     allow_import: bool = False,
+    device: str = "cpu",
     steps: int | None = None,
     target: int | None = None,
     batch_size: int = 16,
@@ -216,7 +217,8 @@ def explain_inputs(
         if any(p.exists() for p in paths.values()) and not overwrite and not resume:
             raise UsageError(f"outputs for {it.stem} already exist; pass --overwrite or --resume", out)
         pending.append(it)
-    with MedCAM(bundle, explainer, mode=mode, refine_steps=steps, allow_mismatch=allow_mismatch) as explain, Progress(  # type: ignore[arg-type]
+    with MedCAM(bundle, explainer, mode=mode, refine_steps=steps, allow_mismatch=allow_mismatch,  # type: ignore[arg-type]
+                device=device) as explain, Progress(
         TextColumn("[bold]explain"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console,
         transient=True,
     ) as bar:

@@ -77,3 +77,9 @@ def test_bad_arguments(lesion_bundle, explainer_dir, images):
         MedCAM(lesion_bundle, explainer=explainer_dir / "explainer.onnx", mode="weights")
     with MedCAM(lesion_bundle, explainer=explainer_dir) as explain, pytest.raises(UsageError, match="out of range"):
         explain(images, targets=3)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without a GPU")
+def test_cuda_without_a_gpu_is_a_usage_error(lesion_bundle):
+    with pytest.raises(UsageError, match="cuda"):
+        MedCAM(lesion_bundle, device="cuda")
