@@ -6,6 +6,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from medcam_fast.losses import (
@@ -145,3 +147,21 @@ def test_composite_loss_is_per_image(setup):
         torch.zeros_like(x[:1]), w,
     )
     assert torch.allclose(total[:1], one, atol=1e-6)
+
+
+@settings(max_examples=25, deadline=None)
+@given(h=st.integers(1, 12), w=st.integers(1, 12), scale=st.floats(0.0, 30.0), seed=st.integers(0, 2**16))
+def test_every_term_is_finite_with_finite_gradients(h, w, scale, seed):
+    torch.manual_seed(seed)
+    net = _TinyNet()
+    x = torch.randn(2, 1, h, w)
+    with torch.no_grad():
+        ref = Reference(*net(x))
+    u = (scale * torch.randn(2, 1, h, w)).requires_grad_()
+    m = mask_from_logits(u)
+    assert ((m >= 0) & (m <= 1)).all()
+    total, terms = composite_loss(net, x, m, ref.logits.argmax(1), ref, make_baseline(x, "mean"),
+                                  LossWeights(shift=1), torch.Generator().manual_seed(seed))
+    assert all(torch.isfinite(v).all() for v in terms.values())
+    total.sum().backward()
+    assert torch.isfinite(u.grad).all()
