@@ -165,8 +165,9 @@ def bench_quality(
     """Quality against wall time per image: meta-trained and amortized explainers + K refinement steps
     (``logits`` and ``weights`` modes) against the per-image fit from scratch, in one run.
 
-    Needs ``<models>/<dataset>/classifier`` and ``<models>/<dataset>/explainer`` (meta-trained), and uses
-    ``<models>/<dataset>/amortized`` when present. Loss, masked and complement confidence and area are of the
+    Needs ``<models>/<dataset>/classifier`` and ``<models>/<dataset>/explainer`` (the shipped explainer), and
+    also measures ``explainer_warm`` and ``amortized`` there when present; curves are labelled by each
+    explainer's training method (``maml``, ``maml+init`` = MAML started from amortized training, ``amortized``). Loss, masked and complement confidence and area are of the
     binary masks. Writes ``quality.json``, ``quality.md`` and ``quality.png`` under ``out_dir``.
     """
     from .bundle import load_explainer
@@ -181,10 +182,13 @@ def bench_quality(
         x_all = torch.from_numpy(bundle.preprocess(ds.images[:n]))
         batches = [x_all[s : s + batch_size] for s in range(0, len(x_all), batch_size)]
         curves: dict[str, list[dict[str, float]]] = {}
-        explainers = {"meta": load_explainer(models / name / "explainer")}
-        if (models / name / "amortized" / "explainer.json").exists():
-            explainers["amortized"] = load_explainer(models / name / "amortized")
-        weights = explainers["meta"].weights
+        explainers = {}
+        for folder in ("explainer", "explainer_warm", "amortized"):
+            if (models / name / folder / "explainer.json").exists():
+                ex = load_explainer(models / name / folder)
+                explainers[ex.training.get("method", folder)] = ex
+        main = load_explainer(models / name / "explainer")
+        weights = main.weights
         for label, ex in explainers.items():
             for mode in ("logits", "weights"):
                 pts = []
@@ -203,7 +207,7 @@ def bench_quality(
                 curves[f"{label}+{mode}"] = pts
         pts = []
         for steps in fit_steps:
-            cfg = FitConfig(steps=steps, weights=weights, baseline=explainers["meta"].baseline)  # type: ignore[arg-type]
+            cfg = FitConfig(steps=steps, weights=weights, baseline=main.baseline)  # type: ignore[arg-type]
             rs, secs = [], []
             for x in batches:
                 r = fit_masks(clf, x, None, cfg, logits_fn=clf.logits,
@@ -217,7 +221,7 @@ def bench_quality(
         with torch.no_grad():
             pred = clf.logits(x_all).argmax(1)
         other = (pred + 1) % len(bundle.classes)
-        r = refine(explainers["meta"], clf, x_all, targets=other, steps=10, mode="logits", weights=weights)
+        r = refine(main, clf, x_all, targets=other, steps=10, mode="logits", weights=weights)
         v = r.verification
         results["datasets"][name] = {
             "curves": curves,

@@ -142,8 +142,11 @@ def _gather(inputs: Sequence[str], split: str, index: str | None, fail_fast: boo
 
 def _summary_table(rows: list[dict[str, Any]], title: str) -> Table:
     table = Table(title=title)
-    for col in ("image", "predicted", "target", "p(original)", "p(kept)", "p(removed)", "area", "s/image"):
-        table.add_column(col, justify="right" if col.startswith(("p", "area", "s/")) else "left")
+    table.add_column("image", overflow="fold")
+    for col in ("predicted", "target"):
+        table.add_column(col, overflow="fold")
+    for col in ("p(orig)", "p(kept)", "p(rem)", "area", "s/img"):
+        table.add_column(col, justify="right", no_wrap=True)
     for r in rows:
         table.add_row(
             r["image"], r["predicted_name"], r["target_name"], f"{r['p_original']:.3f}", f"{r['p_masked']:.3f}",
