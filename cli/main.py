@@ -246,6 +246,9 @@ def bench_quality_cmd(
     models: Path = typer.Option(Path("models"), help="Folder with <dataset>/classifier, explainer, amortized bundles."),
     datasets: str = typer.Option("breast,pneumonia,blood,path", help="Data sets (comma-separated)."),
     n: int = typer.Option(32, min=1, help="Test images per data set."),
+    ks: str = typer.Option("0,1,2,5,10,20,50", help="Refinement steps K to measure."),
+    fit_steps: str = typer.Option("10,50,100,300", help="Per-image fit steps to measure (the last is the reference)."),
+    modes: str = typer.Option("logits,weights", help="Refinement modes to measure."),
     out: Path = typer.Option(Path("benchmarks/results"), help="Folder of the result files."),
     data_dir: Path | None = typer.Option(None, envvar="MEDCAM_DATA_DIR", help="Folder of the shared .npz data sets."),
     threads: int | None = typer.Option(None, help="CPU threads for torch."),
@@ -254,7 +257,9 @@ def bench_quality_cmd(
     from medcam_fast.bench import bench_quality
 
     _threads(threads)
-    bench_quality(models, [d.strip() for d in datasets.split(",") if d.strip()], n=n, out_dir=out,
+    ints = lambda text: tuple(int(v) for v in text.split(","))  # noqa: E731
+    bench_quality(models, [d.strip() for d in datasets.split(",") if d.strip()], n=n, ks=ints(ks),
+                  fit_steps=ints(fit_steps), modes=tuple(m.strip() for m in modes.split(",")), out_dir=out,
                   data_dir=data_dir, console=console)
 
 

@@ -157,10 +157,12 @@ def bench_quality(
     n: int = 32,
     ks: Sequence[int] = (0, 1, 2, 5, 10, 20, 50),
     fit_steps: Sequence[int] = (10, 50, 100, 300),
+    modes: Sequence[str] = ("logits", "weights"),
     batch_size: int = 16,
     out_dir: Path = Path("benchmarks/results"),
     data_dir: Path | None = None,
     console: Console | None = None,
+    tag: str = "",
 ) -> dict[str, Any]:
     """Quality against wall time per image: meta-trained and amortized explainers + K refinement steps
     (``logits`` and ``weights`` modes) against the per-image fit from scratch, in one run.
@@ -168,7 +170,8 @@ def bench_quality(
     Needs ``<models>/<dataset>/classifier`` and ``<models>/<dataset>/explainer`` (the shipped explainer), and
     also measures ``explainer_warm`` and ``amortized`` there when present; curves are labelled by each
     explainer's training method (``maml``, ``maml+init`` = MAML started from amortized training, ``amortized``). Loss, masked and complement confidence and area are of the
-    binary masks. Writes ``quality.json``, ``quality.md`` and ``quality.png`` under ``out_dir``.
+    binary masks. Writes ``quality{tag}.json``, ``quality{tag}.md`` and ``quality{tag}.png`` under ``out_dir``
+    (``tag`` defaults to ``_`` + the data set names).
     """
     from .bundle import load_explainer
     from .refine import refine
@@ -190,10 +193,10 @@ def bench_quality(
         main = load_explainer(models / name / "explainer")
         weights = main.weights
         for label, ex in explainers.items():
-            for mode in ("logits", "weights"):
+            for mode in modes:
                 pts = []
                 for k in ks:
-                    if mode == "weights" and k == 0:
+                    if mode == "weights" and k == 0 and f"{label}+logits" in curves:
                         pts.append({**curves[f"{label}+logits"][0], "steps": 0})
                         continue
                     rs, secs = [], []
@@ -230,9 +233,11 @@ def bench_quality(
             "explainer_training": {k: e.training.get("seconds") for k, e in explainers.items()},
         }
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out_dir / "quality.json", results)
-    atomic_write(out_dir / "quality.md", lambda tmp: tmp.write_text(quality_markdown(results), encoding="utf-8"))
-    _quality_plot(results, out_dir / "quality.png")
+    tag = tag or "_" + "_".join(datasets)
+    atomic_write_json(out_dir / f"quality{tag}.json", results)
+    md = quality_markdown(results)
+    atomic_write(out_dir / f"quality{tag}.md", lambda tmp: tmp.write_text(md, encoding="utf-8"))
+    _quality_plot(results, out_dir / f"quality{tag}.png")
     console.print(quality_markdown(results))
     return results
 
