@@ -393,7 +393,7 @@ def _speed_timings(x: Tensor, model: Any, clf: Any, ex: Any, ort: Any, grad_cam:
         for p in model.parameters():
             p.requires_grad_(True)  # grad-cam back-propagates through the model's own graph
         cam = grad_cam(model=model, target_layers=[model.layer4])
-        timings["grad-cam"] = _median_time(lambda: cam(input_tensor=x), reps)
+        timings["grad-cam"] = _median_time(lambda: cam(input_tensor=x, targets=None), reps)  # None: top class
         for p in model.parameters():
             p.requires_grad_(False)
     return timings
