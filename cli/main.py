@@ -123,7 +123,7 @@ def explain_cmd(
                                           "with the demo classifier; none with another classifier: per-image fit)."),
     refine: bool = typer.Option(True, "--refine/--no-refine", help="Refine the first guess (--no-refine: 0 steps)."),
     mode: str | None = typer.Option(None, help="logits, weights or full (default: logits with an explainer)."),
-    steps: int | None = typer.Option(None, min=0, help="Refinement steps per image (default 5; full mode 300)."),
+    steps: int | None = typer.Option(None, min=0, help="Refinement steps per image (default 10; full mode 300)."),
     allow_mismatch: bool = typer.Option(False, help="Use an explainer trained for another classifier."),
     allow_import: bool = typer.Option(False, help="Let a bundle made by import-classifier --import run its factory."),
     out: Path = typer.Option(Path("medcam-out"), help="Output folder."),
