@@ -313,7 +313,8 @@ def bench_speed(
     """Seconds per image of every way to get a mask, on the same classifier and images, in one run.
 
     Per size, a ResNet-18-style classifier and a width-16 explainer U-Net (timing does not depend on the
-    weights, so both are freshly initialized); CPU, one torch thread and one onnxruntime thread. Methods:
+    weights, so both are freshly initialized; the U-Net at :func:`~medcam_fast.unet.auto_downsample`, as
+    meta-training builds it); CPU, one torch thread and one onnxruntime thread. Methods:
     onnxruntime first guess and torch first guess (each counting the classifier forward pass that picks the
     target class), first guess + K ``logits`` refinement steps, the per-image fit (``fit_measured_steps``
     measured, scaled linearly to ``fit_steps``; batch 1 only), and Grad-CAM from the ``grad-cam`` package
@@ -326,7 +327,7 @@ def bench_speed(
     from .data import Preprocess
     from .export.onnx_export import export_explainer
     from .export.runtime import OnnxExplainer
-    from .unet import UNet, UNetConfig
+    from .unet import UNet, UNetConfig, auto_downsample
 
     console = console or Console()
     torch.set_num_threads(1)
@@ -341,7 +342,7 @@ def bench_speed(
         model = build_classifier("resnet18", 1, 2, size).eval()
         clf = FrozenClassifier(model)
         pre = Preprocess.identity((size, size), 1)
-        ex = ExplainerBundle(UNet(UNetConfig(1, 2, 16, 3)), pre, ["a", "b"], "0" * 64)
+        ex = ExplainerBundle(UNet(UNetConfig(1, 2, 16, 3, downsample=auto_downsample(size))), pre, ["a", "b"], "0" * 64)
         with tempfile.TemporaryDirectory() as tmp:
             save_explainer(ex, tmp)
             onnx_path = export_explainer(ex, Path(tmp) / "explainer.onnx")

@@ -43,7 +43,7 @@ from .classifier import ClassifierBundle, FrozenClassifier
 from .errors import ModelError, UsageError
 from .losses import TERMS, LossWeights, Reference, composite_loss
 from .masking import make_baseline, mask_from_logits
-from .unet import UNet, UNetConfig
+from .unet import UNet, UNetConfig, auto_downsample
 
 __all__ = ["MetaConfig", "meta_train", "adapt", "task_losses"]
 
@@ -267,7 +267,7 @@ def meta_train(
         pred_all = torch.cat([clf.logits(x_all[i : i + 256]).argmax(1) for i in range(0, len(x_all), 256)])
     k = len(classifier.classes)
     torch.manual_seed(cfg.seed)
-    unet = UNet(UNetConfig(pre.channels, k, cfg.width, cfg.depth))
+    unet = UNet(UNetConfig(pre.channels, k, cfg.width, cfg.depth, downsample=auto_downsample(max(pre.size))))
     if init is not None:
         if init.unet.config != unet.config:
             raise UsageError(f"--init explainer has U-Net {init.unet.config}, expected {unet.config}")

@@ -8,7 +8,8 @@ a bottleneck where a class embedding modulates the features (FiLM: ``h ← h·(1
 decoder with nearest-neighbour upsampling and skip connections. GroupNorm keeps no running statistics,
 so every image is processed independently — the property per-image adaptation relies on.
 
-Any ``H×W`` works: :meth:`UNet.forward` pads to a multiple of ``2**depth`` (replicate) and crops back;
+Large images are handled at ``1/downsample`` resolution (``UNetConfig.downsample``). Any ``H×W`` works:
+:meth:`UNet.forward` pads to a multiple of ``2**depth · downsample`` (replicate) and crops back;
 :meth:`UNet.forward_padded` is the pad-free core that the ONNX export uses.
 """
 
@@ -21,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["UNetConfig", "UNet"]
+__all__ = ["UNetConfig", "UNet", "auto_downsample"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,9 @@ class UNetConfig:
         groups: GroupNorm groups (clipped to the channel count).
         init_bias: initial bias of the output layer, i.e. the mask logit everywhere before training
             (0 → m = 0.5).
+        downsample: the U-Net works at ``1/downsample`` of the input resolution (average-pooled in,
+            mask logits bilinearly upsampled out). 1 for small images; :func:`auto_downsample` picks 4 above
+            96 px, where a full-resolution U-Net would cost more than the classifier it explains.
     """
 
     in_channels: int
@@ -44,6 +48,7 @@ class UNetConfig:
     depth: int = 3
     groups: int = 4
     init_bias: float = 0.0
+    downsample: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dictionary of the fields."""
@@ -57,7 +62,12 @@ class UNetConfig:
     @property
     def multiple(self) -> int:
         """Spatial sizes the pad-free core accepts are multiples of this."""
-        return 2**self.depth
+        return 2**self.depth * self.downsample
+
+
+def auto_downsample(image_size: int) -> int:
+    """The :attr:`UNetConfig.downsample` medcam-fast uses for square images of this side: 1 up to 96 px, else 4."""
+    return 1 if image_size <= 96 else 4
 
 
 def _block(cin: int, cout: int, groups: int) -> nn.Sequential:
@@ -102,7 +112,14 @@ class UNet(nn.Module):
         nn.init.constant_(self.out.bias, config.init_bias)
 
     def forward_padded(self, x: Tensor, target: Tensor) -> Tensor:
-        """The core: ``x`` must have ``H`` and ``W`` divisible by ``2**depth``. Returns ``[B,1,H,W]`` logits."""
+        """The core: ``x`` must have ``H`` and ``W`` divisible by :attr:`UNetConfig.multiple`. Returns ``[B,1,H,W]``."""
+        d = self.config.downsample
+        if d > 1:
+            return F.interpolate(self._core(F.avg_pool2d(x, d), target), scale_factor=float(d), mode="bilinear",
+                                 align_corners=False)
+        return self._core(x, target)
+
+    def _core(self, x: Tensor, target: Tensor) -> Tensor:
         skips = []
         h = x
         for block in self.down:

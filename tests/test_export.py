@@ -333,3 +333,20 @@ def test_combined_export_refuses_a_wrong_or_unexportable_classifier(tmp_path):
         export_combined(bundle, DataDependent(), out, check_sha256=False)
     assert "\n" not in info.value.cause and "\x1b" not in info.value.cause
     assert not out.exists() and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_downsampled_unet_for_large_images_exports_with_parity(tmp_path: Path) -> None:
+    torch.manual_seed(3)
+    net = UNet(UNetConfig(in_channels=1, num_classes=NUM_CLASSES, width=4, depth=3, downsample=4))
+    nn.init.normal_(net.film.weight, std=1.0)
+    nn.init.normal_(net.out.weight, std=0.5)
+    bundle = ExplainerBundle(unet=net.eval(), preprocess=Preprocess((224, 224), 1, (0.4,), (0.2,)),
+                             classes=[f"class_{k}" for k in range(NUM_CLASSES)], classifier_sha256="d" * 64)
+    save_explainer(bundle, tmp_path)
+    ex = OnnxExplainer(export_explainer(bundle, tmp_path / "big.onnx"))
+    assert ex.multiple == 32
+    for h, w in ((224, 224), (200, 150)):  # the second is padded to 224 x 160 and cropped back
+        x = np.random.default_rng(h).normal(size=(2, 1, h, w)).astype(np.float32)
+        t = np.array([0, 2], dtype=np.int64)
+        got = ex(x, t, preprocessed=True)
+        _assert_masks_match(got, _torch_soft(bundle, x, t), bundle.threshold)

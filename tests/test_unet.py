@@ -45,3 +45,14 @@ def test_config_round_trip():
     cfg = UNetConfig(3, 8, width=12, depth=2, groups=2, init_bias=-1.0)
     assert UNetConfig.from_dict(cfg.to_dict()) == cfg
     assert cfg.multiple == 4
+
+
+@pytest.mark.parametrize("size", [(224, 224), (100, 130)])
+def test_downsampled_unet_keeps_the_input_size(size):
+    from medcam_fast.unet import auto_downsample
+
+    cfg = UNetConfig(1, 2, width=4, depth=3, downsample=auto_downsample(max(size)))
+    assert cfg.downsample == 4 and cfg.multiple == 32
+    net = UNet(cfg)
+    assert net(torch.randn(1, 1, *size), torch.tensor([1])).shape == (1, 1, *size)
+    assert auto_downsample(64) == 1
