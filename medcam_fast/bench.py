@@ -168,7 +168,7 @@ def bench_quality(
     (``logits`` and ``weights`` modes) against the per-image fit from scratch, in one run.
 
     Needs ``<models>/<dataset>/classifier`` and ``<models>/<dataset>/explainer`` (the shipped explainer), and
-    also measures ``explainer_warm`` and ``amortized`` there when present; curves are labelled by each
+    also measures ``maml`` and ``amortized`` there when present; curves are labelled by each
     explainer's training method (``maml``, ``maml+init`` = MAML started from amortized training, ``amortized``). Loss, masked and complement confidence and area are of the
     binary masks. Writes ``quality{tag}.json``, ``quality{tag}.md`` and ``quality{tag}.png`` under ``out_dir``
     (``tag`` defaults to ``_`` + the data set names).
@@ -186,7 +186,7 @@ def bench_quality(
         batches = [x_all[s : s + batch_size] for s in range(0, len(x_all), batch_size)]
         curves: dict[str, list[dict[str, float]]] = {}
         explainers = {}
-        for folder in ("explainer", "explainer_warm", "amortized"):
+        for folder in ("explainer", "maml", "amortized"):
             if (models / name / folder / "explainer.json").exists():
                 ex = load_explainer(models / name / folder)
                 explainers[ex.training.get("method", folder)] = ex
