@@ -288,7 +288,9 @@ class MedCAM:
         )
 
     def _model_facts(self) -> dict[str, Any]:
-        facts: dict[str, Any] = {}
+        from . import __version__
+
+        facts: dict[str, Any] = {"medcam_fast_version": __version__}
         if self.onnx is not None:
             facts["explainer"] = str(self.onnx.path)
             facts["explainer_provider"] = self.onnx.provider

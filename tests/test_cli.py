@@ -48,7 +48,7 @@ def test_explain_writes_every_output(lesion_bundle_dir, image_dir, tmp_path):
         for suffix in ("_mask.png", "_soft.png", "_overlay.png", "_soft.npy", ".json"):
             assert (out / f"img{i}{suffix}").is_file(), suffix
         rec = json.loads((out / f"img{i}.json").read_text())
-        assert {"p_original", "p_masked", "p_complement", "area", "classifier_sha256"} <= set(rec)
+        assert {"p_original", "p_masked", "p_complement", "area", "classifier_sha256", "medcam_fast_version"} <= set(rec)
         mask = np.asarray(Image.open(out / f"img{i}_mask.png"))
         assert mask.shape == (32, 32) and set(np.unique(mask)) <= {0, 255}
         assert abs((mask > 0).mean() - rec["area"]) < 1e-6
