@@ -25,9 +25,19 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/medcam-fast demo --out demo-out
 
-bench: $(STAMP)
+# Peers (grad-cam, captum) need torchvision, i.e. torch 2.14.1 + torchvision 0.29.1: their own venv.
+PEERS := .venv-peers
+$(PEERS)/.installed-stamp: pyproject.toml
+	test -x $(PEERS)/bin/python || $(PY) -m venv $(PEERS)
+	$(PEERS)/bin/python -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PEERS)/bin/python -m pip install -q -e ".[baselines,dev]"
+	touch $@
+
+bench: $(STAMP) $(PEERS)/.installed-stamp
 	MEDCAM_DATA_DIR=$(DATA) $(BIN)/medcam-fast bench per-image --threads 1
 	MEDCAM_DATA_DIR=$(DATA) $(BIN)/medcam-fast bench quality --threads 1 --datasets $${QUALITY_DATASETS:-breast}
+	MEDCAM_DATA_DIR=$(DATA) $(BIN)/medcam-fast bench quality --threads 1 --datasets pneumonia
+	$(PEERS)/bin/medcam-fast bench speed
 
 lint: $(STAMP)
 	$(BIN)/ruff check medcam_fast cli export tests
