@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .losses import TERMS, LossWeights, Reference, composite_loss
+from .losses import TERMS, Classifier, LossWeights, Reference, composite_loss
 from .masking import BaselineKind, make_baseline, mask_from_logits
 from .result import MaskResult, verify
 from .unet import UNet, UNetConfig
@@ -72,9 +72,6 @@ class FitConfig:
     def with_(self, **changes: Any) -> FitConfig:
         """A copy with some fields changed."""
         return replace(self, **changes)
-
-
-Classifier = Callable[[Tensor], tuple[Tensor, dict[str, Tensor]]]
 
 
 class UNetEnsemble(nn.Module):

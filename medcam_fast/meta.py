@@ -41,7 +41,7 @@ from ._io import atomic_write, atomic_write_json
 from .bundle import ExplainerBundle, InnerLoop
 from .classifier import ClassifierBundle, FrozenClassifier
 from .errors import ModelError, UsageError
-from .losses import TERMS, LossWeights, Reference, composite_loss
+from .losses import TERMS, Classifier, LossWeights, Reference, composite_loss
 from .masking import make_baseline, mask_from_logits
 from .unet import UNet, UNetConfig, auto_downsample
 
@@ -106,9 +106,6 @@ class MetaConfig:
     def with_(self, **changes: Any) -> MetaConfig:
         """A copy with some fields changed."""
         return replace(self, **changes)
-
-
-Classifier = Callable[[Tensor], tuple[Tensor, dict[str, Tensor]]]
 
 
 def task_losses(
