@@ -5,6 +5,7 @@ They print with rich (a console is passed in) and return exit codes, so the Type
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections.abc import Sequence
@@ -57,6 +58,17 @@ def load_splits(data: str | Path, data_dir: str | Path | None = None, seed: int 
         parts = stratified_split(full.labels, seed)
         return {k: full.subset(v) for k, v in parts.items()}
     return {s: load_npz(path, s, seed) for s in ("train", "val", "test")}
+
+
+def _writable_folder(out: Path) -> None:
+    """Create ``out`` if needed and check that files can be written in it (UsageError otherwise)."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".medcam-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise UsageError(f"cannot write to the output folder: {e.strerror or e}", out) from None
 
 
 def _check_out(out: Path, marker: str, overwrite: bool) -> None:
@@ -209,7 +221,7 @@ def explain_inputs(
         for _, msg in failures:
             err_console.print(f"[red]error:[/] {msg}", highlight=False)
         raise DataError("no readable images among the inputs", ", ".join(inputs))
-    out.mkdir(parents=True, exist_ok=True)
+    _writable_folder(out)
     rows: list[dict[str, Any]] = []
     pending = []
     for it in todo:
