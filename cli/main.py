@@ -168,6 +168,7 @@ def meta_train_cmd(
     inner_lr: float = typer.Option(0.1, help="Inner step size."),
     outer_lr: float = typer.Option(2e-3, help="Outer (Adam) learning rate."),
     width: int = typer.Option(16, min=2, help="U-Net width."),
+    checkpoint_every: int = typer.Option(25, min=1, help="Outer steps between checkpoints."),
     seed: int = typer.Option(0, help="Random seed."),
     minutes: float | None = typer.Option(None, min=0.1, help="Finish after this much training time."),
     init: Path | None = typer.Option(None, help="Start from this explainer bundle (e.g. an amortized one)."),
@@ -182,7 +183,8 @@ def meta_train_cmd(
 
     _threads(threads)
     cfg = MetaConfig(inner_steps=inner_steps, first_order=first_order, meta_sgd=meta_sgd, outer_steps=outer_steps,
-                     meta_batch=meta_batch, inner_lr=inner_lr, outer_lr=outer_lr, width=width, seed=seed)
+                     meta_batch=meta_batch, inner_lr=inner_lr, outer_lr=outer_lr, width=width, seed=seed,
+                     checkpoint_every=checkpoint_every)
     meta_train_bundle(classifier, data, out, cfg, resume=resume, overwrite=overwrite, data_dir=data_dir,
                       console=console, time_budget=None if minutes is None else minutes * 60, init=init)
 

@@ -83,3 +83,15 @@ def test_bad_arguments(lesion_bundle, explainer_dir, images):
 def test_cuda_without_a_gpu_is_a_usage_error(lesion_bundle):
     with pytest.raises(UsageError, match="cuda"):
         MedCAM(lesion_bundle, device="cuda")
+
+
+@pytest.mark.parametrize("use_onnx", [True, False])
+def test_same_inputs_give_the_same_masks_and_probabilities(lesion_bundle, explainer_dir, images, use_onnx):
+    runs = []
+    for _ in range(2):
+        with MedCAM(lesion_bundle, explainer=explainer_dir, refine_steps=3, use_onnx=use_onnx) as explain:
+            runs.append(explain(images))
+    a, b = runs
+    assert np.array_equal(a.binary, b.binary)
+    for f in ("soft", "p_original", "p_masked", "p_complement"):
+        assert np.abs(getattr(a, f) - getattr(b, f)).max() <= 1e-6
