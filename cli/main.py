@@ -136,6 +136,7 @@ def explain_cmd(
     overwrite: bool = typer.Option(False, help="Replace existing outputs."),
     resume: bool = typer.Option(False, help="Skip images whose outputs are complete."),
     fail_fast: bool = typer.Option(False, help="Stop at the first input that cannot be read."),
+    max_pixels: int = typer.Option(50_000_000, min=1, help="Refuse image files with more pixels (checked before decoding)."),
     threads: int | None = typer.Option(None, help="CPU threads for torch."),
 ) -> None:
     """Explain images: binary mask, soft mask, overlay and JSON per image; summary.csv/json per run."""
@@ -149,6 +150,7 @@ def explain_cmd(
         allow_import=allow_import, device=device, out=out,
         steps=0 if not refine else steps, target=target, batch_size=batch_size,
         formats=fmt, split=split, index=index, overwrite=overwrite, resume=resume, fail_fast=fail_fast,
+        max_pixels=max_pixels,
         console=console, err_console=err_console,
     )
     raise typer.Exit(code)

@@ -127,7 +127,8 @@ def _parse_index(spec: str | None, n: int, where: str) -> list[int]:
     return out
 
 
-def _gather(inputs: Sequence[str], split: str, index: str | None, fail_fast: bool) -> list[_Item]:
+def _gather(inputs: Sequence[str], split: str, index: str | None, fail_fast: bool,
+            max_pixels: int = 50_000_000) -> list[_Item]:
     items: list[_Item] = []
     for spec in inputs:
         p = Path(spec)
@@ -138,7 +139,7 @@ def _gather(inputs: Sequence[str], split: str, index: str | None, fail_fast: boo
             continue
         for f in list_images(spec):
             try:
-                items.append(_Item(f.stem, load_image(f)))
+                items.append(_Item(f.stem, load_image(f, max_pixels=max_pixels)))
             except DataError as e:
                 if fail_fast:
                     raise
@@ -197,6 +198,7 @@ def explain_inputs(
     overwrite: bool = False,
     resume: bool = False,
     fail_fast: bool = False,
+    max_pixels: int = 50_000_000,
     console: Console | None = None,
     err_console: Console | None = None,
     title: str = "medcam-fast",
@@ -214,7 +216,7 @@ def explain_inputs(
                              allow_import=allow_import)
     if explainer is None and classifier is None and (DEMO_DIR / "explainer" / "explainer.json").exists():
         explainer = DEMO_DIR / "explainer"
-    items = _gather(inputs, split, index, fail_fast)
+    items = _gather(inputs, split, index, fail_fast, max_pixels)
     failures = [(it.stem, it.error) for it in items if it.error]
     todo = [it for it in items if it.image is not None]
     if not todo:

@@ -121,3 +121,24 @@ def test_fail_fast_stops_at_the_first_bad_file(tmp_path, lesion_bundle_dir):
                             "--out", str(tmp_path / "o"), "--fail-fast"])
     assert r.exit_code == 3 and "broken.png" in r.output
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").glob("*.json"))
+
+
+def test_oversized_images_are_refused_before_decoding(tmp_path, lesion_bundle_dir):
+    img = _make("palette", tmp_path)  # 40 x 40 = 1600 pixels
+    r = runner.invoke(app, ["explain", str(img), "--classifier", str(lesion_bundle_dir), "--steps", "1",
+                            "--max-pixels", "1000", "--out", str(tmp_path / "o")])
+    assert r.exit_code == 3 and "pal.png" in r.output and "1000" in r.output.replace(",", "").replace("_", "")
+
+
+@pytest.mark.parametrize(("args", "code", "needle"), [
+    (["train-classifier", "--data", "{tmp}/nothing.npz", "--out", "{tmp}/c"], 3, "nothing.npz"),
+    (["meta-train", "--classifier", "{tmp}", "--data", "lesions", "--out", "{tmp}/e"], 4, "classifier"),
+    (["export", "--explainer", "{tmp}", "--out", "{tmp}/x.onnx"], 4, "explainer.json"),
+    (["import-classifier", "--out", "{tmp}/c", "--classes", "a,b", "--size", "32", "--channels", "1",
+      "--mean", "0.5", "--std", "0.2"], 2, "--import"),
+    (["bench", "per-image", "--models", "{tmp}", "--datasets", "breast", "--out", "{tmp}/b"], 4, "classifier"),
+])
+def test_every_command_reports_bad_input_in_one_line(args, code, needle, tmp_path):
+    r = runner.invoke(app, [a.replace("{tmp}", str(tmp_path)) for a in args])
+    assert r.exit_code == code, r.output
+    assert "Traceback" not in r.output and needle in r.output
