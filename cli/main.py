@@ -18,7 +18,7 @@ from rich.console import Console
 
 from medcam_fast.errors import EXIT_CODES, MedCamError
 
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)  # one error, one line, whatever the width
 console = Console()
 
 _EXIT_HELP = "Exit codes: " + "; ".join(f"{k} {v}" for k, v in EXIT_CODES.items()) + "."

@@ -108,7 +108,7 @@ def train_classifier_bundle(
 class _Item:
     stem: str
     image: np.ndarray | None
-    error: str | None = None
+    error: DataError | None = None
 
 
 def _parse_index(spec: str | None, n: int, where: str) -> list[int]:
@@ -143,7 +143,7 @@ def _gather(inputs: Sequence[str], split: str, index: str | None, fail_fast: boo
             except DataError as e:
                 if fail_fast:
                     raise
-                items.append(_Item(f.stem, None, str(e)))
+                items.append(_Item(f.stem, None, e))
     seen: dict[str, int] = {}
     for it in items:  # distinct output names for equal stems from different folders
         k = seen.get(it.stem, 0)
@@ -205,7 +205,7 @@ def explain_inputs(
 ) -> int:
     """Explain every input image and write its outputs; returns the exit code (0, or 5 if some inputs failed)."""
     console = console or Console()
-    err_console = err_console or Console(stderr=True)
+    err_console = err_console or Console(stderr=True, soft_wrap=True)
     fmts = [f.strip() for f in formats.split(",") if f.strip()]
     bad = [f for f in fmts if f not in FORMATS]
     if bad or not fmts:
@@ -220,8 +220,10 @@ def explain_inputs(
     failures = [(it.stem, it.error) for it in items if it.error]
     todo = [it for it in items if it.image is not None]
     if not todo:
-        for _, msg in failures:
-            err_console.print(f"[red]error:[/] {msg}", highlight=False)
+        if len(failures) == 1:
+            raise failures[0][1]
+        for _, err in failures:
+            err_console.print(f"[red]error:[/] {err}", highlight=False, soft_wrap=True)
         raise DataError("no readable images among the inputs", ", ".join(inputs))
     _writable_folder(out)
     rows: list[dict[str, Any]] = []
@@ -247,13 +249,13 @@ def explain_inputs(
             bar.advance(task, len(chunk))
     facts = {"classifier": str(classifier or "embedded demo"), "classifier_sha256": bundle.sha256,
              "explainer": None if explainer is None else str(explainer),
-             "failures": [{"image": s, "error": e} for s, e in failures]}
+             "failures": [{"image": s, "error": str(e)} for s, e in failures]}
     if rows:
         write_summary(out, rows, facts)
         console.print(_summary_table(rows, title))
     console.print(f"{len(rows)} explained, {len(todo) - len(pending)} skipped (complete), {len(failures)} failed → {out}")
-    for _, msg in failures:
-        err_console.print(f"[red]failed:[/] {msg}", highlight=False)
+    for _, err in failures:
+        err_console.print(f"[red]failed:[/] {err}", highlight=False, soft_wrap=True)
     return 5 if failures else 0
 
 

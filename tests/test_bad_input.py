@@ -83,8 +83,8 @@ def test_each_bad_input(kind, code, tmp_path, lesion_bundle_dir):
     assert r.exit_code == code, r.output
     assert "Traceback" not in r.output
     if code:
-        first = next(line for line in r.output.splitlines() if line.startswith("error:"))
-        assert src.name in first
+        lines = [line for line in r.output.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error:") and src.name in lines[0], r.output
         assert not any(out.glob("*.json")) if out.exists() else True
     else:
         assert len([p for p in out.glob("*.json") if p.name != "summary.json"]) == 1
@@ -142,3 +142,28 @@ def test_every_command_reports_bad_input_in_one_line(args, code, needle, tmp_pat
     r = runner.invoke(app, [a.replace("{tmp}", str(tmp_path)) for a in args])
     assert r.exit_code == code, r.output
     assert "Traceback" not in r.output and needle in r.output
+
+
+def test_a_20000_pixel_square_image_is_refused_not_decoded(tmp_path, lesion_bundle_dir):
+    huge = tmp_path / "huge.png"
+    Image.new("1", (20000, 20000)).save(huge)  # 49 kB on disk, 400 Mpx decoded
+    r = runner.invoke(app, ["explain", str(huge), "--classifier", str(lesion_bundle_dir), "--out", str(tmp_path / "o")])
+    assert r.exit_code == 3 and "huge.png" in r.output and "refused before decoding" in r.output
+
+
+def test_grey_image_for_an_rgb_classifier(tmp_path):
+    import torch
+    from torch import nn
+
+    from medcam_fast.classifier import classifier_from_module, save_classifier
+    from medcam_fast.data import Preprocess
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    bundle = classifier_from_module(net, Preprocess((32, 32), 3, (0.5,) * 3, (0.2,) * 3), ["a", "b"])
+    folder = save_classifier(bundle, tmp_path / "rgb")
+    img = _png(tmp_path / "grey.png", (RNG.random((40, 40)) * 255).astype(np.uint8))
+    r = runner.invoke(app, ["explain", str(img), "--classifier", str(folder), "--allow-import", "--mode", "full",
+                            "--steps", "1", "--out", str(tmp_path / "o")])
+    assert r.exit_code in (0, 4), r.output  # a module without a factory cannot be rebuilt from its bundle
+    assert "Traceback" not in r.output
