@@ -30,6 +30,7 @@ from .classifier import ClassifierBundle, classifier_from_module, load_classifie
 from .data import Preprocess
 from .errors import ModelError, UsageError
 from .fit import FitConfig, fit_masks
+from .losses import Reference
 from .masking import keep, make_baseline
 from .refine import refine
 from .result import MaskResult
@@ -251,15 +252,16 @@ class MedCAM:
             return self._explanation(x, res, cfg.baseline, time.perf_counter() - start)
         k_steps = DEFAULT_STEPS if steps is None else steps
         with torch.no_grad():
-            ref_logits = self.classifier.logits(x)
-        target = t if t is not None else ref_logits.argmax(1)
+            reference = Reference(*self.classifier(x))  # once: picks the target and anchors the loss
+        target = t if t is not None else reference.logits.argmax(1)
         if target.numel() == 1:
             target = target.expand(x.shape[0]).clone()
         initial = None
         if self.onnx is not None and self.mode == "logits":
             initial = torch.from_numpy(self.onnx.logits(x.cpu().numpy(), target.cpu().numpy())).to(self.device)
         explainer = self.explainer if self.explainer is not None else _onnx_only_bundle(self.onnx, self.fit_config)
-        res = refine(explainer, self.classifier, x, target, k_steps, self.mode, initial_logits=initial)
+        res = refine(explainer, self.classifier, x, target, k_steps, self.mode, initial_logits=initial,
+                     reference=reference)
         return self._explanation(x, res, explainer.baseline, time.perf_counter() - start)
 
     def _explanation(self, x: Tensor, res: MaskResult, baseline: str, seconds: float) -> Explanation:

@@ -46,6 +46,7 @@ def refine(
     full_config: FitConfig | None = None,
     seed: int = 0,
     hard_after: float = FitConfig.hard_after,
+    reference: Reference | None = None,
 ) -> MaskResult:
     """Masks for ``x`` from the explainer's first guess plus ``steps`` refinement steps.
 
@@ -64,6 +65,8 @@ def refine(
         seed: seeds the robustness perturbations.
         hard_after: in ``"logits"`` mode, the fraction of steps after which the straight-through binary mask
             is optimized (as in the per-image fit).
+        reference: the classifier's ``(logits, activations)`` on ``x`` when the caller already has them
+            (saves a forward pass).
     """
     pre = explainer.preprocess
     w = weights or explainer.weights
@@ -74,8 +77,9 @@ def refine(
         raise ValueError(f"unknown refinement mode {mode!r}: choose logits, weights or full")
     start = time.perf_counter()
     x = x.detach()
-    with torch.no_grad():
-        reference = Reference(*classifier(x))
+    if reference is None:
+        with torch.no_grad():
+            reference = Reference(*classifier(x))
     target = resolve_targets(reference.logits, targets)
     baseline = make_baseline(x, explainer.baseline, pre.mean, pre.std)  # type: ignore[arg-type]
     unet = explainer.unet.eval()
