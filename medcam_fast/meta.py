@@ -328,7 +328,7 @@ def meta_train(
         steps=cfg.inner_steps,
         lr=cfg.inner_lr,
         first_order=cfg.first_order,
-        lrs={n: float(v.exp()) for n, v in lrs.items()} or None,
+        lrs={n: float(v.detach().exp()) for n, v in lrs.items()} or None,
     )
     bundle = ExplainerBundle(
         unet=unet.eval(),
