@@ -83,7 +83,7 @@ def bench_per_image(
         correct = []
         for s in range(0, len(x_all), batch_size):
             x = x_all[s : s + batch_size]
-            r = fit_masks(clf, x, None, cfg, logits_fn=clf.logits, normalization=(bundle.preprocess.mean, bundle.preprocess.std))
+            r = fit_masks(clf, x, None, cfg, normalization=(bundle.preprocess.mean, bundle.preprocess.std))
             per_img.extend([r.seconds / len(x)] * len(x))
             v = r.verification
             for k in ("original", "masked", "complement", "area"):
@@ -213,7 +213,7 @@ def bench_quality(
             cfg = FitConfig(steps=steps, weights=weights, baseline=main.baseline)  # type: ignore[arg-type]
             rs, secs = [], []
             for x in batches:
-                r = fit_masks(clf, x, None, cfg, logits_fn=clf.logits,
+                r = fit_masks(clf, x, None, cfg,
                               normalization=(bundle.preprocess.mean, bundle.preprocess.std))
                 rs.append(r)
                 secs.extend([r.seconds / len(x)] * len(x))
@@ -388,7 +388,7 @@ def _speed_timings(x: Tensor, model: Any, clf: Any, ex: Any, ort: Any, grad_cam:
         )
     if x.shape[0] == 1:
         cfg = FitConfig(steps=fit_measured_steps)
-        t_fit = _median_time(lambda: fit_masks(clf, x, None, cfg, logits_fn=clf.logits), 3)
+        t_fit = _median_time(lambda: fit_masks(clf, x, None, cfg), 3)
         timings[f"per-image fit {fit_steps} steps"] = t_fit * fit_steps / fit_measured_steps
     if grad_cam is not None:
         for p in model.parameters():

@@ -247,7 +247,7 @@ class MedCAM:
         if self.mode == "full":
             cfg = self.fit_config if steps is None else self.fit_config.with_(steps=steps)
             res = fit_masks(
-                self.classifier, x, t, cfg, logits_fn=self.classifier.logits, normalization=(pre.mean, pre.std)
+                self.classifier, x, t, cfg, normalization=(pre.mean, pre.std)
             )
             return self._explanation(x, res, cfg.baseline, time.perf_counter() - start)
         k_steps = DEFAULT_STEPS if steps is None else steps

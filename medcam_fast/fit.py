@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from .losses import TERMS, Classifier, LossWeights, Reference, composite_loss
 from .masking import BaselineKind, make_baseline, mask_from_logits
-from .result import MaskResult, verify
+from .result import MaskResult, Verification
 from .unet import UNet, UNetConfig
 
 __all__ = ["FitConfig", "fit_masks", "evaluate_masks", "resolve_targets", "UNetEnsemble"]
@@ -133,7 +133,6 @@ def fit_masks(
     x: Tensor,
     targets: Tensor | int | None = None,
     config: FitConfig = FitConfig(),
-    logits_fn: Callable[[Tensor], Tensor] | None = None,
     normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
     record_trace: bool = False,
     callback: Callable[[int], None] | None = None,
@@ -146,13 +145,11 @@ def fit_masks(
         x: normalized images ``[B,C,H,W]``.
         targets: class to explain per image (``[B]`` or one int); default: the predicted class.
         config: the fit settings.
-        logits_fn: images → logits without activations (cheaper verification); default uses ``classifier``.
         normalization: ``(mean, std)`` of the preprocessing, needed for the ``"zero"`` baseline.
         record_trace: keep every term's value at every step in ``MaskResult.trace``.
         callback: called with the step index after each step (progress bars).
     """
     start = time.perf_counter()
-    logits_fn = logits_fn or (lambda z: classifier(z)[0])
     x = x.detach()
     with torch.no_grad():
         ref_logits, ref_acts = classifier(x)
@@ -187,7 +184,7 @@ def fit_masks(
     loss, terms, soft, binary = evaluate_masks(
         classifier, x, u, target, reference, baseline, config.weights, config.tau
     )
-    ver = verify(logits_fn, x, binary, target, baseline, original_logits=ref_logits)
+    ver = Verification.from_terms(ref_logits, target, terms)
     return MaskResult(
         soft=soft[:, 0],
         binary=binary[:, 0].bool(),

@@ -23,7 +23,7 @@ from .fit import FitConfig, evaluate_masks, fit_masks, resolve_targets
 from .losses import LossWeights, Reference, composite_loss
 from .masking import make_baseline, mask_from_logits
 from .meta import adapt
-from .result import MaskResult, verify
+from .result import MaskResult, Verification
 
 __all__ = ["refine", "RefineMode", "LOGITS_LR"]
 
@@ -72,7 +72,7 @@ def refine(
     w = weights or explainer.weights
     if mode == "full":
         cfg = (full_config or FitConfig(weights=w, baseline=explainer.baseline)).with_(steps=steps)  # type: ignore[arg-type]
-        return fit_masks(classifier, x, targets, cfg, logits_fn=classifier.logits, normalization=(pre.mean, pre.std))
+        return fit_masks(classifier, x, targets, cfg, normalization=(pre.mean, pre.std))
     if mode not in ("logits", "weights"):
         raise ValueError(f"unknown refinement mode {mode!r}: choose logits, weights or full")
     start = time.perf_counter()
@@ -116,7 +116,7 @@ def refine(
                 torch.func.functional_call(unet, p, (x[i : i + 1], target[i : i + 1])) for i, p in enumerate(adapted)
             ])
     loss, terms, soft, binary = evaluate_masks(classifier, x, u, target, reference, baseline, w, explainer.tau)
-    ver = verify(classifier.logits, x, binary, target, baseline, original_logits=reference.logits)
+    ver = Verification.from_terms(reference.logits, target, terms)
     return MaskResult(
         soft=soft[:, 0], binary=binary[:, 0].bool(), logits=u[:, 0], verification=ver, terms=terms, loss=loss,
         steps=steps, seconds=time.perf_counter() - start,

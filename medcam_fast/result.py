@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
-from .masking import keep, remove
-
-__all__ = ["Verification", "MaskResult", "verify"]
+__all__ = ["Verification", "MaskResult"]
 
 
 @dataclass(frozen=True)
@@ -33,43 +30,24 @@ class Verification:
     complement: Tensor
     area: Tensor
 
+    @classmethod
+    def from_terms(cls, original_logits: Tensor, target: Tensor, terms: dict[str, Tensor]) -> Verification:
+        """Read the verdict off the loss terms of the **binary** mask, which already hold it exactly:
+        ``p_c(x̃) = exp(−L_ce)``, ``p_c(x̄) = 1 − exp(−L_nec)``, area ``= L_area`` — no extra classifier call.
 
-@torch.no_grad()
-def verify(
-    logits_fn: Callable[[Tensor], Tensor],
-    x: Tensor,
-    binary: Tensor,
-    target: Tensor,
-    baseline: Tensor,
-    original_logits: Tensor | None = None,
-) -> Verification:
-    """Check a binary mask against the classifier.
-
-    Args:
-        logits_fn: images → logits (e.g. ``FrozenClassifier.logits``).
-        x: normalized images ``[B,C,H,W]``.
-        binary: binary masks ``[B,H,W]`` or ``[B,1,H,W]`` (bool or 0/1).
-        target: class explained per image ``[B]``.
-        baseline: the baseline image ``b`` used for removed pixels.
-        original_logits: ``z(x)`` when already computed (saves one forward pass).
-    """
-    m = binary.reshape(x.shape[0], 1, *x.shape[-2:]).to(x.dtype)
-    b = x.shape[0]
-    if original_logits is None:
-        logits = logits_fn(torch.cat([x, keep(x, m, baseline), remove(x, m, baseline)]))
-        z0, z1, z2 = logits[:b], logits[b : 2 * b], logits[2 * b :]
-    else:
-        logits = logits_fn(torch.cat([keep(x, m, baseline), remove(x, m, baseline)]))
-        z0, z1, z2 = original_logits, logits[:b], logits[b:]
-    idx = target[:, None]
-    return Verification(
-        predicted=z0.argmax(1),
-        target=target,
-        original=z0.softmax(1).gather(1, idx)[:, 0],
-        masked=z1.softmax(1).gather(1, idx)[:, 0],
-        complement=z2.softmax(1).gather(1, idx)[:, 0],
-        area=m.flatten(1).mean(1),
-    )
+        Args:
+            original_logits: ``z(x)`` ``[B, K]``.
+            target: class explained per image ``[B]``.
+            terms: :func:`~medcam_fast.losses.composite_loss` terms evaluated with the binary mask.
+        """
+        return cls(
+            predicted=original_logits.argmax(1),
+            target=target,
+            original=original_logits.softmax(1).gather(1, target[:, None])[:, 0],
+            masked=torch.exp(-terms["ce"]),
+            complement=-torch.expm1(-terms["nec"]),
+            area=terms["area"],
+        )
 
 
 @dataclass
@@ -81,8 +59,8 @@ class MaskResult:
         binary: binary masks ``m > 0.5`` ``[B,H,W]`` (bool).
         logits: mask logits ``u`` ``[B,H,W]``.
         verification: the classifier's verdict on the binary masks.
-        terms: final value of every loss term per image (name → ``[B]``), soft mask.
-        loss: final composite loss per image ``[B]`` (soft mask).
+        terms: every loss term per image (name → ``[B]``) for the binary mask.
+        loss: composite loss per image ``[B]`` for the binary mask.
         steps: optimization steps taken.
         seconds: wall time for the whole batch.
         trace: per-step loss terms (name → ``[steps, B]``) when recorded.

@@ -23,7 +23,7 @@ def _fit(bundle, x, **kw):
     clf = bundle.frozen()
     cfg = FitConfig(**{"steps": 120, **kw})
     pre = bundle.preprocess
-    return fit_masks(clf, x, None, cfg, logits_fn=clf.logits, normalization=(pre.mean, pre.std))
+    return fit_masks(clf, x, None, cfg, normalization=(pre.mean, pre.std))
 
 
 def test_fit_keeps_the_decision_with_a_small_mask_on_the_lesion(lesion_bundle, positives):
