@@ -163,11 +163,13 @@ def meta_train_cmd(
     data: str = typer.Option(..., help="Training images: a .npz path, a class-per-folder directory, or a short name."),
     out: Path = typer.Option(..., help="Output folder: checkpoints and the explainer bundle."),
     inner_steps: int = typer.Option(3, min=0, help="K, inner adaptation steps (0 = amortized training)."),
+    inner_mode: str = typer.Option("weights", help="What the inner loop adapts: weights (MAML) or logits "
+                                   "(the mask logits, as refinement does; first-order)."),
     first_order: bool = typer.Option(False, "--first-order", help="First-order MAML (no second-order terms)."),
     meta_sgd: bool = typer.Option(False, "--meta-sgd", help="Learn the inner step sizes (Meta-SGD)."),
     outer_steps: int = typer.Option(400, min=1, help="Meta-updates."),
     meta_batch: int = typer.Option(8, min=1, help="Images per meta-update."),
-    inner_lr: float = typer.Option(0.1, help="Inner step size."),
+    inner_lr: float | None = typer.Option(None, help="Inner step size [default: 0.1 weights, 0.3 logits]."),
     outer_lr: float = typer.Option(2e-3, help="Outer (Adam) learning rate."),
     width: int = typer.Option(16, min=2, help="U-Net width."),
     checkpoint_every: int = typer.Option(25, min=1, help="Outer steps between checkpoints."),
@@ -181,11 +183,14 @@ def meta_train_cmd(
 ) -> None:
     """Meta-train a shared U-Net explainer for a classifier (MAML on the composite loss)."""
     from medcam_fast.meta import MetaConfig
+    from medcam_fast.refine import LOGITS_LR
     from medcam_fast.workflows import meta_train_bundle
 
     _threads(threads)
-    cfg = MetaConfig(inner_steps=inner_steps, first_order=first_order, meta_sgd=meta_sgd, outer_steps=outer_steps,
-                     meta_batch=meta_batch, inner_lr=inner_lr, outer_lr=outer_lr, width=width, seed=seed,
+    if inner_lr is None:
+        inner_lr = LOGITS_LR if inner_mode == "logits" else 0.1
+    cfg = MetaConfig(inner_steps=inner_steps, inner_mode=inner_mode, first_order=first_order, meta_sgd=meta_sgd,
+                     outer_steps=outer_steps, meta_batch=meta_batch, inner_lr=inner_lr, outer_lr=outer_lr, width=width, seed=seed,
                      checkpoint_every=checkpoint_every)
     meta_train_bundle(classifier, data, out, cfg, resume=resume, overwrite=overwrite, data_dir=data_dir,
                       console=console, time_budget=None if minutes is None else minutes * 60, init=init)
@@ -220,6 +225,43 @@ def demo_cmd(
 
     _threads(threads)
     raise typer.Exit(run_demo(out, n=n, steps=steps, overwrite=overwrite, console=console, err_console=err_console))
+
+
+@app.command("evaluate")
+@handle_errors
+def evaluate_cmd(
+    classifier: Path | None = typer.Option(None, help="Classifier bundle folder (one data set); default: --models."),
+    explainer: Path | None = typer.Option(None, help="Explainer bundle folder or explainer.onnx for --classifier."),
+    data: list[str] = typer.Option(["breast", "pneumonia", "blood", "path", "lesions"], help="Data set: a short "
+                                   "name, an .npz file or a class-per-folder tree (repeat the option for several)."),
+    models: Path = typer.Option(Path("models"), help="Folder with <dataset>/classifier and <dataset>/explainer."),
+    methods: str | None = typer.Option(None, help="Comma-separated subset of the methods [default: all]."),
+    n: int = typer.Option(64, min=1, help="Test images per data set."),
+    out: Path = typer.Option(Path("evaluate-out"), help="Output folder: report.md, results.json, figures/."),
+    sanity_n: int = typer.Option(16, min=0, help="Images of the cascading-randomization check (0 skips it)."),
+    sanity_stages: int = typer.Option(4, min=1, help="Randomization stages reported."),
+    refine_steps: int | None = typer.Option(None, min=0, help="Refinement steps of the refined method [default: 10]."),
+    fit_steps: int = typer.Option(300, min=1, help="Steps of the per-image fit."),
+    batch_size: int = typer.Option(16, min=1, help="Images per method call."),
+    device: str = typer.Option("cpu", help="torch device, e.g. cpu or cuda."),
+    seed: int = typer.Option(0, help="Picks the images and seeds the random methods."),
+    resume: bool = typer.Option(False, help="Reuse the data sets an earlier run in OUT finished."),
+    overwrite: bool = typer.Option(False, help="Replace an earlier evaluation in OUT."),
+    data_dir: Path | None = typer.Option(None, envvar="MEDCAM_DATA_DIR", help="Folder of the shared .npz data sets."),
+    threads: int | None = typer.Option(None, help="CPU threads for torch."),
+) -> None:
+    """Faithfulness, localization, sanity and speed of medcam-fast against Grad-CAM, RISE, … on the same images."""
+    from medcam_fast.evaluate import ALL_METHODS, EvalConfig
+    from medcam_fast.explain import DEFAULT_STEPS
+    from medcam_fast.workflows import evaluate_job
+
+    _threads(threads)
+    chosen = tuple(m.strip() for m in methods.split(",") if m.strip()) if methods else ALL_METHODS
+    cfg = EvalConfig(methods=chosen, n=n, sanity_n=sanity_n, sanity_stages=sanity_stages,
+                     refine_steps=DEFAULT_STEPS if refine_steps is None else refine_steps, fit_steps=fit_steps,
+                     batch_size=batch_size, device=device, seed=seed)
+    evaluate_job(data, out, cfg, classifier=classifier, explainer=explainer, models=models, data_dir=data_dir,
+                 resume=resume, overwrite=overwrite, console=console)
 
 
 @bench_app.command("per-image")

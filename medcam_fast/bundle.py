@@ -37,15 +37,17 @@ class InnerLoop:
 
     Args:
         steps: K, the adaptation steps used in training.
-        lr: inner learning rate η (SGD on the U-Net weights).
+        lr: inner learning rate η (SGD on the U-Net weights, or Adam on the mask logits).
         first_order: whether training ignored second-order terms (first-order MAML).
         lrs: learned step size per parameter tensor (Meta-SGD), overriding ``lr`` where given.
+        mode: what the inner loop adapted in training: ``"weights"`` or ``"logits"``.
     """
 
     steps: int = 5
     lr: float = 0.05
     first_order: bool = False
     lrs: dict[str, float] | None = None
+    mode: str = "weights"
 
 
 @dataclass

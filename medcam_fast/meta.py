@@ -13,6 +13,17 @@ exactly learn2learn's ``clone()`` / ``adapt(loss, first_order=…)`` semantics. 
 step sizes α (one per parameter tensor, Meta-SGD). ``inner_steps = 0`` is plain amortized training
 (Dabkowski & Gal 2017): the outer loss at zero steps only.
 
+``inner_mode="logits"`` adapts what refinement at inference adapts — the mask logits, not the weights:
+
+    u_i⁰ = f_θ(x_i, c_i),   u_iᵏ⁺¹ = Adam(u_iᵏ, ∇_u L_i(u_iᵏ))   (K steps, as :func:`medcam_fast.refine.refine`)
+    outer objective:        J(θ) = (1/B) Σ_i [ L_i^bin(u_i⁰ + sg(u_iᴷ − u_i⁰)) + λ₀ · L_i(u_i⁰) ]
+
+first order by construction (the Adam trajectory is not differentiated; its end point is reached from
+``u⁰`` by a constant shift, so ``∂u^K/∂u⁰ = I``, as in FOMAML), with the K-step loss taken on the
+straight-through binary mask the user receives. The U-Net then learns a first guess from which the
+deployed refinement — ONNX first guess plus K logit steps — goes furthest, instead of a first guess that is
+good on its own only.
+
 The images of one meta-batch go through the frozen classifier in one batched call; per-image U-Nets run in
 a loop (``torch.func.vmap`` over per-image weights measured ~6× slower on a CPU).
 
@@ -41,11 +52,12 @@ from ._io import atomic_write, atomic_write_json
 from .bundle import ExplainerBundle, InnerLoop
 from .classifier import ClassifierBundle, FrozenClassifier
 from .errors import ModelError, UsageError
+from .fit import FitConfig
 from .losses import TERMS, Classifier, LossWeights, Reference, composite_loss
 from .masking import make_baseline, mask_from_logits
 from .unet import UNet, UNetConfig, auto_downsample
 
-__all__ = ["MetaConfig", "meta_train", "adapt", "task_losses"]
+__all__ = ["MetaConfig", "meta_train", "adapt", "adapt_logits", "task_losses"]
 
 Params = dict[str, Tensor]
 
@@ -56,7 +68,9 @@ class MetaConfig:
 
     Args:
         inner_steps: K, adaptation steps per image (0 = amortized training, no inner loop).
-        inner_lr: initial inner step size α (SGD).
+        inner_mode: what the inner loop adapts: ``"weights"`` (MAML on the U-Net weights, SGD) or
+            ``"logits"`` (the mask logits, Adam, first order; see the module docstring).
+        inner_lr: initial inner step size α (SGD on weights, or Adam on logits).
         first_order: first-order MAML (no gradients through the inner gradients).
         meta_sgd: learn one inner step size per parameter tensor (Meta-SGD).
         outer_steps: meta-updates.
@@ -74,6 +88,7 @@ class MetaConfig:
     """
 
     inner_steps: int = 3
+    inner_mode: str = "weights"
     inner_lr: float = 0.1
     first_order: bool = False
     meta_sgd: bool = False
@@ -89,6 +104,14 @@ class MetaConfig:
     weights: LossWeights = field(default_factory=LossWeights)
     seed: int = 0
     checkpoint_every: int = 25
+
+    def __post_init__(self) -> None:
+        if self.inner_mode not in ("weights", "logits"):
+            raise UsageError(f"unknown inner mode {self.inner_mode!r}: choose weights or logits")
+        if self.inner_mode == "logits" and not self.first_order:
+            raise UsageError("the logits inner loop is first-order (Adam is not differentiated): add --first-order")
+        if self.inner_mode == "logits" and self.meta_sgd:
+            raise UsageError("--meta-sgd learns per-tensor U-Net step sizes; it needs --inner-mode weights")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dictionary (weights nested)."""
@@ -166,6 +189,46 @@ def adapt(
             new.append(step)
         params = new
     return params
+
+
+def adapt_logits(
+    classifier: Classifier,
+    x: Tensor,
+    u0: Tensor,
+    target: Tensor,
+    reference: Reference,
+    baseline: Tensor,
+    weights: LossWeights,
+    tau: float,
+    steps: int,
+    lr: float,
+    hard_after: float,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """The logits inner loop (also refinement's ``"logits"`` mode): ``K`` Adam steps on the mask logits.
+
+    ``u⁰ = u0`` (detached), ``uᵏ⁺¹ = Adam(uᵏ, ∇_u Σ_i L_i(σ(uᵏ/τ)))``; from step ``⌊hard_after·K⌋`` on, the
+    loss is taken on the straight-through binary mask (as in the per-image fit). Images are independent:
+    the summed loss has a per-image gradient and Adam's update is element-wise. Returns ``uᴷ`` (detached).
+
+    Args:
+        u0: first-guess logits ``[B,1,H,W]``.
+        lr: Adam step size.
+        hard_after: fraction of the steps after which the binary mask is optimized.
+    """
+    u = u0.detach().clone().requires_grad_(True)
+    if steps <= 0:
+        return u.detach()
+    opt = torch.optim.Adam([u], lr=lr)
+    hard_from = int(hard_after * steps)
+    with torch.enable_grad():
+        for k in range(steps):
+            m = mask_from_logits(u, tau, hard=k >= hard_from)
+            total, _ = composite_loss(classifier, x, m, target, reference, baseline, weights, generator)
+            opt.zero_grad(set_to_none=True)
+            total.sum().backward()
+            opt.step()
+    return u.detach()
 
 
 def _sample(n_images: int, step: int, cfg: MetaConfig) -> np.ndarray:
@@ -291,9 +354,21 @@ def meta_train(
             ref = Reference(*clf(x))
         base = make_baseline(x, cfg.baseline, pre.mean, pre.std)  # type: ignore[arg-type]
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        zero_total, zero_terms = task_losses(unet, [theta] * len(x), clf, x, target, ref, base, cfg.weights, cfg.tau, gen)
+        # θ is shared at zero steps: one batched call (GroupNorm and FiLM act per image).
+        u0 = functional_call(unet, theta, (x, target))
+        zero_total, zero_terms = composite_loss(clf, x, mask_from_logits(u0, cfg.tau), target, ref, base,
+                                                cfg.weights, gen)
         log = {"zero": float(zero_total.detach().mean())}
-        if cfg.inner_steps > 0:
+        if cfg.inner_steps > 0 and cfg.inner_mode == "logits":
+            u_k = adapt_logits(clf, x, u0, target, ref, base, cfg.weights, cfg.tau, cfg.inner_steps, cfg.inner_lr,
+                               FitConfig.hard_after, gen)
+            shifted = u0 + (u_k - u0.detach())
+            k_total, k_terms = composite_loss(clf, x, mask_from_logits(shifted, cfg.tau, hard=True), target, ref,
+                                              base, cfg.weights, gen)
+            objective = k_total.mean() + cfg.zero_step_weight * zero_total.mean()
+            log["adapted"] = float(k_total.detach().mean())
+            log.update({t: float(k_terms[t].detach().mean()) for t in TERMS})
+        elif cfg.inner_steps > 0:
             lr = {n: v.exp() for n, v in lrs.items()} if lrs else cfg.inner_lr
             adapted = adapt(unet, theta, clf, x, target, ref, base, cfg.weights, cfg.tau, cfg.inner_steps, lr,
                             cfg.first_order, gen)
@@ -326,6 +401,7 @@ def meta_train(
             p.copy_(theta[n])
     inner = InnerLoop(
         steps=cfg.inner_steps,
+        mode=cfg.inner_mode,
         lr=cfg.inner_lr,
         first_order=cfg.first_order,
         lrs={n: float(v.detach().exp()) for n, v in lrs.items()} or None,
@@ -339,7 +415,8 @@ def meta_train(
         baseline=cfg.baseline,
         weights=cfg.weights,
         inner=inner,
-        training={"method": ("maml" if cfg.inner_steps else "amortized") + ("+init" if init is not None else ""),
+        training={"method": (("maml-logits" if cfg.inner_mode == "logits" else "maml") if cfg.inner_steps
+                             else "amortized") + ("+init" if init is not None else ""),
                   "init": None if init is None else init.training, "config": cfg.to_dict(),
                   "steps_done": step, "seconds": seconds, "n_images": int(len(x_all)),
                   "final": history[-1] if history else {}},

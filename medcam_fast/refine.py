@@ -3,7 +3,8 @@
 Three modes, each image independent:
 
 * ``"logits"`` — optimize the mask logits ``u`` directly, starting from the first guess ``u₀ = f_θ(x, c)``
-  (or logits handed in, e.g. from onnxruntime): ``u ← Adam(u, ∇_u L)`` for ``K`` steps.
+  (or logits handed in, e.g. from onnxruntime): ``u ← Adam(u, ∇_u L)`` for ``K`` steps
+  (:func:`medcam_fast.meta.adapt_logits`, the inner loop of ``inner_mode="logits"`` meta-training).
 * ``"weights"`` — adapt the U-Net weights ``K`` SGD steps from the meta-learned ``θ``, exactly the inner
   loop of meta-training (:func:`medcam_fast.meta.adapt`, first order).
 * ``"full"`` — the paper's per-image fit from a fresh U-Net (:func:`medcam_fast.fit.fit_masks`).
@@ -20,9 +21,9 @@ from torch import Tensor
 from .bundle import ExplainerBundle
 from .classifier import FrozenClassifier
 from .fit import FitConfig, evaluate_masks, fit_masks, resolve_targets
-from .losses import LossWeights, Reference, composite_loss
-from .masking import make_baseline, mask_from_logits
-from .meta import adapt
+from .losses import LossWeights, Reference
+from .masking import make_baseline
+from .meta import adapt, adapt_logits
 from .result import MaskResult, Verification
 
 __all__ = ["refine", "RefineMode", "LOGITS_LR"]
@@ -31,6 +32,8 @@ RefineMode = Literal["logits", "weights", "full"]
 
 #: Adam step size on mask logits in ``"logits"`` mode.
 LOGITS_LR = 0.3
+#: SGD step size on U-Net weights in ``"weights"`` mode for an explainer not meta-trained on its weights.
+WEIGHTS_LR = 0.1
 
 
 def refine(
@@ -60,7 +63,8 @@ def refine(
         initial_logits: first-guess logits ``[B,1,H,W]`` or ``[B,H,W]`` (e.g. from onnxruntime), for
             ``"logits"`` mode; default: the explainer's torch U-Net.
         weights: loss weights; default: those the explainer was trained with.
-        lr: step size; default :data:`LOGITS_LR` (logits) or the explainer's inner step size (weights).
+        lr: step size; default: the explainer's inner step size when it was trained with the same kind of
+            inner loop, else :data:`LOGITS_LR` (logits).
         full_config: settings of ``"full"`` mode (its ``steps`` is replaced by ``steps``).
         seed: seeds the robustness perturbations.
         hard_after: in ``"logits"`` mode, the fraction of steps after which the straight-through binary mask
@@ -90,21 +94,13 @@ def refine(
         else:
             with torch.no_grad():
                 u = unet(x, target)
-        if steps > 0:
-            u.requires_grad_(True)
-            opt = torch.optim.Adam([u], lr=lr or LOGITS_LR)
-            hard_from = int(hard_after * steps)
-            for k in range(steps):
-                m = mask_from_logits(u, explainer.tau, hard=k >= hard_from)
-                total, _ = composite_loss(classifier, x, m, target, reference, baseline, w, gen)
-                opt.zero_grad(set_to_none=True)
-                total.sum().backward()
-                opt.step()
-        u = u.detach()
+        if lr is None:
+            lr = explainer.inner.lr if explainer.inner.mode == "logits" else LOGITS_LR
+        u = adapt_logits(classifier, x, u, target, reference, baseline, w, explainer.tau, steps, lr, hard_after, gen)
     else:
         theta = {n: p.detach() for n, p in unet.named_parameters()}
         inner = explainer.inner
-        step_size: float | dict[str, Tensor] = lr or inner.lr
+        step_size: float | dict[str, Tensor] = lr or (inner.lr if inner.mode == "weights" else WEIGHTS_LR)
         if lr is None and inner.lrs:
             step_size = {n: torch.tensor(v, device=x.device) for n, v in inner.lrs.items()}
         theta = {n: t.requires_grad_(False) for n, t in theta.items()}

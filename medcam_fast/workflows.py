@@ -37,7 +37,7 @@ from .writers import FORMATS, output_paths, write_explanation, write_summary
 
 __all__ = [
     "train_classifier_bundle", "import_classifier_bundle", "meta_train_bundle", "export_bundle", "explain_inputs", "run_demo", "DEMO_DIR",
-    "load_splits",
+    "load_splits", "evaluate_job",
 ]
 
 #: The embedded demo bundle shipped inside the package.
@@ -398,3 +398,77 @@ def export_bundle(explainer: str | Path, out: str | Path | None, *, combined: st
     if combined is not None:
         return export_combined(bundle, load_classifier(combined).model, target)
     return export_explainer(bundle, target)
+
+
+def evaluate_specs(
+    datasets: Sequence[str],
+    *,
+    classifier: str | Path | None = None,
+    explainer: str | Path | None = None,
+    models: str | Path = "models",
+    data_dir: str | Path | None = None,
+) -> list[tuple[str, Path, Path, ImageSet]]:
+    """``(name, classifier, explainer, test images)`` per data set for :func:`~medcam_fast.evaluate.evaluate_suite`.
+
+    With ``classifier`` (and ``explainer``) given, ``datasets`` must hold one data set, explained by them.
+    Otherwise each data set ``d`` uses ``models/d/classifier`` and ``models/d/explainer``, and ``lesions``
+    (the procedural set with known evidence) the embedded demo bundle.
+    """
+    if classifier is not None:
+        if len(datasets) != 1:
+            raise UsageError("--classifier evaluates one data set: give one --data")
+        name = Path(datasets[0]).stem if Path(datasets[0]).exists() else datasets[0]
+        ex = Path(explainer) if explainer is not None else Path(classifier)
+        return [(name, Path(classifier), ex, load_splits(datasets[0], data_dir)["test"])]
+    specs = []
+    for d in datasets:
+        folder = DEMO_DIR if d == "lesions" else Path(models) / d
+        for part in ("classifier", "explainer"):
+            if not (folder / part).is_dir():
+                raise UsageError(f"no {part} bundle for data set {d!r}", folder / part)
+        specs.append((d, folder / "classifier", folder / "explainer", load_splits(d, data_dir)["test"]))
+    return specs
+
+
+def evaluate_job(
+    datasets: Sequence[str],
+    out: str | Path,
+    config: Any,
+    *,
+    classifier: str | Path | None = None,
+    explainer: str | Path | None = None,
+    models: str | Path = "models",
+    data_dir: str | Path | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    console: Console | None = None,
+) -> dict[str, Any]:
+    """Run ``medcam-fast evaluate`` with a progress bar; refuses to replace an earlier report unless asked."""
+    from .baselines import available_peers
+    from .evaluate import MEDCAM_METHODS, evaluate_suite
+
+    console = console or Console()
+    out = Path(out)
+    if (out / "results.json").exists() and not (resume or overwrite):
+        raise UsageError("holds an earlier evaluation; pass --resume to reuse its finished data sets or --overwrite", out)
+    if overwrite and not resume:
+        import shutil
+
+        shutil.rmtree(out / "datasets", ignore_errors=True)
+    _writable_folder(out)
+    specs = evaluate_specs(datasets, classifier=classifier, explainer=explainer, models=models, data_dir=data_dir)
+    missing = {m: why for m, why in available_peers().items() if why is not None and m in config.methods}
+    for m, why in missing.items():
+        console.print(f"[yellow]skipping {m}[/]: {why}")
+    live = [m for m in config.methods if m not in missing]
+    units = len(specs) * (len(config.methods) + len(live) * (config.sanity_stages if config.sanity_n else 0))
+    if any(m in MEDCAM_METHODS for m in config.methods) and explainer is None and classifier is not None:
+        raise UsageError("medcam-fast's methods need --explainer (a bundle folder or explainer.onnx)")
+    columns = (TextColumn("[bold]evaluate"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+               TimeRemainingColumn())
+    with Progress(*columns, console=console) as bar:
+        task = bar.add_task("evaluate", total=units, info="")
+        results = evaluate_suite(specs, config, out, resume=resume,
+                                 progress=lambda label: bar.update(task, advance=1, info=label))
+    console.print(f"wrote {out / 'report.md'}, {out / 'results.json'} and {out / 'figures'}")
+    return results

@@ -83,3 +83,28 @@ def test_refinement_lowers_the_loss_of_the_first_guess(lesion_bundle, images, mo
     better = refine(explainer, clf, x, steps=15, mode=mode, weights=w)
     assert better.steps == 15 and better.binary.shape == (3, 32, 32)
     assert better.loss.mean() < first.loss.mean()
+
+
+def test_logits_inner_loop_meta_trains_the_first_guess_for_refinement(lesion_bundle, images, tmp_path):
+    cfg = FAST.with_(inner_mode="logits", first_order=True, inner_lr=0.3, inner_steps=3, outer_steps=3)
+    explainer = meta_train(lesion_bundle, images, cfg, out_dir=tmp_path)
+    assert explainer.training["method"] == "maml-logits"
+    loaded = load_explainer(tmp_path)
+    assert loaded.inner.mode == "logits" and loaded.inner.lr == 0.3 and loaded.inner.steps == 3
+    hist = explainer.training["final"]
+    assert np.isfinite(hist["adapted"]) and np.isfinite(hist["zero"])
+    torch.manual_seed(cfg.seed)
+    amort = meta_train(lesion_bundle, images, cfg.with_(inner_mode="weights", inner_steps=0))
+    a, b = _theta(amort), _theta(explainer)
+    assert any(not torch.equal(a[k], b[k]) for k in a), "the K-step term must change the outer gradient"
+
+
+def test_logits_inner_mode_is_first_order_only():
+    from medcam_fast.errors import UsageError
+
+    with pytest.raises(UsageError, match="first-order"):
+        MetaConfig(inner_mode="logits")
+    with pytest.raises(UsageError, match="meta-sgd"):
+        MetaConfig(inner_mode="logits", first_order=True, meta_sgd=True)
+    with pytest.raises(UsageError, match="inner mode"):
+        MetaConfig(inner_mode="pixels")

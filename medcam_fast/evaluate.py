@@ -1,0 +1,564 @@
+"""``medcam-fast evaluate``: medcam-fast against the saliency methods users would pick instead.
+
+Every method explains the same frozen classifier on the same images, for the class the classifier
+predicts, and every number comes from the same code in :mod:`medcam_fast.metrics`:
+
+* **medcam-fast** — ``first-guess`` (the explainer's U-Net, through onnxruntime when the bundle has an
+  ``explainer.onnx``), ``refined`` (first guess + the default ``"logits"`` refinement,
+  :data:`~medcam_fast.explain.DEFAULT_STEPS` steps) and ``fit`` (the paper's per-image fit, 300 steps).
+  Their saliency is the soft mask ``m = σ(u/τ)``; pixels are ranked by the logits ``u``, the same order
+  without the ties that a saturated float sigmoid would create.
+* **peers** (:mod:`medcam_fast.baselines`) — Grad-CAM, Grad-CAM++, Score-CAM (``grad-cam``), Occlusion and
+  Integrated Gradients (``captum``), RISE and Extremal Perturbations (written here from the papers). A peer
+  whose package is missing is reported as skipped with the install command, never as zeros.
+
+Metrics per data set: preservation at 5/10/20/30 % area (baseline: the explainer's), deletion and
+insertion AUC (RISE protocol: zero substrate for deletion, blurred substrate for insertion), binary
+evidence (medcam-fast's masks), pointing game and top-k IoU where the true evidence is known (the
+procedural lesion set), the cascading-randomization sanity check (Spearman correlation between the map of
+the trained and of the progressively randomized classifier, on ``sanity_n`` images), ROAD (``grad-cam``'s
+metric, as a cross-check, when installed) and seconds per image.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from . import baselines as peers
+from . import metrics
+from ._io import atomic_write, atomic_write_json
+from .bundle import ExplainerBundle
+from .classifier import ClassifierBundle, FrozenClassifier, load_classifier
+from .data import ImageSet
+from .errors import UsageError
+from .explain import DEFAULT_STEPS, _load_explainer, _onnx_only_bundle
+from .fit import FitConfig, fit_masks
+from .masking import make_baseline
+from .refine import refine
+
+__all__ = ["EvalConfig", "MEDCAM_METHODS", "ALL_METHODS", "evaluate_dataset", "evaluate_suite", "report_markdown"]
+
+#: medcam-fast's own methods, in report order.
+MEDCAM_METHODS: tuple[str, ...] = ("first-guess", "refined", "fit")
+#: Every method ``evaluate`` knows, in report order.
+ALL_METHODS: tuple[str, ...] = MEDCAM_METHODS + tuple(peers.METHODS)
+
+_LABELS = {"first-guess": "medcam-fast first guess", "refined": "medcam-fast refined", "fit": "per-image fit"}
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Settings of an evaluation run.
+
+    Args:
+        methods: methods to run (names from :data:`ALL_METHODS`).
+        n: test images per data set.
+        fractions: areas (fractions of the image) for preservation at fixed area.
+        curve_steps: points of the deletion/insertion curves minus one.
+        sanity_n: images of the cascading-randomization check (the first ``sanity_n`` of the ``n``).
+        road_n: images of the ROAD cross-check (the first ``road_n``; its imputation is a sparse solve per image
+            and percentile on the CPU).
+        sanity_stages: randomization stages reported (evenly spaced, the last is the fully random model).
+        refine_steps: refinement steps of the ``refined`` method.
+        fit_steps: steps of the per-image fit.
+        batch_size: images per method call.
+        grid_per_class: images per class in the figure grid.
+        device: torch device.
+        seed: picks the test images and seeds every random method.
+    """
+
+    methods: tuple[str, ...] = ALL_METHODS
+    n: int = 64
+    fractions: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3)
+    curve_steps: int = 32
+    sanity_n: int = 16
+    road_n: int = 16
+    sanity_stages: int = 4
+    refine_steps: int = DEFAULT_STEPS
+    fit_steps: int = 300
+    batch_size: int = 16
+    grid_per_class: int = 2
+    device: str = "cpu"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.methods if m not in ALL_METHODS]
+        if unknown:
+            raise UsageError(f"unknown method {unknown[0]!r}; choose from {', '.join(ALL_METHODS)}")
+        if not self.methods:
+            raise UsageError("no methods to evaluate")
+        if self.n < 1 or self.sanity_n < 0 or self.sanity_stages < 1 or self.batch_size < 1:
+            raise UsageError("n, sanity-stages and batch-size must be positive, sanity-n non-negative")
+
+    def with_(self, **changes: Any) -> EvalConfig:
+        """A copy with some fields changed."""
+        return replace(self, **changes)
+
+
+@dataclass
+class _Explainers:
+    """Everything medcam-fast's methods need: the torch bundle (or its ONNX-only stand-in) and ONNX."""
+
+    bundle: ExplainerBundle
+    onnx: Any
+    has_torch_unet: bool
+
+
+@dataclass
+class _Maps:
+    saliency: Tensor  # [N,H,W], higher = more important
+    binary: Tensor | None  # [N,H,W] bool for methods with a binary mask
+    seconds: float  # per image
+
+
+@dataclass
+class _Context:
+    classifier: FrozenClassifier
+    explainers: _Explainers
+    baseline_kind: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    cfg: EvalConfig
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _first_guess(ctx: _Context, x: Tensor, target: Tensor) -> Tensor:
+    ex = ctx.explainers
+    if ex.onnx is not None:
+        u = ex.onnx.logits(x.detach().cpu().numpy(), target.cpu().numpy())
+        return torch.from_numpy(np.asarray(u)).reshape(x.shape[0], 1, *x.shape[-2:]).to(x.device)
+    with torch.no_grad():
+        return ex.bundle.unet(x, target)
+
+
+def _medcam_chunk(method: str, ctx: _Context, clf: FrozenClassifier, x: Tensor, target: Tensor,
+                  seed: int) -> tuple[Tensor, Tensor]:
+    """(saliency = mask logits ``u``, binary mask) of one chunk for a medcam-fast method."""
+    bundle = ctx.explainers.bundle
+    if method == "fit":
+        cfg = FitConfig(steps=ctx.cfg.fit_steps, weights=bundle.weights, baseline=bundle.baseline,  # type: ignore[arg-type]
+                        seed=seed)
+        res = fit_masks(clf, x, target, cfg, normalization=(ctx.mean, ctx.std))
+        return res.logits, res.binary
+    u0 = _first_guess(ctx, x, target)
+    if method == "first-guess":
+        return u0[:, 0], (torch.sigmoid(u0[:, 0] / bundle.tau) > bundle.threshold)
+    res = refine(bundle, clf, x, target, steps=ctx.cfg.refine_steps, mode="logits", initial_logits=u0, seed=seed)
+    return res.logits, res.binary
+
+
+def _maps(method: str, ctx: _Context, clf: FrozenClassifier, x: Tensor, target: Tensor,
+          baseline: Tensor) -> _Maps:
+    """One method's maps for all of ``x`` (in chunks of ``batch_size``), timed."""
+    sal, binary = [], []
+    bs = ctx.cfg.batch_size
+    _sync(x.device)
+    start = time.perf_counter()
+    for s in range(0, x.shape[0], bs):
+        xs, ts, bl = x[s : s + bs], target[s : s + bs], baseline[s : s + bs]
+        if method in MEDCAM_METHODS:
+            u, b = _medcam_chunk(method, ctx, clf, xs, ts, ctx.cfg.seed + s)
+            sal.append(u.detach())
+            binary.append(b.detach().bool())
+        else:
+            sal.append(peers.METHODS[method].fn(clf, xs, ts, bl).detach())
+    _sync(x.device)
+    seconds = (time.perf_counter() - start) / x.shape[0]
+    return _Maps(torch.cat(sal).float(), torch.cat(binary) if binary else None, seconds)
+
+
+def _mean(t: Tensor) -> float | None:
+    t = t.detach().double().cpu()
+    t = t[~torch.isnan(t)]
+    return float(t.mean()) if t.numel() else None
+
+
+def _sem(t: Tensor) -> float | None:
+    t = t.detach().double().cpu()
+    t = t[~torch.isnan(t)]
+    return float(t.std() / math.sqrt(t.numel())) if t.numel() > 1 else None
+
+
+def _score_maps(ctx: _Context, x: Tensor, target: Tensor, maps: _Maps, masks: Tensor | None,
+                baseline: Tensor, deletion: Tensor, insertion: Tensor) -> dict[str, Any]:
+    clf = ctx.classifier
+    cfg = ctx.cfg
+    pres = metrics.preservation_at_area(clf.logits, x, maps.saliency, target, baseline, cfg.fractions)
+    d_auc, i_auc, d_curve, i_curve = metrics.deletion_insertion(clf.logits, x, maps.saliency, target, deletion,
+                                                                insertion, steps=cfg.curve_steps)
+    out: dict[str, Any] = {
+        "seconds_per_image": maps.seconds,
+        "preservation": {f"{a:g}": _mean(pres[:, j]) for j, a in enumerate(cfg.fractions)},
+        "preservation_sem": {f"{a:g}": _sem(pres[:, j]) for j, a in enumerate(cfg.fractions)},
+        "deletion_auc": _mean(d_auc),
+        "insertion_auc": _mean(i_auc),
+        "deletion_curve": d_curve.mean(0).tolist(),
+        "insertion_curve": i_curve.mean(0).tolist(),
+        "binary": None,
+    }
+    if maps.binary is not None:
+        ev = metrics.binary_evidence(clf.logits, x, maps.binary, target, baseline)
+        out["binary"] = {k: _mean(v) for k, v in ev.items()}
+    if masks is not None:
+        out["pointing"] = _mean(metrics.pointing_game(maps.saliency, masks))
+        out["iou"] = _mean(metrics.topk_iou(maps.saliency, masks))
+    return out
+
+
+def _parameterized_modules(model: torch.nn.Module) -> int:
+    return sum(1 for m in model.modules() if any(True for _ in m.parameters(recurse=False)))
+
+
+def _sanity(ctx: _Context, method: str, x: Tensor, target: Tensor, baseline: Tensor, trained: Tensor,
+            advance: Callable[[], None]) -> dict[str, Any]:
+    """Cascading randomization (Adebayo et al. 2018) of the classifier from the top; Spearman ρ per stage."""
+    clf = ctx.classifier
+    n_mod = _parameterized_modules(clf.model)
+    stops = set(metrics.cascade_checkpoints(n_mod, ctx.cfg.sanity_stages))
+    stages = []
+    for i, (name, model) in enumerate(metrics.cascading_randomization(clf.model, seed=ctx.cfg.seed), start=1):
+        if i not in stops:
+            continue
+        rand = FrozenClassifier(model, layers=clf.layers, num_classes=clf.num_classes)
+        maps = _maps(method, ctx, rand, x, target, baseline)
+        rho = metrics.spearman(trained, maps.saliency)
+        stages.append({"randomized_through": name, "modules": i, "fraction": i / n_mod, "spearman": _mean(rho),
+                       "undefined": int(torch.isnan(rho).sum())})
+        advance()
+    return {"stages": stages, "final": stages[-1]["spearman"] if stages else None}
+
+
+def _road(clf: FrozenClassifier, x: Tensor, target: Tensor, sal: Tensor) -> dict[str, float | None]:
+    r = peers.road(clf, x, target, sal)
+    return {k: _mean(v) for k, v in r.items()}
+
+
+def _cache_key(cfg: EvalConfig, name: str, classifier: ClassifierBundle, explainer_sha: str | None) -> dict[str, Any]:
+    """What a cached method result depends on (not the device, the batch size or the other methods)."""
+    d = asdict(cfg)
+    for k in ("methods", "device", "batch_size"):
+        d.pop(k)
+    return {**d, "dataset": name, "classifier_sha256": classifier.sha256, "explainer_sha256": explainer_sha}
+
+
+def _load_cached(folder: Path, method: str, key: dict[str, Any]) -> tuple[dict[str, Any], _Maps] | None:
+    jpath, npath = folder / f"{_slug(method)}.json", folder / f"{_slug(method)}.npz"
+    if not (jpath.is_file() and npath.is_file()):
+        return None
+    saved = json.loads(jpath.read_text(encoding="utf-8"))
+    if json.loads(json.dumps(key)) != saved.get("key"):
+        return None
+    with np.load(npath, allow_pickle=False) as z:
+        binary = torch.from_numpy(z["binary"]) if "binary" in z.files else None
+        maps = _Maps(torch.from_numpy(z["saliency"]), binary, saved["result"]["seconds_per_image"])
+    return saved["result"], maps
+
+
+def _save_cached(folder: Path, method: str, key: dict[str, Any], result: dict[str, Any], maps: _Maps,
+                 rows: list[int]) -> None:
+    arrays = {"saliency": maps.saliency[rows].cpu().numpy().astype(np.float32)}
+    if maps.binary is not None:
+        arrays["binary"] = maps.binary[rows].cpu().numpy()
+
+    def write_npz(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)
+
+    atomic_write(folder / f"{_slug(method)}.npz", write_npz)
+    atomic_write_json(folder / f"{_slug(method)}.json", {"key": key, "result": result})
+
+
+def _slug(method: str) -> str:
+    return method.replace("+", "p")
+
+
+def _grid_rows(labels: np.ndarray, per_class: int) -> list[int]:
+    return [int(i) for c in np.unique(labels) for i in np.flatnonzero(labels == c)[:per_class]]
+
+
+def _pick(images: ImageSet, n: int, seed: int) -> ImageSet:
+    if n >= len(images.labels):
+        return images
+    idx = np.sort(np.random.default_rng(seed).choice(len(images.labels), size=n, replace=False))
+    return images.subset(idx)
+
+
+def _load_explainers(path: str | Path, device: torch.device) -> _Explainers:
+    bundle, onnx = _load_explainer(path, use_onnx=True)
+    if bundle is None:
+        return _Explainers(_onnx_only_bundle(onnx, FitConfig()), onnx, has_torch_unet=False)
+    bundle.unet.to(device)
+    return _Explainers(bundle, onnx, has_torch_unet=True)
+
+
+def evaluate_dataset(
+    name: str,
+    classifier: ClassifierBundle,
+    explainer: str | Path,
+    images: ImageSet,
+    config: EvalConfig,
+    out_dir: Path | None = None,
+    progress: Callable[[str], None] | None = None,
+    resume: bool = False,
+) -> dict[str, Any]:
+    """Evaluate every method of ``config`` on ``config.n`` images of ``images``.
+
+    Args:
+        name: the data set's name in the report.
+        classifier: the frozen classifier's bundle.
+        explainer: the explainer bundle folder or ``.onnx`` file for medcam-fast's methods.
+        images: test images (raw, as the classifier's preprocessing takes them); ``masks`` when the true
+            evidence is known.
+        config: evaluation settings.
+        out_dir: where the figures go (``figures/grid_<name>.png``, ``figures/metrics_<name>.png``).
+        progress: called with a short label after each unit of work.
+        resume: reuse methods finished by an earlier run into ``out_dir`` with the same settings.
+
+    Returns:
+        The JSON-safe results of this data set.
+    """
+    cfg = config
+    device = torch.device(cfg.device)
+    tick = progress or (lambda _label: None)
+    sel = _pick(images, cfg.n, cfg.seed)
+    pre = classifier.preprocess
+    clf = classifier.frozen().to(device)
+    x = torch.from_numpy(pre(sel.images)).to(device)
+    with torch.no_grad():
+        logits = torch.cat([clf.logits(x[s : s + 256]) for s in range(0, len(x), 256)])
+    target = logits.argmax(1)
+    needs_explainer = any(m in MEDCAM_METHODS for m in cfg.methods)
+    ex = _load_explainers(explainer, device) if needs_explainer else None
+    baseline_kind = ex.bundle.baseline if ex is not None else "blur"
+    ctx = _Context(clf, ex, baseline_kind, tuple(pre.mean), tuple(pre.std), cfg)  # type: ignore[arg-type]
+    baseline = make_baseline(x, baseline_kind, pre.mean, pre.std)  # type: ignore[arg-type]
+    deletion = make_baseline(x, "zero", pre.mean, pre.std)
+    insertion = make_baseline(x, "blur", pre.mean, pre.std)
+    masks = None
+    if sel.masks is not None:  # the true evidence, at the resolution the classifier sees
+        m = torch.from_numpy(sel.masks[:, None].astype(np.float32))
+        masks = torch.nn.functional.interpolate(m, size=tuple(x.shape[-2:]), mode="nearest")[:, 0].bool().to(device)
+
+    skipped: dict[str, str] = {}
+    available = peers.available_peers()
+    key = _cache_key(cfg, name, classifier, ex.bundle.sha256 if ex is not None else None)
+    cache = out_dir / "datasets" / name if out_dir is not None else None
+    rows = _grid_rows(sel.labels, cfg.grid_per_class)
+    k = min(cfg.sanity_n, x.shape[0])
+    r = min(cfg.road_n, x.shape[0])
+    grid: dict[str, _Maps] = {}
+    results: dict[str, Any] = {}
+    for m in cfg.methods:
+        cached = _load_cached(cache, m, key) if cache is not None and resume else None
+        if cached is not None:
+            results[m], grid[m] = cached
+            tick(f"{name}: {m} reused")
+            continue
+        if m in peers.METHODS and available.get(m) is not None:
+            skipped[m] = str(available[m])
+            tick(f"{name}: {m} skipped")
+            continue
+        maps = _maps(m, ctx, clf, x, target, baseline)
+        res: dict[str, Any] = {"label": _LABELS.get(m) or peers.METHODS[m].label, "device": str(device),
+                               **_score_maps(ctx, x, target, maps, masks, baseline, deletion, insertion)}
+        if m == "first-guess" and ex is not None:
+            res["runtime"] = "onnxruntime" if ex.onnx is not None else "torch"
+        tick(f"{name}: {m}")
+        if available.get("road") is None and r > 0:
+            res["road"] = _road(clf, x[:r], target[:r], maps.saliency[:r])
+        if k > 0:
+            res["sanity"] = _sanity(ctx, m, x[:k], target[:k], baseline[:k], maps.saliency[:k],
+                                    lambda m=m: tick(f"{name}: {m} sanity"))
+        results[m] = res
+        grid[m] = _Maps(maps.saliency[rows].cpu(), None if maps.binary is None else maps.binary[rows].cpu(),
+                        maps.seconds)
+        if cache is not None:
+            _save_cached(cache, m, key, res, maps, rows)
+
+    out = {
+        "name": name,
+        "n": int(x.shape[0]),
+        "sanity_n": int(k),
+        "road_n": int(r) if available.get("road") is None else 0,
+        "classes": list(classifier.classes),
+        "classifier_sha256": classifier.sha256,
+        "explainer": str(explainer) if needs_explainer else None,
+        "explainer_sha256": ex.bundle.sha256 if ex is not None else None,
+        "accuracy": float((target.cpu().numpy() == sel.labels).mean()),
+        "localization": masks is not None,
+        "methods": results,
+        "skipped": skipped,
+    }
+    if out_dir is not None and results:
+        from .report_figures import grid_figure, metrics_figure
+
+        grid_figure(out_dir / "figures" / f"grid_{name}.png", name, sel.subset(rows), pre, target[rows].cpu(),
+                    grid, [results[m]["label"] for m in grid])
+        metrics_figure(out_dir / "figures" / f"metrics_{name}.png", out)
+    return out
+
+
+def _env(cfg: EvalConfig) -> dict[str, Any]:
+    from . import __version__
+
+    dev = torch.device(cfg.device)
+    env = {"medcam_fast": __version__, "torch": torch.__version__, "python": platform.python_version(),
+           "device": str(dev), "threads": torch.get_num_threads()}
+    if dev.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(dev)
+    else:
+        env["cpu"] = platform.processor() or platform.machine()
+    return env
+
+
+def evaluate_suite(
+    specs: Sequence[tuple[str, str | Path, str | Path, ImageSet]],
+    config: EvalConfig,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Evaluate several data sets and write ``results.json``, ``report.md`` and figures under ``out_dir``.
+
+    Args:
+        specs: ``(name, classifier bundle, explainer, test images)`` per data set.
+        config: evaluation settings.
+        out_dir: output folder (``datasets/<name>/<method>.json`` holds each finished method for ``resume``).
+        resume: reuse finished methods whose settings match ``config`` (a run without a peer package, then
+            one with it, completes a report; the device each method ran on is recorded).
+        progress: called with a short label after each unit of work.
+    """
+    out = Path(out_dir)
+    results: dict[str, Any] = {"config": {**asdict(config), "methods": list(config.methods)}, "env": _env(config),
+                               "datasets": {}}
+    for name, clf_path, ex_path, images in specs:
+        bundle = load_classifier(clf_path)
+        results["datasets"][name] = evaluate_dataset(name, bundle, ex_path, images, config, out, progress,
+                                                     resume=resume)
+    atomic_write_json(out / "results.json", results)
+    text = report_markdown(results)
+    atomic_write(out / "report.md", lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    return results
+
+
+def _fmt(v: Any, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    return f"{v:.{digits}f}"
+
+
+def _best(values: dict[str, float | None], higher: bool) -> float | None:
+    vals = [v for v in values.values() if v is not None]
+    if not vals:
+        return None
+    return max(vals) if higher else min(vals)
+
+
+def _mark(v: float | None, best: float | None) -> str:
+    s = _fmt(v)
+    if v is not None and best is not None and abs(v - best) < 1e-12:
+        return f"**{s}**"
+    return s
+
+
+def dataset_table(res: dict[str, Any], fractions: Sequence[float]) -> str:
+    """The Markdown table of one data set's results (best value of each column in bold)."""
+    ms = res["methods"]
+    cols: list[tuple[str, Callable[[dict[str, Any]], float | None], bool]] = [
+        (f"keep {100 * a:g}% ↑", (lambda r, a=a: r["preservation"].get(f"{a:g}")), True) for a in fractions
+    ]
+    cols += [("deletion AUC ↓", lambda r: r["deletion_auc"], False),
+             ("insertion AUC ↑", lambda r: r["insertion_auc"], True)]
+    if res.get("localization"):
+        cols += [("pointing ↑", lambda r: r.get("pointing"), True), ("top-k IoU ↑", lambda r: r.get("iou"), True)]
+    cols += [("ρ after full randomization ↓", lambda r: (r.get("sanity") or {}).get("final"), False)]
+    devices = {r.get("device") for r in ms.values()}
+    header = ["method", *(c[0] for c in cols), "binary: kept / removed / area", "s/image"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    bests = {c[0]: _best({m: c[1](r) for m, r in ms.items()}, c[2]) for c in cols}
+    for r in ms.values():
+        cells = [r["label"]]
+        for title, get, _higher in cols:
+            cells.append(_mark(get(r), bests[title]))
+        b = r.get("binary")
+        cells.append(f"{_fmt(b['kept'])} / {_fmt(b['removed'])} / {_fmt(b['area'])}" if b else "–")
+        cells.append(f"{r['seconds_per_image']:.4f}" + (f" ({r.get('device')})" if len(devices) > 1 else ""))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def report_markdown(results: dict[str, Any]) -> str:
+    """``report.md``: how the run was made, one table per data set, the sanity check and what was skipped."""
+    cfg = results["config"]
+    env = results["env"]
+    fr = cfg["fractions"]
+    lines = [
+        "# medcam-fast evaluate",
+        "",
+        f"{cfg['n']} test images per data set; class explained: the classifier's prediction. "
+        f"Device: {env.get('gpu') or env.get('cpu')} ({env['device']}), torch {env['torch']}, "
+        f"medcam-fast {env['medcam_fast']}. Refinement: {cfg['refine_steps']} logit steps; per-image fit: "
+        f"{cfg['fit_steps']} steps. Sanity check on the first {cfg['sanity_n']} images, "
+        f"{cfg['sanity_stages']} stages of cascading randomization.",
+        "",
+        "Columns: *keep a%* — target-class probability with only the top a% pixels of the map kept, the rest "
+        "replaced by the explainer's baseline (the same pixel budget for every method); *deletion / insertion "
+        "AUC* — RISE protocol (most salient pixels first; zero substrate for deletion, blurred for insertion); "
+        "*pointing* and *top-k IoU* — against the true lesion (k = lesion area); *ρ after full randomization* — "
+        "Spearman correlation between the map of the trained classifier and of the classifier with every layer "
+        "re-initialized (Adebayo et al. 2018; low = the map depends on what the classifier learned); *binary* — "
+        "medcam-fast's binary masks: probability with the evidence kept alone, with it removed, and its area. "
+        "Best of each column in bold.",
+        "",
+    ]
+    for name, res in results["datasets"].items():
+        lines += [f"## {name}", "",
+                  f"{res['n']} images, classifier accuracy on them {res['accuracy']:.3f}.", "",
+                  dataset_table(res, fr), ""]
+        road = {m: r["road"] for m, r in res["methods"].items() if r.get("road")}
+        if road:
+            keys = list(next(iter(road.values())))
+            lines += ["ROAD (grad-cam's implementation, cross-check): " + "; ".join(
+                f"{res['methods'][m]['label']}: " + ", ".join(f"{k} {_fmt(v)}" for k, v in r.items() if k in keys)
+                for m, r in road.items()), ""]
+        stages = {m: r["sanity"]["stages"] for m, r in res["methods"].items() if r.get("sanity")}
+        if stages:
+            first = next(iter(stages.values()))
+            head = ["method", *(f"{s['fraction']:.0%} randomized" for s in first)]
+            lines += ["Cascading randomization (Spearman ρ, mean over images):", "",
+                      "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+            for m, st in stages.items():
+                lines.append("| " + " | ".join([res["methods"][m]["label"], *(_fmt(s["spearman"]) for s in st)]) + " |")
+            lines.append("")
+        if res["skipped"]:
+            lines += ["Skipped: " + "; ".join(f"{m} ({why})" for m, why in res["skipped"].items()), ""]
+        lines += [f"![{name} maps](figures/grid_{name}.png)", f"![{name} metrics](figures/metrics_{name}.png)", ""]
+    lines += [
+        "## Reading the sanity check",
+        "",
+        "The first guess of a meta-trained explainer is a function of the image (and the class asked for) "
+        "only: at inference it never calls the classifier, so randomizing the classifier cannot change it and "
+        "its ρ stays 1 by construction. It is only as faithful as the classifier it was trained against; the "
+        "explainer refuses another classifier by its sha256. Refinement optimizes the mask against the "
+        "classifier actually given, and the per-image fit does so from scratch: their ρ is what a user should "
+        "read, and the first guess's row shows what refinement restores.",
+        "",
+    ]
+    return "\n".join(lines)
