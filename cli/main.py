@@ -240,6 +240,7 @@ def evaluate_cmd(
     out: Path = typer.Option(Path("evaluate-out"), help="Output folder: report.md, results.json, figures/."),
     sanity_n: int = typer.Option(16, min=0, help="Images of the cascading-randomization check (0 skips it)."),
     sanity_stages: int = typer.Option(4, min=1, help="Randomization stages reported."),
+    road_n: int = typer.Option(16, min=0, help="Images of the ROAD cross-check (needs grad-cam; 0 skips it)."),
     refine_steps: int | None = typer.Option(None, min=0, help="Refinement steps of the refined method [default: 10]."),
     fit_steps: int = typer.Option(300, min=1, help="Steps of the per-image fit."),
     batch_size: int = typer.Option(16, min=1, help="Images per method call."),
@@ -257,7 +258,7 @@ def evaluate_cmd(
 
     _threads(threads)
     chosen = tuple(m.strip() for m in methods.split(",") if m.strip()) if methods else ALL_METHODS
-    cfg = EvalConfig(methods=chosen, n=n, sanity_n=sanity_n, sanity_stages=sanity_stages,
+    cfg = EvalConfig(methods=chosen, n=n, sanity_n=sanity_n, sanity_stages=sanity_stages, road_n=road_n,
                      refine_steps=DEFAULT_STEPS if refine_steps is None else refine_steps, fit_steps=fit_steps,
                      batch_size=batch_size, device=device, seed=seed)
     evaluate_job(data, out, cfg, classifier=classifier, explainer=explainer, models=models, data_dir=data_dir,
@@ -295,6 +296,8 @@ def bench_quality_cmd(
     ks: str = typer.Option("0,1,2,5,10,20,50", help="Refinement steps K to measure."),
     fit_steps: str = typer.Option("10,50,100,300", help="Per-image fit steps to measure (the last is the reference)."),
     modes: str = typer.Option("logits,weights", help="Refinement modes to measure."),
+    weights_ks: str | None = typer.Option(None, help="K for the (slow) weights mode [default: --ks]."),
+    explainers: str = typer.Option("explainer,amortized", help="Explainer folders under <models>/<dataset>."),
     out: Path = typer.Option(Path("benchmarks/results"), help="Folder of the result files."),
     data_dir: Path | None = typer.Option(None, envvar="MEDCAM_DATA_DIR", help="Folder of the shared .npz data sets."),
     threads: int | None = typer.Option(None, help="CPU threads for torch."),
@@ -305,7 +308,9 @@ def bench_quality_cmd(
     _threads(threads)
     ints = lambda text: tuple(int(v) for v in text.split(","))  # noqa: E731
     bench_quality(models, [d.strip() for d in datasets.split(",") if d.strip()], n=n, ks=ints(ks),
-                  fit_steps=ints(fit_steps), modes=tuple(m.strip() for m in modes.split(",")), out_dir=out,
+                  fit_steps=ints(fit_steps), modes=tuple(m.strip() for m in modes.split(",")),
+                  weights_ks=None if weights_ks is None else ints(weights_ks),
+                  folders=tuple(f.strip() for f in explainers.split(",") if f.strip()), out_dir=out,
                   data_dir=data_dir, console=console)
 
 

@@ -158,6 +158,8 @@ def bench_quality(
     ks: Sequence[int] = (0, 1, 2, 5, 10, 20, 50),
     fit_steps: Sequence[int] = (10, 50, 100, 300),
     modes: Sequence[str] = ("logits", "weights"),
+    weights_ks: Sequence[int] | None = None,
+    folders: Sequence[str] = ("explainer", "amortized"),
     batch_size: int = 16,
     out_dir: Path = Path("benchmarks/results"),
     data_dir: Path | None = None,
@@ -168,8 +170,10 @@ def bench_quality(
     (``logits`` and ``weights`` modes) against the per-image fit from scratch, in one run.
 
     Needs ``<models>/<dataset>/classifier`` and ``<models>/<dataset>/explainer`` (the shipped explainer), and
-    also measures ``maml`` and ``amortized`` there when present; curves are labelled by each
-    explainer's training method (``maml``, ``maml+init`` = MAML started from amortized training, ``amortized``). Loss, masked and complement confidence and area are of the
+    also measures the other ``folders`` there when present (``amortized``: the same U-Net trained for the same
+    time with the zero-step loss only); curves are labelled by each explainer's training method
+    (``maml-logits+init`` = logits-inner-loop MAML started from amortized training, ``amortized``, …).
+    ``weights_ks`` limits the (slow, per-image) ``weights`` mode to these K (default: ``ks``). Loss, masked and complement confidence and area are of the
     binary masks. Writes ``quality{tag}.json``, ``quality{tag}.md`` and ``quality{tag}.png`` under ``out_dir``
     (``tag`` defaults to ``_`` + the data set names).
     """
@@ -186,7 +190,7 @@ def bench_quality(
         batches = [x_all[s : s + batch_size] for s in range(0, len(x_all), batch_size)]
         curves: dict[str, list[dict[str, float]]] = {}
         explainers = {}
-        for folder in ("explainer", "maml", "amortized"):
+        for folder in folders:
             if (models / name / folder / "explainer.json").exists():
                 ex = load_explainer(models / name / folder)
                 explainers[ex.training.get("method", folder)] = ex
@@ -195,7 +199,7 @@ def bench_quality(
         for label, ex in explainers.items():
             for mode in modes:
                 pts = []
-                for k in ks:
+                for k in (ks if mode != "weights" or weights_ks is None else weights_ks):
                     if mode == "weights" and k == 0 and f"{label}+logits" in curves:
                         pts.append({**curves[f"{label}+logits"][0], "steps": 0})
                         continue

@@ -250,9 +250,9 @@ def _road(clf: FrozenClassifier, x: Tensor, target: Tensor, sal: Tensor) -> dict
 
 
 def _cache_key(cfg: EvalConfig, name: str, classifier: ClassifierBundle, explainer_sha: str | None) -> dict[str, Any]:
-    """What a cached method result depends on (not the device, the batch size or the other methods)."""
+    """What a cached method result depends on (not the device, the batch size, ROAD or the other methods)."""
     d = asdict(cfg)
-    for k in ("methods", "device", "batch_size"):
+    for k in ("methods", "device", "batch_size", "road_n"):
         d.pop(k)
     return {**d, "dataset": name, "classifier_sha256": classifier.sha256, "explainer_sha256": explainer_sha}
 
@@ -266,15 +266,15 @@ def _load_cached(folder: Path, method: str, key: dict[str, Any]) -> tuple[dict[s
         return None
     with np.load(npath, allow_pickle=False) as z:
         binary = torch.from_numpy(z["binary"]) if "binary" in z.files else None
-        maps = _Maps(torch.from_numpy(z["saliency"]), binary, saved["result"]["seconds_per_image"])
+        maps = _Maps(torch.from_numpy(z["saliency"].astype(np.float32)), binary, saved["result"]["seconds_per_image"])
     return saved["result"], maps
 
 
-def _save_cached(folder: Path, method: str, key: dict[str, Any], result: dict[str, Any], maps: _Maps,
-                 rows: list[int]) -> None:
-    arrays = {"saliency": maps.saliency[rows].cpu().numpy().astype(np.float32)}
+def _save_cached(folder: Path, method: str, key: dict[str, Any], result: dict[str, Any], maps: _Maps) -> None:
+    """The result and every map (saliency in float16: enough to rank pixels for a later ROAD run)."""
+    arrays = {"saliency": maps.saliency.cpu().numpy().astype(np.float16)}
     if maps.binary is not None:
-        arrays["binary"] = maps.binary[rows].cpu().numpy()
+        arrays["binary"] = maps.binary.cpu().numpy()
 
     def write_npz(tmp: Path) -> None:
         with open(tmp, "wb") as f:
@@ -367,7 +367,12 @@ def evaluate_dataset(
     for m in cfg.methods:
         cached = _load_cached(cache, m, key) if cache is not None and resume else None
         if cached is not None:
-            results[m], grid[m] = cached
+            res, maps = cached
+            if "road" not in res and available.get("road") is None and r > 0:  # e.g. first run had no grad-cam
+                res["road"] = _road(clf, x[:r], target[:r], maps.saliency[:r].to(device))
+                _save_cached(cache, m, key, res, maps)  # type: ignore[arg-type]
+            results[m] = res
+            grid[m] = _Maps(maps.saliency[rows], None if maps.binary is None else maps.binary[rows], maps.seconds)
             tick(f"{name}: {m} reused")
             continue
         if m in peers.METHODS and available.get(m) is not None:
@@ -389,7 +394,7 @@ def evaluate_dataset(
         grid[m] = _Maps(maps.saliency[rows].cpu(), None if maps.binary is None else maps.binary[rows].cpu(),
                         maps.seconds)
         if cache is not None:
-            _save_cached(cache, m, key, res, maps, rows)
+            _save_cached(cache, m, key, res, maps)
 
     out = {
         "name": name,

@@ -113,3 +113,16 @@ def test_cli_refuses_to_replace_a_report_and_rejects_unknown_methods(report, les
     r = runner.invoke(app, ["evaluate", "--classifier", str(lesion_bundle_dir), "--data", "lesions",
                             "--methods", "gradcam,magic", "--out", str(out / "x")])
     assert r.exit_code == 2 and "unknown method 'magic'" in r.output
+
+
+def test_resume_adds_road_to_methods_computed_without_grad_cam(lesion_bundle_dir, explainer_dir, lesions, tmp_path):
+    pytest.importorskip("pytorch_grad_cam")
+    spec = [("lesions", lesion_bundle_dir, explainer_dir, lesions)]
+    cfg = CFG.with_(methods=("first-guess",), sanity_n=0, road_n=0)
+    first = evaluate_suite(spec, cfg, tmp_path)
+    assert "road" not in first["datasets"]["lesions"]["methods"]["first-guess"]
+    labels: list[str] = []
+    again = evaluate_suite(spec, cfg.with_(road_n=2), tmp_path, resume=True, progress=labels.append)
+    assert labels == ["lesions: first-guess reused"]
+    road = again["datasets"]["lesions"]["methods"]["first-guess"]["road"]
+    assert set(road) == {"morf", "lerf", "combined"} and all(np.isfinite(v) for v in road.values())
