@@ -243,6 +243,8 @@ def evaluate_cmd(
     road_n: int = typer.Option(16, min=0, help="Images of the ROAD cross-check (needs grad-cam; 0 skips it)."),
     refine_steps: int | None = typer.Option(None, min=0, help="Refinement steps of the refined method [default: 10]."),
     fit_steps: int = typer.Option(300, min=1, help="Steps of the per-image fit."),
+    rise_masks: int = typer.Option(4000, min=1, help="Random masks per image for RISE."),
+    extremal_steps: int = typer.Option(300, min=1, help="Steps per area for Extremal Perturbations."),
     batch_size: int = typer.Option(16, min=1, help="Images per method call."),
     device: str = typer.Option("cpu", help="torch device, e.g. cpu or cuda."),
     seed: int = typer.Option(0, help="Picks the images and seeds the random methods."),
@@ -260,6 +262,7 @@ def evaluate_cmd(
     chosen = tuple(m.strip() for m in methods.split(",") if m.strip()) if methods else ALL_METHODS
     cfg = EvalConfig(methods=chosen, n=n, sanity_n=sanity_n, sanity_stages=sanity_stages, road_n=road_n,
                      refine_steps=DEFAULT_STEPS if refine_steps is None else refine_steps, fit_steps=fit_steps,
+                     rise_masks=rise_masks, extremal_steps=extremal_steps,
                      batch_size=batch_size, device=device, seed=seed)
     evaluate_job(data, out, cfg, classifier=classifier, explainer=explainer, models=models, data_dir=data_dir,
                  resume=resume, overwrite=overwrite, console=console)

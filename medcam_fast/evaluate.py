@@ -71,6 +71,8 @@ class EvalConfig:
             and percentile on the CPU).
         sanity_stages: randomization stages reported (evenly spaced, the last is the fully random model).
         refine_steps: refinement steps of the ``refined`` method.
+        rise_masks: random masks per image for RISE (the paper: 4000 at 224 px).
+        extremal_steps: optimization steps per area for Extremal Perturbations (the paper: 1600 at 224 px).
         fit_steps: steps of the per-image fit.
         batch_size: images per method call.
         grid_per_class: images per class in the figure grid.
@@ -86,6 +88,8 @@ class EvalConfig:
     road_n: int = 16
     sanity_stages: int = 4
     refine_steps: int = DEFAULT_STEPS
+    rise_masks: int = 4000
+    extremal_steps: int = 300
     fit_steps: int = 300
     batch_size: int = 16
     grid_per_class: int = 2
@@ -176,6 +180,11 @@ def _maps(method: str, ctx: _Context, clf: FrozenClassifier, x: Tensor, target: 
             u, b = _medcam_chunk(method, ctx, clf, xs, ts, ctx.cfg.seed + s)
             sal.append(u.detach())
             binary.append(b.detach().bool())
+        elif method == "rise":
+            sal.append(peers.rise(clf, xs, ts, n_masks=ctx.cfg.rise_masks, baseline=bl, seed=ctx.cfg.seed).detach())
+        elif method == "extremal":
+            sal.append(peers.extremal_perturbation(clf, xs, ts, steps=ctx.cfg.extremal_steps, baseline=bl,
+                                                   seed=ctx.cfg.seed).detach())
         else:
             sal.append(peers.METHODS[method].fn(clf, xs, ts, bl).detach())
     _sync(x.device)
@@ -520,7 +529,8 @@ def report_markdown(results: dict[str, Any]) -> str:
         f"{cfg['n']} test images per data set; class explained: the classifier's prediction. "
         f"Device: {env.get('gpu') or env.get('cpu')} ({env['device']}), torch {env['torch']}, "
         f"medcam-fast {env['medcam_fast']}. Refinement: {cfg['refine_steps']} logit steps; per-image fit: "
-        f"{cfg['fit_steps']} steps. Sanity check on the first {cfg['sanity_n']} images, "
+        f"{cfg['fit_steps']} steps; RISE {cfg['rise_masks']} masks; Extremal Perturbations {cfg['extremal_steps']} "
+        f"steps per area. Sanity check on the first {cfg['sanity_n']} images, "
         f"{cfg['sanity_stages']} stages of cascading randomization.",
         "",
         "Columns: *keep a%* — target-class probability with only the top a% pixels of the map kept, the rest "
