@@ -183,12 +183,12 @@ def meta_train_cmd(
 ) -> None:
     """Meta-train a shared U-Net explainer for a classifier (MAML on the composite loss)."""
     from medcam_fast.meta import MetaConfig
-    from medcam_fast.refine import LOGITS_LR
+    from medcam_fast.refine import LOGITS_LR, WEIGHTS_LR
     from medcam_fast.workflows import meta_train_bundle
 
     _threads(threads)
     if inner_lr is None:
-        inner_lr = LOGITS_LR if inner_mode == "logits" else 0.1
+        inner_lr = LOGITS_LR if inner_mode == "logits" else WEIGHTS_LR
     cfg = MetaConfig(inner_steps=inner_steps, inner_mode=inner_mode, first_order=first_order, meta_sgd=meta_sgd,
                      outer_steps=outer_steps, meta_batch=meta_batch, inner_lr=inner_lr, outer_lr=outer_lr, width=width, seed=seed,
                      checkpoint_every=checkpoint_every)

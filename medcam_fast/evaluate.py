@@ -27,7 +27,7 @@ import math
 import platform
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -116,7 +116,6 @@ class _Explainers:
 
     bundle: ExplainerBundle
     onnx: Any
-    has_torch_unet: bool
 
 
 @dataclass
@@ -130,11 +129,9 @@ class _Maps:
 class _Context:
     classifier: FrozenClassifier
     explainers: _Explainers
-    baseline_kind: str
     mean: tuple[float, ...]
     std: tuple[float, ...]
     cfg: EvalConfig
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _sync(device: torch.device) -> None:
@@ -311,15 +308,15 @@ def _pick(images: ImageSet, n: int, seed: int) -> ImageSet:
 def _load_explainers(path: str | Path, device: torch.device) -> _Explainers:
     bundle, onnx = _load_explainer(path, use_onnx=True)
     if bundle is None:
-        return _Explainers(_onnx_only_bundle(onnx, FitConfig()), onnx, has_torch_unet=False)
+        return _Explainers(_onnx_only_bundle(onnx, FitConfig()), onnx)
     bundle.unet.to(device)
-    return _Explainers(bundle, onnx, has_torch_unet=True)
+    return _Explainers(bundle, onnx)
 
 
 def evaluate_dataset(
     name: str,
     classifier: ClassifierBundle,
-    explainer: str | Path,
+    explainer: str | Path | None,
     images: ImageSet,
     config: EvalConfig,
     out_dir: Path | None = None,
@@ -331,7 +328,8 @@ def evaluate_dataset(
     Args:
         name: the data set's name in the report.
         classifier: the frozen classifier's bundle.
-        explainer: the explainer bundle folder or ``.onnx`` file for medcam-fast's methods.
+        explainer: the explainer bundle folder or ``.onnx`` file for medcam-fast's methods (None when only
+            peers are evaluated).
         images: test images (raw, as the classifier's preprocessing takes them); ``masks`` when the true
             evidence is known.
         config: evaluation settings.
@@ -353,9 +351,11 @@ def evaluate_dataset(
         logits = torch.cat([clf.logits(x[s : s + 256]) for s in range(0, len(x), 256)])
     target = logits.argmax(1)
     needs_explainer = any(m in MEDCAM_METHODS for m in cfg.methods)
-    ex = _load_explainers(explainer, device) if needs_explainer else None
+    if needs_explainer and explainer is None:
+        raise UsageError("medcam-fast's methods need --explainer (a bundle folder or explainer.onnx)")
+    ex = _load_explainers(explainer, device) if needs_explainer and explainer is not None else None
     baseline_kind = ex.bundle.baseline if ex is not None else "blur"
-    ctx = _Context(clf, ex, baseline_kind, tuple(pre.mean), tuple(pre.std), cfg)  # type: ignore[arg-type]
+    ctx = _Context(clf, ex, tuple(pre.mean), tuple(pre.std), cfg)  # type: ignore[arg-type]
     baseline = make_baseline(x, baseline_kind, pre.mean, pre.std)  # type: ignore[arg-type]
     deletion = make_baseline(x, "zero", pre.mean, pre.std)
     insertion = make_baseline(x, "blur", pre.mean, pre.std)
@@ -442,7 +442,7 @@ def _env(cfg: EvalConfig) -> dict[str, Any]:
 
 
 def evaluate_suite(
-    specs: Sequence[tuple[str, str | Path, str | Path, ImageSet]],
+    specs: Sequence[tuple[str, str | Path, str | Path | None, ImageSet]],
     config: EvalConfig,
     out_dir: str | Path,
     *,

@@ -32,7 +32,8 @@ RefineMode = Literal["logits", "weights", "full"]
 
 #: Adam step size on mask logits in ``"logits"`` mode.
 LOGITS_LR = 0.3
-#: SGD step size on U-Net weights in ``"weights"`` mode for an explainer not meta-trained on its weights.
+#: SGD step size on U-Net weights: the default inner step of weights-mode meta-training, and of ``"weights"``
+#: refinement for an explainer meta-trained on its logits.
 WEIGHTS_LR = 0.1
 
 

@@ -407,7 +407,7 @@ def evaluate_specs(
     explainer: str | Path | None = None,
     models: str | Path = "models",
     data_dir: str | Path | None = None,
-) -> list[tuple[str, Path, Path, ImageSet]]:
+) -> list[tuple[str, Path, Path | None, ImageSet]]:
     """``(name, classifier, explainer, test images)`` per data set for :func:`~medcam_fast.evaluate.evaluate_suite`.
 
     With ``classifier`` (and ``explainer``) given, ``datasets`` must hold one data set, explained by them.
@@ -418,9 +418,9 @@ def evaluate_specs(
         if len(datasets) != 1:
             raise UsageError("--classifier evaluates one data set: give one --data")
         name = Path(datasets[0]).stem if Path(datasets[0]).exists() else datasets[0]
-        ex = Path(explainer) if explainer is not None else Path(classifier)
+        ex = Path(explainer) if explainer is not None else None
         return [(name, Path(classifier), ex, load_splits(datasets[0], data_dir)["test"])]
-    specs = []
+    specs: list[tuple[str, Path, Path | None, ImageSet]] = []
     for d in datasets:
         folder = DEMO_DIR if d == "lesions" else Path(models) / d
         for part in ("classifier", "explainer"):
@@ -455,6 +455,8 @@ def evaluate_job(
         import shutil
 
         shutil.rmtree(out / "datasets", ignore_errors=True)
+    if any(m in MEDCAM_METHODS for m in config.methods) and explainer is None and classifier is not None:
+        raise UsageError("medcam-fast's methods need --explainer (a bundle folder or explainer.onnx)")
     _writable_folder(out)
     specs = evaluate_specs(datasets, classifier=classifier, explainer=explainer, models=models, data_dir=data_dir)
     missing = {m: why for m, why in available_peers().items() if why is not None and m in config.methods}
@@ -462,8 +464,6 @@ def evaluate_job(
         console.print(f"[yellow]skipping {m}[/]: {why}")
     live = [m for m in config.methods if m not in missing]
     units = len(specs) * (len(config.methods) + len(live) * (config.sanity_stages if config.sanity_n else 0))
-    if any(m in MEDCAM_METHODS for m in config.methods) and explainer is None and classifier is not None:
-        raise UsageError("medcam-fast's methods need --explainer (a bundle folder or explainer.onnx)")
     columns = (TextColumn("[bold]evaluate"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                TimeRemainingColumn())
     with Progress(*columns, console=console) as bar:
