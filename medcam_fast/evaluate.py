@@ -17,7 +17,11 @@ insertion AUC (RISE protocol: zero substrate for deletion, blurred substrate for
 evidence (medcam-fast's masks), pointing game and top-k IoU where the true evidence is known (the
 procedural lesion set), the cascading-randomization sanity check (Spearman correlation between the map of
 the trained and of the progressively randomized classifier, on ``sanity_n`` images), ROAD (``grad-cam``'s
-metric, as a cross-check, when installed) and seconds per image.
+metric, as a cross-check, when installed) and seconds per image. Every per-image score is kept
+(``per_image`` in ``results.json``), and each medcam-fast method is compared image by image with the best peer
+of keep 10 %, insertion AUC and top-k IoU (:func:`medcam_fast.metrics.paired_difference`: the mean
+difference with a bootstrap 95 % interval), so a gap between two means can be told from the luck of the
+draw of images.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from .errors import UsageError
 from .explain import DEFAULT_STEPS, _load_explainer, _onnx_only_bundle
 from .fit import FitConfig, fit_masks
 from .masking import make_baseline
+from .meta import START_CLIP
 from .refine import refine
 
 __all__ = ["EvalConfig", "MEDCAM_METHODS", "ALL_METHODS", "evaluate_dataset", "evaluate_suite", "report_markdown"]
@@ -71,6 +76,8 @@ class EvalConfig:
             and percentile on the CPU).
         sanity_stages: randomization stages reported (evenly spaced, the last is the fully random model).
         refine_steps: refinement steps of the ``refined`` method.
+        start_clip: the ``refined`` method's first guess is clipped to ``±start_clip`` (see
+            :func:`medcam_fast.refine.refine`).
         rise_masks: random masks per image for RISE (the paper: 4000 at 224 px).
         extremal_steps: optimization steps per area for Extremal Perturbations (the paper: 1600 at 224 px).
         fit_steps: steps of the per-image fit.
@@ -88,6 +95,7 @@ class EvalConfig:
     road_n: int = 16
     sanity_stages: int = 4
     refine_steps: int = DEFAULT_STEPS
+    start_clip: float = START_CLIP
     rise_masks: int = 4000
     extremal_steps: int = 300
     fit_steps: int = 300
@@ -160,7 +168,8 @@ def _medcam_chunk(method: str, ctx: _Context, clf: FrozenClassifier, x: Tensor, 
     u0 = _first_guess(ctx, x, target)
     if method == "first-guess":
         return u0[:, 0], (torch.sigmoid(u0[:, 0] / bundle.tau) > bundle.threshold)
-    res = refine(bundle, clf, x, target, steps=ctx.cfg.refine_steps, mode="logits", initial_logits=u0, seed=seed)
+    res = refine(bundle, clf, x, target, steps=ctx.cfg.refine_steps, mode="logits", initial_logits=u0, seed=seed,
+                 start_clip=ctx.cfg.start_clip)
     return res.logits, res.binary
 
 
@@ -195,6 +204,11 @@ def _mean(t: Tensor) -> float | None:
     return float(t.mean()) if t.numel() else None
 
 
+def _values(t: Tensor) -> list[float]:
+    """Per-image scores for ``results.json`` (what the paired comparisons are computed from)."""
+    return [round(float(v), 6) for v in t.detach().double().cpu()]
+
+
 def _sem(t: Tensor) -> float | None:
     t = t.detach().double().cpu()
     t = t[~torch.isnan(t)]
@@ -217,13 +231,16 @@ def _score_maps(ctx: _Context, x: Tensor, target: Tensor, maps: _Maps, masks: Te
         "deletion_curve": d_curve.mean(0).tolist(),
         "insertion_curve": i_curve.mean(0).tolist(),
         "binary": None,
+        "per_image": {"keep": {f"{a:g}": _values(pres[:, j]) for j, a in enumerate(cfg.fractions)},
+                      "deletion_auc": _values(d_auc), "insertion_auc": _values(i_auc)},
     }
     if maps.binary is not None:
         ev = metrics.binary_evidence(clf.logits, x, maps.binary, target, baseline)
         out["binary"] = {k: _mean(v) for k, v in ev.items()}
     if masks is not None:
-        out["pointing"] = _mean(metrics.pointing_game(maps.saliency, masks))
-        out["iou"] = _mean(metrics.topk_iou(maps.saliency, masks))
+        pointing, iou = metrics.pointing_game(maps.saliency, masks), metrics.topk_iou(maps.saliency, masks)
+        out["pointing"], out["iou"] = _mean(pointing), _mean(iou)
+        out["per_image"].update(pointing=_values(pointing), iou=_values(iou))
     return out
 
 
@@ -255,12 +272,31 @@ def _road(clf: FrozenClassifier, x: Tensor, target: Tensor, sal: Tensor) -> dict
     return {k: _mean(v) for k, v in r.items()}
 
 
-def _cache_key(cfg: EvalConfig, name: str, classifier: ClassifierBundle, explainer_sha: str | None) -> dict[str, Any]:
-    """What a cached method result depends on (not the device, the batch size, ROAD or the other methods)."""
+#: The settings each method depends on beyond the shared ones (images, metrics, sanity check).
+_METHOD_SETTINGS: dict[str, tuple[str, ...]] = {"refined": ("refine_steps", "start_clip"), "fit": ("fit_steps",),
+                                                "rise": ("rise_masks",), "extremal": ("extremal_steps",)}
+_SHARED_SETTINGS = ("n", "fractions", "curve_steps", "sanity_n", "sanity_stages", "seed")
+
+
+def _cache_key(cfg: EvalConfig, name: str, method: str, classifier: ClassifierBundle,
+               explainer: ExplainerBundle | None) -> dict[str, Any]:
+    """What one method's cached result depends on, and nothing else.
+
+    Every method depends on the images, the metrics' settings, the classifier and the preservation baseline;
+    the first guess and refinement on the explainer's weights (and refinement on its steps and start clip), the
+    per-image fit on the loss weights only, a peer on its own settings only. So a new explainer reruns
+    ``first-guess`` and ``refined`` and reuses the fit and every peer. Not in the key: the device, the batch
+    size, ROAD and the other methods.
+    """
     d = asdict(cfg)
-    for k in ("methods", "device", "batch_size", "road_n"):
-        d.pop(k)
-    return {**d, "dataset": name, "classifier_sha256": classifier.sha256, "explainer_sha256": explainer_sha}
+    key: dict[str, Any] = {k: d[k] for k in _SHARED_SETTINGS + _METHOD_SETTINGS.get(method, ())}
+    key.update(dataset=name, method=method, classifier_sha256=classifier.sha256,
+               baseline=explainer.baseline if explainer is not None else "blur")
+    if method in ("first-guess", "refined") and explainer is not None:
+        key["explainer_sha256"] = explainer.sha256
+    if method == "fit" and explainer is not None:
+        key["loss_weights"] = asdict(explainer.weights)
+    return key
 
 
 def _load_cached(folder: Path, method: str, key: dict[str, Any]) -> tuple[dict[str, Any], _Maps] | None:
@@ -277,8 +313,8 @@ def _load_cached(folder: Path, method: str, key: dict[str, Any]) -> tuple[dict[s
 
 
 def _save_cached(folder: Path, method: str, key: dict[str, Any], result: dict[str, Any], maps: _Maps) -> None:
-    """The result and every map (saliency in float16: enough to rank pixels for a later ROAD run)."""
-    arrays = {"saliency": maps.saliency.cpu().numpy().astype(np.float16)}
+    """The result and every map (saliency in float32, so a resumed run ranks pixels exactly as this one)."""
+    arrays = {"saliency": maps.saliency.cpu().numpy().astype(np.float32)}
     if maps.binary is not None:
         arrays["binary"] = maps.binary.cpu().numpy()
 
@@ -366,7 +402,6 @@ def evaluate_dataset(
 
     skipped: dict[str, str] = {}
     available = peers.available_peers()
-    key = _cache_key(cfg, name, classifier, ex.bundle.sha256 if ex is not None else None)
     cache = out_dir / "datasets" / name if out_dir is not None else None
     rows = _grid_rows(sel.labels, cfg.grid_per_class)
     k = min(cfg.sanity_n, x.shape[0])
@@ -374,11 +409,20 @@ def evaluate_dataset(
     grid: dict[str, _Maps] = {}
     results: dict[str, Any] = {}
     for m in cfg.methods:
+        key = _cache_key(cfg, name, m, classifier, ex.bundle if ex is not None else None)
         cached = _load_cached(cache, m, key) if cache is not None and resume else None
         if cached is not None:
             res, maps = cached
+            changed = False
+            if "per_image" not in res:  # cached by a version that kept means only: score its maps again
+                res.update(_score_maps(ctx, x, target, _Maps(maps.saliency.to(device), None if maps.binary is None
+                                                             else maps.binary.to(device), maps.seconds),
+                                       masks, baseline, deletion, insertion))
+                changed = True
             if "road" not in res and available.get("road") is None and r > 0:  # e.g. first run had no grad-cam
                 res["road"] = _road(clf, x[:r], target[:r], maps.saliency[:r].to(device))
+                changed = True
+            if changed:
                 _save_cached(cache, m, key, res, maps)  # type: ignore[arg-type]
             results[m] = res
             grid[m] = _Maps(maps.saliency[rows], None if maps.binary is None else maps.binary[rows], maps.seconds)
@@ -418,6 +462,7 @@ def evaluate_dataset(
         "localization": masks is not None,
         "methods": results,
         "skipped": skipped,
+        "paired": _paired(results, cfg),
     }
     if out_dir is not None and results:
         from .report_figures import grid_figure, metrics_figure
@@ -426,6 +471,58 @@ def evaluate_dataset(
                     grid, [results[m]["label"] for m in grid])
         metrics_figure(out_dir / "figures" / f"metrics_{name}.png", out)
     return out
+
+
+def _paired_metrics(cfg: EvalConfig) -> list[tuple[str, str]]:
+    """(per-image key path, column title) of the metrics compared pairwise: keep 10 % (or the first area),
+    insertion AUC and top-k IoU — the ones the acceptance of ``evaluate`` is stated in."""
+    a = 0.1 if any(abs(f - 0.1) < 1e-9 for f in cfg.fractions) else cfg.fractions[0]
+    return [(f"keep/{a:g}", f"keep {100 * a:g}%"), ("insertion_auc", "insertion AUC"), ("iou", "top-k IoU")]
+
+
+def _per_image(res: dict[str, Any], path: str) -> list[float] | None:
+    node: Any = res.get("per_image")
+    for part in path.split("/"):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def _paired(results: dict[str, Any], cfg: EvalConfig) -> dict[str, Any]:
+    """Each medcam-fast method against the best peer of each compared metric, image by image.
+
+    For a metric (higher is better) the best peer is the one with the highest mean; each medcam-fast method
+    gets :func:`medcam_fast.metrics.paired_difference` against it (mean Δ, bootstrap 95 % interval, wins).
+    """
+    out: dict[str, Any] = {}
+    for path, title in _paired_metrics(cfg):
+        peer_means = {m: float(np.mean(v)) for m, r in results.items()
+                      if m not in MEDCAM_METHODS and (v := _per_image(r, path))}
+        ours = {m: v for m, r in results.items() if m in MEDCAM_METHODS and (v := _per_image(r, path))}
+        if not peer_means or not ours:
+            continue
+        best = max(peer_means, key=peer_means.__getitem__)
+        theirs = _per_image(results[best], path)
+        out[path] = {"title": title, "against": best, "methods": {
+            m: metrics.paired_difference(v, theirs, seed=cfg.seed)._asdict() for m, v in ours.items()}}
+    return out
+
+
+def paired_table(res: dict[str, Any]) -> str:
+    """The Markdown table of one data set's paired comparisons (empty when there are none)."""
+    paired = res.get("paired") or {}
+    if not paired:
+        return ""
+    methods = [m for m in MEDCAM_METHODS if any(m in p["methods"] for p in paired.values())]
+    head = ["method", *(f"{p['title']}: Δ vs {res['methods'][p['against']]['label']}" for p in paired.values())]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for m in methods:
+        cells = [res["methods"][m]["label"]]
+        for p in paired.values():
+            d = p["methods"].get(m)
+            cells.append("–" if d is None else
+                         f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}], wins {d['wins']}/{d['n']}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def _env(cfg: EvalConfig) -> dict[str, Any]:
@@ -547,6 +644,11 @@ def report_markdown(results: dict[str, Any]) -> str:
         lines += [f"## {name}", "",
                   f"{res['n']} images, classifier accuracy on them {res['accuracy']:.3f}.", "",
                   dataset_table(res, fr), ""]
+        table = paired_table(res)
+        if table:
+            lines += ["Image by image against the best peer of each column (mean difference, bootstrap 95 % "
+                      "interval over images, images where medcam-fast scores higher); an interval that excludes "
+                      "0 is a difference the choice of images does not explain:", "", table, ""]
         road = {m: r["road"] for m, r in res["methods"].items() if r.get("road")}
         if road:
             keys = list(next(iter(road.values())))

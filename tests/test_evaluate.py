@@ -126,3 +126,51 @@ def test_resume_adds_road_to_methods_computed_without_grad_cam(lesion_bundle_dir
     assert labels == ["lesions: first-guess reused"]
     road = again["datasets"]["lesions"]["methods"]["first-guess"]["road"]
     assert set(road) == {"morf", "lerf", "combined"} and all(np.isfinite(v) for v in road.values())
+
+
+def test_resume_reruns_only_the_methods_a_change_touches(lesion_bundle, lesion_bundle_dir, lesions, tmp_path):
+    images = make_lesions(24, size=32, seed=5).images
+    cfg = MetaConfig(inner_steps=0, outer_steps=2, meta_batch=4, width=4, depth=2)
+    ex_a = save_explainer(meta_train(lesion_bundle, images, cfg), tmp_path / "a")
+    ex_b = save_explainer(meta_train(lesion_bundle, images, cfg.with_(seed=1)), tmp_path / "b")
+    run = CFG.with_(methods=("first-guess", "refined", "fit"), sanity_n=0, road_n=0, n=4)
+    out = tmp_path / "report"
+    evaluate_suite([("lesions", lesion_bundle_dir, ex_a, lesions)], run, out)
+    labels: list[str] = []
+    evaluate_suite([("lesions", lesion_bundle_dir, ex_b, lesions)], run, out, resume=True, progress=labels.append)
+    assert labels == ["lesions: first-guess", "lesions: refined", "lesions: fit reused"]  # same loss weights
+    labels.clear()
+    evaluate_suite([("lesions", lesion_bundle_dir, ex_b, lesions)], run.with_(refine_steps=1), out, resume=True,
+                   progress=labels.append)
+    assert labels == ["lesions: first-guess reused", "lesions: refined", "lesions: fit reused"]
+
+
+def test_paired_comparison_against_the_best_peer_and_rescoring_of_old_caches(lesion_bundle_dir, explainer_dir, lesions,
+                                                                               tmp_path):
+    spec = [("lesions", lesion_bundle_dir, explainer_dir, lesions)]
+    cfg = CFG.with_(methods=("first-guess", "rise", "extremal"), sanity_n=0, road_n=0, rise_masks=40,
+                    extremal_steps=4)
+    ds = evaluate_suite(spec, cfg, tmp_path)["datasets"]["lesions"]
+    ours, rise = ds["methods"]["first-guess"], ds["methods"]["rise"]
+    assert set(ds["paired"]) == {"keep/0.1", "insertion_auc", "iou"}
+    for path, mean_key in (("insertion_auc", "insertion_auc"), ("iou", "iou")):
+        p = ds["paired"][path]
+        best = max(("rise", "extremal"), key=lambda m: ds["methods"][m][mean_key])
+        assert p["against"] == best
+        d = p["methods"]["first-guess"]
+        assert d["n"] == 6 and d["low"] <= d["mean"] <= d["high"]
+        assert d["mean"] == pytest.approx(ours[mean_key] - ds["methods"][best][mean_key], abs=1e-5)
+        assert d["wins"] == sum(a > b for a, b in zip(ours["per_image"][path], ds["methods"][best]["per_image"][path],
+                                                       strict=True))
+    assert len(rise["per_image"]["keep"]["0.1"]) == 6
+    assert "Δ vs" in (tmp_path / "report.md").read_text()
+    # a cache written before per-image scores were kept is scored again from its maps, not recomputed
+    cached = tmp_path / "datasets" / "lesions" / "rise.json"
+    saved = json.loads(cached.read_text())
+    del saved["result"]["per_image"]
+    cached.write_text(json.dumps(saved))
+    labels: list[str] = []
+    again = evaluate_suite(spec, cfg, tmp_path, resume=True, progress=labels.append)["datasets"]["lesions"]
+    assert labels == ["lesions: first-guess reused", "lesions: rise reused", "lesions: extremal reused"]
+    assert again["methods"]["rise"]["per_image"] == rise["per_image"]
+    assert again["paired"] == ds["paired"]

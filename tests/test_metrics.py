@@ -15,6 +15,7 @@ from medcam_fast.metrics import (
     cascade_checkpoints,
     cascading_randomization,
     deletion_insertion,
+    paired_difference,
     pointing_game,
     preservation_at_area,
     spearman,
@@ -385,6 +386,29 @@ def test_cascade_checkpoints():
             assert all(p < q for p, q in zip(points, points[1:], strict=False))
     with pytest.raises(ValueError):
         cascade_checkpoints(0, 3)
+
+
+def test_paired_difference_of_a_constant_shift_is_exact_and_of_identical_scores_is_zero():
+    a = torch.tensor([0.2, 0.9, 0.4, 0.7])
+    shifted = paired_difference(a + 0.1, a)
+    assert shifted.mean == pytest.approx(0.1) and shifted.low == pytest.approx(0.1)
+    assert shifted.high == pytest.approx(0.1) and shifted.wins == 4 and shifted.n == 4
+    same = paired_difference(a, a)
+    assert (same.mean, same.low, same.high, same.wins) == (0.0, 0.0, 0.0, 0)
+
+
+def test_paired_difference_interval_covers_the_mean_and_shrinks_with_more_images():
+    g = torch.Generator().manual_seed(0)
+    small = paired_difference(0.05 + 0.1 * torch.randn(16, generator=g), torch.zeros(16), seed=1)
+    large = paired_difference(0.05 + 0.1 * torch.randn(1024, generator=g), torch.zeros(1024), seed=1)
+    assert small.low < small.mean < small.high and large.low < large.mean < large.high
+    assert large.high - large.low < (small.high - small.low) / 4  # ∝ 1/√n: 8× narrower in expectation
+    assert large.low > 0 and abs(large.mean - 0.05) < 0.01
+    assert paired_difference([1, 2, 3], [0, 0, 5], seed=3) == paired_difference([1, 2, 3], [0, 0, 5], seed=3)
+    with pytest.raises(ValueError):
+        paired_difference([1.0, 2.0], [1.0])
+    with pytest.raises(ValueError):
+        paired_difference([math.nan], [1.0])
 
 
 # ------------------------------------------------------------------------------------------ devices
