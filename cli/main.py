@@ -242,6 +242,8 @@ def evaluate_cmd(
     sanity_stages: int = typer.Option(4, min=1, help="Randomization stages reported."),
     road_n: int = typer.Option(16, min=0, help="Images of the ROAD cross-check (needs grad-cam; 0 skips it)."),
     refine_steps: int | None = typer.Option(None, min=0, help="Refinement steps of the refined method [default: 10]."),
+    start_clip: float | None = typer.Option(None, min=0.0, help="The refined method's first guess is clipped to ± "
+                                            "this before its steps [default: 3]."),
     fit_steps: int = typer.Option(300, min=1, help="Steps of the per-image fit."),
     rise_masks: int = typer.Option(4000, min=1, help="Random masks per image for RISE."),
     extremal_steps: int = typer.Option(300, min=1, help="Steps per area for Extremal Perturbations."),
@@ -256,14 +258,16 @@ def evaluate_cmd(
     """Faithfulness, localization, sanity and speed of medcam-fast against Grad-CAM, RISE, … on the same images."""
     from medcam_fast.evaluate import ALL_METHODS, EvalConfig
     from medcam_fast.explain import DEFAULT_STEPS
+    from medcam_fast.meta import START_CLIP
     from medcam_fast.workflows import evaluate_job
 
     _threads(threads)
     chosen = tuple(m.strip() for m in methods.split(",") if m.strip()) if methods else ALL_METHODS
     cfg = EvalConfig(methods=chosen, n=n, sanity_n=sanity_n, sanity_stages=sanity_stages, road_n=road_n,
-                     refine_steps=DEFAULT_STEPS if refine_steps is None else refine_steps, fit_steps=fit_steps,
-                     rise_masks=rise_masks, extremal_steps=extremal_steps,
-                     batch_size=batch_size, device=device, seed=seed)
+                     refine_steps=DEFAULT_STEPS if refine_steps is None else refine_steps,
+                     start_clip=START_CLIP if start_clip is None else start_clip, fit_steps=fit_steps,
+                     rise_masks=rise_masks, extremal_steps=extremal_steps, batch_size=batch_size, device=device,
+                     seed=seed)
     evaluate_job(data, out, cfg, classifier=classifier, explainer=explainer, models=models, data_dir=data_dir,
                  resume=resume, overwrite=overwrite, console=console)
 

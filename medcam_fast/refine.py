@@ -23,7 +23,7 @@ from .classifier import FrozenClassifier
 from .fit import FitConfig, evaluate_masks, fit_masks, resolve_targets
 from .losses import LossWeights, Reference
 from .masking import make_baseline
-from .meta import adapt, adapt_logits
+from .meta import START_CLIP, adapt, adapt_logits
 from .result import MaskResult, Verification
 
 __all__ = ["refine", "RefineMode", "LOGITS_LR"]
@@ -51,6 +51,7 @@ def refine(
     seed: int = 0,
     hard_after: float = FitConfig.hard_after,
     reference: Reference | None = None,
+    start_clip: float | None = START_CLIP,
 ) -> MaskResult:
     """Masks for ``x`` from the explainer's first guess plus ``steps`` refinement steps.
 
@@ -72,6 +73,9 @@ def refine(
             is optimized (as in the per-image fit).
         reference: the classifier's ``(logits, activations)`` on ``x`` when the caller already has them
             (saves a forward pass).
+        start_clip: in ``"logits"`` mode, the first guess is clipped to ``±start_clip`` before the first step
+            (None: not clipped). Lower lets the classifier's gradient reorder more pixels, at the price of
+            larger, less minimal masks (see :data:`medcam_fast.meta.START_CLIP` and the README).
     """
     pre = explainer.preprocess
     w = weights or explainer.weights
@@ -97,7 +101,8 @@ def refine(
                 u = unet(x, target)
         if lr is None:
             lr = explainer.inner.lr if explainer.inner.mode == "logits" else LOGITS_LR
-        u = adapt_logits(classifier, x, u, target, reference, baseline, w, explainer.tau, steps, lr, hard_after, gen)
+        u = adapt_logits(classifier, x, u, target, reference, baseline, w, explainer.tau, steps, lr, hard_after, gen,
+                         clip=start_clip)
     else:
         theta = {n: p.detach() for n, p in unet.named_parameters()}
         inner = explainer.inner

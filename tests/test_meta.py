@@ -85,6 +85,20 @@ def test_refinement_lowers_the_loss_of_the_first_guess(lesion_bundle, images, mo
     assert better.loss.mean() < first.loss.mean()
 
 
+def test_refinement_starts_from_the_clipped_first_guess(lesion_bundle, images):
+    explainer = meta_train(lesion_bundle, images, FAST.with_(outer_steps=1))
+    clf = lesion_bundle.frozen()
+    x = torch.from_numpy(lesion_bundle.preprocess(images[:2]))
+    saturated = torch.full((2, 1, 32, 32), 40.0)
+    saturated[:, :, :8] = -40.0
+    clipped = refine(explainer, clf, x, steps=3, initial_logits=saturated, start_clip=1.5)
+    by_hand = refine(explainer, clf, x, steps=3, initial_logits=saturated.clamp(-1.5, 1.5), start_clip=None)
+    assert torch.equal(clipped.logits, by_hand.logits)
+    unclipped = refine(explainer, clf, x, steps=3, initial_logits=saturated, start_clip=None)
+    assert unclipped.logits.abs().min() > 30  # three Adam steps of 0.3 cannot undo a saturated start
+    assert clipped.logits.abs().max() < 1.5 + 3 * 0.3 * 3.2  # Adam's step is at most lr·(1−β₁)/√(1−β₂)
+
+
 def test_logits_inner_loop_meta_trains_the_first_guess_for_refinement(lesion_bundle, images, tmp_path):
     cfg = FAST.with_(inner_mode="logits", first_order=True, inner_lr=0.3, inner_steps=3, outer_steps=3)
     explainer = meta_train(lesion_bundle, images, cfg, out_dir=tmp_path)
