@@ -62,7 +62,27 @@ def evaluate() -> str:
         if ds["skipped"]:
             out.append(f"\nSkipped: {', '.join(ds['skipped'])}.")
         out.append("")
-    return "\n".join(out)
+    return "\n".join(out + [_paired(res)])
+
+
+def _paired(res: dict) -> str:
+    """One row per data set and medcam-fast method: Δ against the best peer, with its bootstrap interval."""
+    metrics = [("keep/0.1", "keep 10%"), ("insertion_auc", "insertion AUC"), ("iou", "top-k IoU (lesions)")]
+    head = ["data set", "method", *(t + ": Δ vs best peer [95 % CI]" for _, t in metrics)]
+    out = ["**Image by image against the best peer** (mean difference, bootstrap 95 % interval over images; "
+           "the peer named is the best of that column)", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, ds in res["datasets"].items():
+        paired = ds.get("paired") or {}
+        for m in ("first-guess", "refined", "fit"):
+            cells = []
+            for key, _ in metrics:
+                p = paired.get(key)
+                d = p and p["methods"].get(m)
+                cells.append("–" if not d else f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] vs "
+                             f"{ds['methods'][p['against']]['label']}")
+            if any(c != "–" for c in cells):
+                out.append(f"| {name} | {ds['methods'][m]['label']} | " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
 
 
 if __name__ == "__main__":
