@@ -396,6 +396,11 @@ class ImageSet:
         classes: class names; ``labels`` index into it.
         name: a short name of the set (e.g. ``"breastmnist_64"``).
         masks: bool NHW ground-truth evidence (procedural data only), or None.
+        evidence_class: the class whose evidence ``masks`` mark, or None when every image's mask is the
+            evidence for its own label. Localization metrics use only the images of this class that the
+            classifier also predicts as this class: for the others the mask marks no known evidence (in
+            :func:`make_lesions`, a benign image's mask is the smooth blob, but the evidence for "benign" is
+            the absence of a lesion anywhere).
     """
 
     images: np.ndarray
@@ -403,6 +408,7 @@ class ImageSet:
     classes: list[str]
     name: str
     masks: np.ndarray | None = field(default=None)
+    evidence_class: int | None = field(default=None)
 
     def __post_init__(self) -> None:
         self.labels = np.asarray(self.labels, dtype=np.int64).reshape(-1)
@@ -436,7 +442,7 @@ class ImageSet:
                 indices = indices.astype(np.int64).reshape(-1)
         masks = None if self.masks is None else self.masks[indices]
         return ImageSet(images=self.images[indices], labels=self.labels[indices], classes=list(self.classes),
-                        name=self.name, masks=masks)
+                        name=self.name, masks=masks, evidence_class=self.evidence_class)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -1059,7 +1065,8 @@ def make_lesions(n: int, size: int = 64, seed: int = 0, channels: int = 1, posit
             background and blobs underneath); everything else, labels and masks included, is identical.
 
     Returns:
-        an :class:`ImageSet` with uint8 images, labels, classes ``["benign", "lesion"]`` and bool masks.
+        an :class:`ImageSet` with uint8 images, labels, classes ``["benign", "lesion"]``, bool masks and
+        ``evidence_class = 1``.
 
     Raises:
         UsageError: ``n < 0``, ``seed < 0``, ``size < 16``, ``channels`` not 1 or 3, or ``positive_fraction`` outside [0, 1].
@@ -1084,4 +1091,4 @@ def make_lesions(n: int, size: int = 64, seed: int = 0, channels: int = 1, posit
         labels[i] = label
     suffix = "_erased" if erase_candidate else ""
     return ImageSet(images=images, labels=labels, classes=list(LESION_CLASSES),
-                    name=f"lesions_{size}{suffix}", masks=masks)
+                    name=f"lesions_{size}{suffix}", masks=masks, evidence_class=1)

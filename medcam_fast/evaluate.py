@@ -15,7 +15,8 @@ predicts, and every number comes from the same code in :mod:`medcam_fast.metrics
 Metrics per data set: preservation at 5/10/20/30 % area (baseline: the explainer's), deletion and
 insertion AUC (RISE protocol: zero substrate for deletion, blurred substrate for insertion), binary
 evidence (medcam-fast's masks), pointing game and top-k IoU where the true evidence is known (the
-procedural lesion set), the cascading-randomization sanity check (Spearman correlation between the map of
+procedural lesion set's lesion images that the classifier predicts as lesions: a benign image's mask marks
+a blob, not the evidence for "benign", which is the absence of a lesion), the cascading-randomization sanity check (Spearman correlation between the map of
 the trained and of the progressively randomized classifier, on ``sanity_n`` images), ROAD (``grad-cam``'s
 metric, as a cross-check, when installed) and seconds per image. Every per-image score is kept
 (``per_image`` in ``results.json``), and each medcam-fast method is compared image by image with the best peer
@@ -215,7 +216,29 @@ def _sem(t: Tensor) -> float | None:
     return float(t.std() / math.sqrt(t.numel())) if t.numel() > 1 else None
 
 
-def _score_maps(ctx: _Context, x: Tensor, target: Tensor, maps: _Maps, masks: Tensor | None,
+@dataclass
+class _Evidence:
+    """The images whose true evidence is known (``rows`` into the batch) and that evidence ``[len(rows),H,W]``."""
+
+    rows: Tensor
+    masks: Tensor
+
+
+def _evidence(sel: ImageSet, target: Tensor, size: tuple[int, ...]) -> _Evidence | None:
+    """Where localization can be scored: every image with a mask, or (``evidence_class`` set) the images of
+    that class that the classifier also predicts as it — for any other the mask marks no known evidence."""
+    if sel.masks is None:
+        return None
+    m = torch.from_numpy(sel.masks[:, None].astype(np.float32))
+    masks = torch.nn.functional.interpolate(m, size=size, mode="nearest")[:, 0].bool().to(target.device)
+    keep = torch.ones(len(sel.labels), dtype=torch.bool, device=target.device)
+    if sel.evidence_class is not None:
+        keep = (torch.from_numpy(sel.labels).to(target.device) == sel.evidence_class) & (target == sel.evidence_class)
+    rows = torch.nonzero(keep).flatten()
+    return _Evidence(rows, masks[rows])
+
+
+def _score_maps(ctx: _Context, x: Tensor, target: Tensor, maps: _Maps, evidence: _Evidence | None,
                 baseline: Tensor, deletion: Tensor, insertion: Tensor) -> dict[str, Any]:
     clf = ctx.classifier
     cfg = ctx.cfg
@@ -237,10 +260,15 @@ def _score_maps(ctx: _Context, x: Tensor, target: Tensor, maps: _Maps, masks: Te
     if maps.binary is not None:
         ev = metrics.binary_evidence(clf.logits, x, maps.binary, target, baseline)
         out["binary"] = {k: _mean(v) for k, v in ev.items()}
-    if masks is not None:
-        pointing, iou = metrics.pointing_game(maps.saliency, masks), metrics.topk_iou(maps.saliency, masks)
-        out["pointing"], out["iou"] = _mean(pointing), _mean(iou)
-        out["per_image"].update(pointing=_values(pointing), iou=_values(iou))
+    if evidence is not None:
+        out["localization_n"] = int(evidence.rows.numel())
+        if evidence.rows.numel():
+            sal = maps.saliency[evidence.rows.to(maps.saliency.device)]
+            pointing, iou = metrics.pointing_game(sal, evidence.masks), metrics.topk_iou(sal, evidence.masks)
+            out["pointing"], out["iou"] = _mean(pointing), _mean(iou)
+            out["per_image"].update(pointing=_values(pointing), iou=_values(iou))
+        else:
+            out["pointing"] = out["iou"] = None
     return out
 
 
@@ -395,10 +423,7 @@ def evaluate_dataset(
     baseline = make_baseline(x, baseline_kind, pre.mean, pre.std)  # type: ignore[arg-type]
     deletion = make_baseline(x, "zero", pre.mean, pre.std)
     insertion = make_baseline(x, "blur", pre.mean, pre.std)
-    masks = None
-    if sel.masks is not None:  # the true evidence, at the resolution the classifier sees
-        m = torch.from_numpy(sel.masks[:, None].astype(np.float32))
-        masks = torch.nn.functional.interpolate(m, size=tuple(x.shape[-2:]), mode="nearest")[:, 0].bool().to(device)
+    evidence = _evidence(sel, target, tuple(x.shape[-2:]))
 
     skipped: dict[str, str] = {}
     available = peers.available_peers()
@@ -414,10 +439,11 @@ def evaluate_dataset(
         if cached is not None:
             res, maps = cached
             changed = False
-            if "per_image" not in res:  # cached by a version that kept means only: score its maps again
+            stale = evidence is not None and res.get("localization_n") != int(evidence.rows.numel())
+            if "per_image" not in res or stale:  # cached by a version that scored differently: score its maps again
                 res.update(_score_maps(ctx, x, target, _Maps(maps.saliency.to(device), None if maps.binary is None
                                                              else maps.binary.to(device), maps.seconds),
-                                       masks, baseline, deletion, insertion))
+                                       evidence, baseline, deletion, insertion))
                 changed = True
             if "road" not in res and available.get("road") is None and r > 0:  # e.g. first run had no grad-cam
                 res["road"] = _road(clf, x[:r], target[:r], maps.saliency[:r].to(device))
@@ -434,7 +460,7 @@ def evaluate_dataset(
             continue
         maps = _maps(m, ctx, clf, x, target, baseline)
         res: dict[str, Any] = {"label": _LABELS.get(m) or peers.METHODS[m].label, "device": str(device),
-                               **_score_maps(ctx, x, target, maps, masks, baseline, deletion, insertion)}
+                               **_score_maps(ctx, x, target, maps, evidence, baseline, deletion, insertion)}
         if m == "first-guess" and ex is not None:
             res["runtime"] = "onnxruntime" if ex.onnx is not None else "torch"
         tick(f"{name}: {m}")
@@ -459,7 +485,10 @@ def evaluate_dataset(
         "explainer": str(explainer) if needs_explainer else None,
         "explainer_sha256": ex.bundle.sha256 if ex is not None else None,
         "accuracy": float((target.cpu().numpy() == sel.labels).mean()),
-        "localization": masks is not None,
+        "localization": evidence is not None,
+        "localization_n": int(evidence.rows.numel()) if evidence is not None else 0,
+        "evidence_class": (classifier.classes[sel.evidence_class] if evidence is not None
+                           and sel.evidence_class is not None else None),
         "methods": results,
         "skipped": skipped,
         "paired": _paired(results, cfg),
@@ -615,6 +644,15 @@ def dataset_table(res: dict[str, Any], fractions: Sequence[float]) -> str:
     return "\n".join(lines)
 
 
+def _localization_note(res: dict[str, Any]) -> str:
+    if not res.get("localization"):
+        return ""
+    who = (f"the {res['localization_n']} images of class {res['evidence_class']!r} that the classifier predicts "
+           "as such (only there is the mask the evidence for the explained class)" if res.get("evidence_class")
+           else f"all {res['localization_n']} images")
+    return f" Pointing and top-k IoU: on {who}."
+
+
 def report_markdown(results: dict[str, Any]) -> str:
     """``report.md``: how the run was made, one table per data set, the sanity check and what was skipped."""
     cfg = results["config"]
@@ -642,7 +680,8 @@ def report_markdown(results: dict[str, Any]) -> str:
     ]
     for name, res in results["datasets"].items():
         lines += [f"## {name}", "",
-                  f"{res['n']} images, classifier accuracy on them {res['accuracy']:.3f}.", "",
+                  f"{res['n']} images, classifier accuracy on them {res['accuracy']:.3f}." + _localization_note(res),
+                  "",
                   dataset_table(res, fr), ""]
         table = paired_table(res)
         if table:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from medcam_fast.baselines import INSTALL_HINT, available_peers
@@ -54,6 +55,22 @@ def test_every_method_is_scored_with_the_same_metrics(report):
     assert ds["methods"]["first-guess"]["runtime"] == "torch"
     on_disk = json.loads((out / "results.json").read_text())
     assert on_disk["datasets"]["lesions"]["methods"]["fit"]["iou"] == ds["methods"]["fit"]["iou"]
+
+
+def test_localization_is_scored_only_where_the_mask_is_the_evidence_for_the_explained_class(report, lesion_bundle,
+                                                                                           lesions):
+    from medcam_fast.evaluate import _pick
+
+    ds = report[1]["datasets"]["lesions"]
+    sel = _pick(lesions, CFG.n, CFG.seed)
+    assert sel.evidence_class == 1
+    with torch.no_grad():
+        pred = lesion_bundle.frozen().logits(torch.from_numpy(lesion_bundle.preprocess(sel.images))).argmax(1)
+    expected = int(((torch.from_numpy(sel.labels) == 1) & (pred == 1)).sum())
+    assert ds["localization_n"] == expected and ds["evidence_class"] == "lesion"
+    for r in ds["methods"].values():
+        assert len(r["per_image"]["iou"]) == expected and len(r["per_image"]["keep"]["0.1"]) == CFG.n
+    assert f"on the {expected} images of class 'lesion'" in (report[0] / "report.md").read_text()
 
 
 def test_the_first_guess_ignores_the_classifier_so_randomizing_it_changes_nothing(report):
@@ -158,7 +175,7 @@ def test_paired_comparison_against_the_best_peer_and_rescoring_of_old_caches(les
         best = max(("rise", "extremal"), key=lambda m: ds["methods"][m][mean_key])
         assert p["against"] == best
         d = p["methods"]["first-guess"]
-        assert d["n"] == 6 and d["low"] <= d["mean"] <= d["high"]
+        assert d["n"] == (ds["localization_n"] if path == "iou" else 6) and d["low"] <= d["mean"] <= d["high"]
         assert d["mean"] == pytest.approx(ours[mean_key] - ds["methods"][best][mean_key], abs=1e-5)
         assert d["wins"] == sum(a > b for a, b in zip(ours["per_image"][path], ds["methods"][best]["per_image"][path],
                                                        strict=True))
