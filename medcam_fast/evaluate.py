@@ -16,9 +16,10 @@ Metrics per data set: preservation at 5/10/20/30 % area (baseline: the explainer
 insertion AUC (RISE protocol: zero substrate for deletion, blurred substrate for insertion), binary
 evidence (medcam-fast's masks), pointing game and top-k IoU where the true evidence is known (the
 procedural lesion set's lesion images that the classifier predicts as lesions: a benign image's mask marks
-a blob, not the evidence for "benign", which is the absence of a lesion), the cascading-randomization sanity check (Spearman correlation between the map of
-the trained and of the progressively randomized classifier, on ``sanity_n`` images), ROAD (``grad-cam``'s
-metric, as a cross-check, when installed) and seconds per image. Every per-image score is kept
+a blob, not the evidence for "benign", which is the absence of a lesion), the cascading-randomization
+sanity check (Spearman correlation between the map of the trained and of the progressively randomized
+classifier, on ``sanity_n`` images), ROAD (``grad-cam``'s metric, as a cross-check, when installed) and
+seconds per image. Every per-image score is kept
 (``per_image`` in ``results.json``), and each medcam-fast method is compared image by image with the best peer
 of keep 10 %, insertion AUC and top-k IoU (:func:`medcam_fast.metrics.paired_difference`: the mean
 difference with a bootstrap 95 % interval), so a gap between two means can be told from the luck of the
@@ -218,7 +219,8 @@ def _sem(t: Tensor) -> float | None:
 
 @dataclass
 class _Evidence:
-    """The images whose true evidence is known (``rows`` into the batch) and that evidence ``[len(rows),H,W]``."""
+    """The images whose true evidence is known (``rows`` into the batch) and that evidence
+    ``[len(rows),H,W]``."""
 
     rows: Tensor
     masks: Tensor
@@ -233,7 +235,8 @@ def _evidence(sel: ImageSet, target: Tensor, size: tuple[int, ...]) -> _Evidence
     masks = torch.nn.functional.interpolate(m, size=size, mode="nearest")[:, 0].bool().to(target.device)
     keep = torch.ones(len(sel.labels), dtype=torch.bool, device=target.device)
     if sel.evidence_class is not None:
-        keep = (torch.from_numpy(sel.labels).to(target.device) == sel.evidence_class) & (target == sel.evidence_class)
+        labels = torch.from_numpy(sel.labels).to(target.device)
+        keep = (labels == sel.evidence_class) & (target == sel.evidence_class)
     rows = torch.nonzero(keep).flatten()
     return _Evidence(rows, masks[rows])
 
@@ -440,7 +443,7 @@ def evaluate_dataset(
             res, maps = cached
             changed = False
             stale = evidence is not None and res.get("localization_n") != int(evidence.rows.numel())
-            if "per_image" not in res or stale:  # cached by a version that scored differently: score its maps again
+            if "per_image" not in res or stale:  # scored by an older version: score its cached maps again
                 res.update(_score_maps(ctx, x, target, _Maps(maps.saliency.to(device), None if maps.binary is None
                                                              else maps.binary.to(device), maps.seconds),
                                        evidence, baseline, deletion, insertion))
