@@ -250,7 +250,7 @@ def evaluate_cmd(
     batch_size: int = typer.Option(16, min=1, help="Images per method call."),
     device: str = typer.Option("cpu", help="torch device, e.g. cpu or cuda."),
     seed: int = typer.Option(0, help="Picks the images and seeds the random methods."),
-    resume: bool = typer.Option(False, help="Reuse the data sets an earlier run in OUT finished."),
+    resume: bool = typer.Option(False, help="Reuse the methods an earlier run in OUT finished with the same settings."),
     overwrite: bool = typer.Option(False, help="Replace an earlier evaluation in OUT."),
     data_dir: Path | None = typer.Option(None, envvar="MEDCAM_DATA_DIR", help="Folder of the shared .npz data sets."),
     threads: int | None = typer.Option(None, help="CPU threads for torch."),

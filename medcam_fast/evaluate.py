@@ -50,7 +50,7 @@ from .data import ImageSet
 from .errors import UsageError
 from .explain import DEFAULT_STEPS, _load_explainer, _onnx_only_bundle
 from .fit import FitConfig, fit_masks
-from .masking import make_baseline
+from .masking import make_baseline, mask_from_logits
 from .meta import START_CLIP
 from .refine import refine
 
@@ -169,7 +169,7 @@ def _medcam_chunk(method: str, ctx: _Context, clf: FrozenClassifier, x: Tensor, 
         return res.logits, res.binary
     u0 = _first_guess(ctx, x, target)
     if method == "first-guess":
-        return u0[:, 0], (torch.sigmoid(u0[:, 0] / bundle.tau) > bundle.threshold)
+        return u0[:, 0], mask_from_logits(u0[:, 0], bundle.tau) > bundle.threshold
     res = refine(bundle, clf, x, target, steps=ctx.cfg.refine_steps, mode="logits", initial_logits=u0, seed=seed,
                  start_clip=ctx.cfg.start_clip)
     return res.logits, res.binary
@@ -275,15 +275,11 @@ def _score_maps(ctx: _Context, x: Tensor, target: Tensor, maps: _Maps, evidence:
     return out
 
 
-def _parameterized_modules(model: torch.nn.Module) -> int:
-    return sum(1 for m in model.modules() if any(True for _ in m.parameters(recurse=False)))
-
-
 def _sanity(ctx: _Context, method: str, x: Tensor, target: Tensor, baseline: Tensor, trained: Tensor,
             advance: Callable[[], None]) -> dict[str, Any]:
     """Cascading randomization (Adebayo et al. 2018) of the classifier from the top; Spearman ρ per stage."""
     clf = ctx.classifier
-    n_mod = _parameterized_modules(clf.model)
+    n_mod = len(metrics.parameterized_modules(clf.model))
     stops = set(metrics.cascade_checkpoints(n_mod, ctx.cfg.sanity_stages))
     stages = []
     for i, (name, model) in enumerate(metrics.cascading_randomization(clf.model, seed=ctx.cfg.seed), start=1):

@@ -40,7 +40,8 @@ Sanity checks (Adebayo et al. 2018, "Sanity checks for saliency maps", NeurIPS):
 * :func:`spearman` — Spearman rank correlation ``ρ(a, b) = Pearson(rank(a), rank(b))`` per image, with
   average ranks for ties (optionally of ``|a|``, ``|b|``).
 * :func:`cascading_randomization` — cascading model-parameter randomization, from the output layer to the
-  input layer; :func:`cascade_checkpoints` picks evenly spaced stages of the cascade.
+  input layer, one stage per item of :func:`parameterized_modules`; :func:`cascade_checkpoints` picks
+  evenly spaced stages of the cascade.
 
 Comparing two methods on the same images:
 
@@ -76,6 +77,7 @@ __all__ = [
     "topk_iou",
     "spearman",
     "cascading_randomization",
+    "parameterized_modules",
     "cascade_checkpoints",
     "PairedDifference",
     "paired_difference",
@@ -467,8 +469,9 @@ def spearman(a: Tensor, b: Tensor, absolute: bool = False) -> Tensor:
 # ------------------------------------------------------------------------------------ model randomization
 
 
-def _parameterized_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """Modules that own parameters directly (``parameters(recurse=False)``), in ``named_modules()`` order."""
+def parameterized_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``(name, module)`` of the modules that own parameters directly (``parameters(recurse=False)``), in
+    ``named_modules()`` order: the stages of :func:`cascading_randomization`, input end first."""
     return [(name, m) for name, m in model.named_modules() if next(m.parameters(recurse=False), None) is not None]
 
 
@@ -538,7 +541,7 @@ def cascading_randomization(model: nn.Module, seed: int = 0) -> Iterator[tuple[s
     Raises:
         ValueError: ``model`` has no parameters (raised at once, not on the first ``next``).
     """
-    if not _parameterized_modules(model):
+    if not parameterized_modules(model):
         raise ValueError("the model has no parameters to randomize")
     return _cascade(model, seed)
 
@@ -546,7 +549,7 @@ def cascading_randomization(model: nn.Module, seed: int = 0) -> Iterator[tuple[s
 def _cascade(model: nn.Module, seed: int) -> Iterator[tuple[str, nn.Module]]:
     randomized = copy.deepcopy(model)
     randomized.eval()
-    for name, module in reversed(_parameterized_modules(randomized)):
+    for name, module in reversed(parameterized_modules(randomized)):
         _randomize_module(module, _module_seed(seed, name))
         yield name, randomized
 

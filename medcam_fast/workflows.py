@@ -450,7 +450,7 @@ def evaluate_job(
     console = console or Console()
     out = Path(out)
     if (out / "results.json").exists() and not (resume or overwrite):
-        raise UsageError("holds an earlier evaluation; pass --resume to reuse its finished data sets or --overwrite", out)
+        raise UsageError("holds an earlier evaluation; pass --resume to reuse its finished methods or --overwrite", out)
     if overwrite and not resume:
         import shutil
 
