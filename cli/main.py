@@ -75,7 +75,7 @@ def train_classifier_cmd(
     overwrite: bool = typer.Option(False, help="Replace an existing bundle in OUT."),
 ) -> None:
     """Train a built-in classifier and write a classifier bundle (safetensors + JSON)."""
-    from medcam_fast.workflows import train_classifier_bundle
+    from medcam_fast.cli.jobs import train_classifier_bundle
 
     _threads(threads)
     bundle, path = train_classifier_bundle(
@@ -105,7 +105,7 @@ def import_classifier_cmd(
     overwrite: bool = typer.Option(False, help="Replace an existing bundle in OUT."),
 ) -> None:
     """Wrap your own classifier (import path, .pt2 program or timm name) as a bundle every command accepts."""
-    from medcam_fast.workflows import import_classifier_bundle
+    from medcam_fast.cli.jobs import import_classifier_bundle
 
     path = import_classifier_bundle(
         out, classes=classes, size=size, channels=channels, mean=mean, std=std, factory=factory,
@@ -140,7 +140,7 @@ def explain_cmd(
     threads: int | None = typer.Option(None, help="CPU threads for torch."),
 ) -> None:
     """Explain images: binary mask, soft mask, overlay and JSON per image; summary.csv/json per run."""
-    from medcam_fast.workflows import explain_inputs
+    from medcam_fast.cli.jobs import explain_inputs
 
     _threads(threads)
     if not refine and steps:
@@ -182,9 +182,9 @@ def meta_train_cmd(
     threads: int | None = typer.Option(None, help="CPU threads for torch."),
 ) -> None:
     """Meta-train a shared U-Net explainer for a classifier (MAML on the composite loss)."""
-    from medcam_fast.meta import MetaConfig
-    from medcam_fast.refine import LOGITS_LR, WEIGHTS_LR
-    from medcam_fast.workflows import meta_train_bundle
+    from medcam_fast.cli.jobs import meta_train_bundle
+    from medcam_fast.explainer.meta import MetaConfig
+    from medcam_fast.method.refine import LOGITS_LR, WEIGHTS_LR
 
     _threads(threads)
     if inner_lr is None:
@@ -205,7 +205,7 @@ def export_cmd(
     overwrite: bool = typer.Option(False, help="Replace an existing file."),
 ) -> None:
     """Export an explainer to one self-contained ONNX file (metadata included, parity-checked)."""
-    from medcam_fast.workflows import export_bundle
+    from medcam_fast.cli.jobs import export_bundle
 
     path = export_bundle(explainer, out, combined=combined, overwrite=overwrite)
     console.print(f"wrote {path}")
@@ -221,7 +221,7 @@ def demo_cmd(
     threads: int | None = typer.Option(None, help="CPU threads for torch."),
 ) -> None:
     """Generate lesion images, explain them with the shipped demo bundle, print the summary."""
-    from medcam_fast.workflows import run_demo
+    from medcam_fast.cli.jobs import run_demo
 
     _threads(threads)
     raise typer.Exit(run_demo(out, n=n, steps=steps, overwrite=overwrite, console=console, err_console=err_console))
@@ -256,10 +256,10 @@ def evaluate_cmd(
     threads: int | None = typer.Option(None, help="CPU threads for torch."),
 ) -> None:
     """Faithfulness, localization, sanity and speed of medcam-fast against Grad-CAM, RISE, … on the same images."""
-    from medcam_fast.evaluate import ALL_METHODS, EvalConfig
+    from medcam_fast.cli.jobs import evaluate_job
+    from medcam_fast.evaluation.harness import ALL_METHODS, EvalConfig
     from medcam_fast.explain import DEFAULT_STEPS
-    from medcam_fast.meta import START_CLIP
-    from medcam_fast.workflows import evaluate_job
+    from medcam_fast.method.inner import START_CLIP
 
     _threads(threads)
     chosen = tuple(m.strip() for m in methods.split(",") if m.strip()) if methods else ALL_METHODS
@@ -285,7 +285,7 @@ def bench_per_image_cmd(
     threads: int | None = typer.Option(None, help="CPU threads for torch."),
 ) -> None:
     """The paper's per-image fit on the shared data sets: confidence kept, area, complement, seconds."""
-    from medcam_fast.bench import bench_per_image
+    from medcam_fast.evaluation.bench import bench_per_image
 
     _threads(threads)
     bench_per_image(
@@ -310,7 +310,7 @@ def bench_quality_cmd(
     threads: int | None = typer.Option(None, help="CPU threads for torch."),
 ) -> None:
     """Composite loss, confidence and area against seconds per image: meta-trained, amortized, per-image fit."""
-    from medcam_fast.bench import bench_quality
+    from medcam_fast.evaluation.bench import bench_quality
 
     _threads(threads)
     ints = lambda text: tuple(int(v) for v in text.split(","))  # noqa: E731
@@ -328,7 +328,7 @@ def bench_speed_cmd(
     repeats: int = typer.Option(7, min=1, help="Repeats per measurement (medians are reported)."),
 ) -> None:
     """Milliseconds per image: ONNX/torch first guess, + K steps, per-image fit, Grad-CAM; ratios to Grad-CAM."""
-    from medcam_fast.bench import bench_speed
+    from medcam_fast.evaluation.bench import bench_speed
 
     bench_speed(out_dir=out, repeats=repeats, console=console)
 

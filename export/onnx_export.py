@@ -3,7 +3,7 @@
 Two graphs:
 
 * :func:`export_explainer` — the U-Net core. Inputs ``image`` float32 ``[B, C, H, W]`` (normalized, as
-  :class:`~medcam_fast.data.Preprocess` returns) and ``target`` int64 ``[B]``; output ``mask_logits``
+  :class:`~medcam_fast.data.preprocess.Preprocess` returns) and ``target`` int64 ``[B]``; output ``mask_logits``
   float32 ``[B, 1, H, W]``. ``B``, ``H`` and ``W`` are dynamic; ``H`` and ``W`` must be multiples of
   ``2**depth`` (metadata ``size_multiple``) — :class:`~medcam_fast.export.runtime.OnnxExplainer` pads any
   other size (replicate, bottom/right, as ``UNet.forward`` does) and crops back.
@@ -43,12 +43,13 @@ import onnx
 import torch
 from torch import Tensor, nn
 
-from medcam_fast import __version__
 from medcam_fast._io import atomic_write
-from medcam_fast.bundle import ExplainerBundle
-from medcam_fast.classifier import FrozenClassifier, _as_logits, state_sha256
+from medcam_fast._version import __version__
+from medcam_fast.classifiers.frozen import FrozenClassifier, _as_logits
+from medcam_fast.classifiers.weights import state_sha256
 from medcam_fast.errors import ModelError, UsageError, one_line
-from medcam_fast.masking import make_baseline
+from medcam_fast.explainer.bundle import ExplainerBundle
+from medcam_fast.method.masking import make_baseline
 
 from .runtime import METADATA_KEY, OnnxExplainer, _sigmoid
 
@@ -384,7 +385,7 @@ def export_combined(bundle: ExplainerBundle, classifier_module: nn.Module, out: 
         bundle: the explainer.
         classifier_module: the classifier the explainer was trained against: an ``nn.Module`` mapping
             normalized images ``[B, C, H, W]`` to logits ``[B, K]`` (a tuple / dict / object with
-            ``.logits`` also works; a :class:`~medcam_fast.classifier.FrozenClassifier` is unwrapped). It is
+            ``.logits`` also works; a :class:`~medcam_fast.classifiers.frozen.FrozenClassifier` is unwrapped). It is
             copied; the caller's module is left as it is.
         out: the ``.onnx`` file to write.
         opset: the ONNX opset (>= 18).

@@ -1,6 +1,6 @@
 """Run an exported explainer with onnxruntime alone: numpy in, masks out, no torch anywhere.
 
-This module imports only numpy, onnxruntime, the standard library, :class:`medcam_fast.data.Preprocess`
+This module imports only numpy, onnxruntime, the standard library, :class:`medcam_fast.data.preprocess.Preprocess`
 (numpy and Pillow) and :mod:`medcam_fast.errors`, so it works in an environment without torch::
 
     from medcam_fast.export.runtime import OnnxExplainer
@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from medcam_fast.data import ImageInput, Preprocess
+from medcam_fast.data.preprocess import ImageInput, Preprocess
 from medcam_fast.errors import ModelError, UsageError, one_line
 
 __all__ = ["OnnxExplainer", "RuntimeMasks", "METADATA_KEY", "default_providers"]
@@ -272,7 +272,7 @@ class OnnxExplainer:
         """Masks of images.
 
         Args:
-            images: raw images — anything :class:`~medcam_fast.data.Preprocess` accepts (a PIL image, an array
+            images: raw images — anything :class:`~medcam_fast.data.preprocess.Preprocess` accepts (a PIL image, an array
                 HW / HWC / NHW / NHWC of uint8, uint16 or float on [0, 1], or a list of those), resized and
                 normalized with :attr:`preprocess`; or, with ``preprocessed=True``, an already normalized
                 float32 ``[B, C, H, W]`` array (any ``H×W`` for the core graph).
@@ -281,7 +281,7 @@ class OnnxExplainer:
                 graph None means the classifier's own decision, argmax of ``probs_original``.
             preprocessed: ``images`` is already normalized float32 NCHW.
             batched: how to read a 3-D raw array (True NHW, False HWC, None guess), as in
-                :meth:`Preprocess.__call__ <medcam_fast.data.Preprocess.__call__>`.
+                :meth:`Preprocess.__call__ <medcam_fast.data.preprocess.Preprocess.__call__>`.
             batch_size: at most this many images per onnxruntime call (bounds memory).
 
         Returns:

@@ -17,39 +17,40 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 _EXPORTS: dict[str, str] = {
-    "ClassifierBundle": "classifier",
-    "FrozenClassifier": "classifier",
-    "build_classifier": "classifier",
-    "load_classifier": "classifier",
-    "save_classifier": "classifier",
-    "train_classifier": "classifier",
-    "ImageSet": "data",
-    "Preprocess": "data",
-    "load_image": "data",
-    "load_npz": "data",
-    "make_lesions": "data",
-    "resolve_data": "data",
+    "DEMO_DIR": "_assets",
+    "ClassifierBundle": "classifiers.frozen",
+    "FrozenClassifier": "classifiers.frozen",
+    "build_classifier": "classifiers.architectures",
+    "load_classifier": "classifiers.bundle",
+    "save_classifier": "classifiers.bundle",
+    "train_classifier": "classifiers.training",
+    "ImageSet": "data.images",
+    "Preprocess": "data.preprocess",
+    "load_image": "data.images",
+    "load_npz": "data.medmnist",
+    "make_lesions": "data.lesions",
+    "resolve_data": "data.medmnist",
     "EXIT_CODES": "errors",
     "DataError": "errors",
     "MedCamError": "errors",
     "ModelError": "errors",
     "UsageError": "errors",
-    "FitConfig": "fit",
-    "fit_masks": "fit",
-    "LossWeights": "losses",
-    "composite_loss": "losses",
-    "MaskResult": "result",
-    "Verification": "result",
-    "UNet": "unet",
-    "UNetConfig": "unet",
+    "FitConfig": "method.fit",
+    "fit_masks": "method.fit",
+    "LossWeights": "method.losses",
+    "composite_loss": "method.losses",
+    "MaskResult": "method.result",
+    "Verification": "method.result",
+    "UNet": "method.unet",
+    "UNetConfig": "method.unet",
     "MedCAM": "explain",
     "Explanation": "explain",
-    "ExplainerBundle": "bundle",
-    "load_explainer": "bundle",
-    "save_explainer": "bundle",
+    "ExplainerBundle": "explainer.bundle",
+    "load_explainer": "explainer.bundle",
+    "save_explainer": "explainer.bundle",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
@@ -69,19 +70,19 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # static type checkers and IDEs see the eager imports
-    from .bundle import ExplainerBundle, load_explainer, save_explainer
-    from .classifier import (
-        ClassifierBundle,
-        FrozenClassifier,
-        build_classifier,
-        load_classifier,
-        save_classifier,
-        train_classifier,
-    )
-    from .data import ImageSet, Preprocess, load_image, load_npz, make_lesions, resolve_data
+    from ._assets import DEMO_DIR
+    from .classifiers.architectures import build_classifier
+    from .classifiers.bundle import load_classifier, save_classifier
+    from .classifiers.frozen import ClassifierBundle, FrozenClassifier
+    from .classifiers.training import train_classifier
+    from .data.images import ImageSet, load_image
+    from .data.lesions import make_lesions
+    from .data.medmnist import load_npz, resolve_data
+    from .data.preprocess import Preprocess
     from .errors import EXIT_CODES, DataError, MedCamError, ModelError, UsageError
     from .explain import Explanation, MedCAM
-    from .fit import FitConfig, fit_masks
-    from .losses import LossWeights, composite_loss
-    from .result import MaskResult, Verification
-    from .unet import UNet, UNetConfig
+    from .explainer.bundle import ExplainerBundle, load_explainer, save_explainer
+    from .method.fit import FitConfig, fit_masks
+    from .method.losses import LossWeights, composite_loss
+    from .method.result import MaskResult, Verification
+    from .method.unet import UNet, UNetConfig

@@ -6,7 +6,7 @@ returns an :class:`Explanation` — typed arrays, never a bare mask. Modes:
 * ``"logits"`` (default with an explainer) — the explainer's first guess (from onnxruntime when the
   bundle holds ``explainer.onnx``, else its torch U-Net), then ``K`` steps on the mask logits;
 * ``"weights"`` — ``K`` inner-loop steps on the explainer's U-Net weights (MAML adaptation);
-* ``"full"`` — the paper's per-image fit from a fresh U-Net (:func:`medcam_fast.fit.fit_masks`);
+* ``"full"`` — the paper's per-image fit from a fresh U-Net (:func:`medcam_fast.method.fit.fit_masks`);
   the only mode without an explainer.
 
 ``refine_steps=0`` returns the first guess itself. An explainer records the sha256 of the classifier it was
@@ -25,15 +25,17 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .bundle import ExplainerBundle, load_explainer
-from .classifier import ClassifierBundle, classifier_from_module, load_classifier
-from .data import Preprocess
+from .classifiers.bundle import load_classifier
+from .classifiers.frozen import ClassifierBundle
+from .classifiers.sources import classifier_from_module
+from .data.preprocess import Preprocess
 from .errors import ModelError, UsageError
-from .fit import FitConfig, fit_masks
-from .losses import Reference
-from .masking import keep, make_baseline
-from .refine import refine
-from .result import MaskResult
+from .explainer.bundle import ExplainerBundle, load_explainer
+from .method.fit import FitConfig, fit_masks
+from .method.losses import Reference
+from .method.masking import keep, make_baseline
+from .method.refine import refine
+from .method.result import MaskResult
 
 __all__ = ["MedCAM", "Explanation", "Mode", "DEFAULT_STEPS"]
 
@@ -114,10 +116,10 @@ class MedCAM:
     """Explain a frozen classifier's decisions with binary evidence masks.
 
     Args:
-        classifier: a :class:`~medcam_fast.classifier.ClassifierBundle`, the path of a classifier bundle,
+        classifier: a :class:`~medcam_fast.classifiers.frozen.ClassifierBundle`, the path of a classifier bundle,
             or any ``nn.Module`` mapping normalized images to logits (then ``preprocess`` and ``classes``
             are required).
-        explainer: an :class:`~medcam_fast.bundle.ExplainerBundle`, its folder, or an exported ``.onnx`` file
+        explainer: an :class:`~medcam_fast.explainer.bundle.ExplainerBundle`, its folder, or an exported ``.onnx`` file
             (first guess and ``"logits"`` refinement only); None uses the per-image fit (``mode="full"``).
         mode: ``"logits"``, ``"weights"`` or ``"full"``; default ``"logits"`` with an explainer, else ``"full"``.
         refine_steps: optimization steps per image; default :data:`DEFAULT_STEPS` with an explainer, else
@@ -290,7 +292,7 @@ class MedCAM:
         )
 
     def _model_facts(self) -> dict[str, Any]:
-        from . import __version__
+        from ._version import __version__
 
         facts: dict[str, Any] = {"medcam_fast_version": __version__}
         if self.onnx is not None:
@@ -326,8 +328,8 @@ def _load_explainer(explainer: Any, use_onnx: bool) -> tuple[ExplainerBundle | N
 
 def _onnx_only_bundle(onnx: Any, fit_config: FitConfig) -> ExplainerBundle:
     """The settings refinement needs, read from an ONNX file's metadata (its U-Net stays in onnxruntime)."""
-    from .losses import LossWeights
-    from .unet import UNet, UNetConfig
+    from .method.losses import LossWeights
+    from .method.unet import UNet, UNetConfig
 
     f = onnx.facts
     return ExplainerBundle(

@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 
 from medcam_fast._io import atomic_write_bytes, atomic_write_json
-from medcam_fast.classifier import load_classifier
-from medcam_fast.evaluate import EvalConfig, evaluate_dataset
-from medcam_fast.workflows import evaluate_specs
+from medcam_fast.classifiers.bundle import load_classifier
+from medcam_fast.cli.jobs import evaluate_specs
+from medcam_fast.evaluation.harness import EvalConfig, evaluate_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "clip_sweep"

@@ -21,8 +21,9 @@ def needs_data() -> pytest.MarkDecorator:
 @pytest.fixture(scope="session")
 def lesion_bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A resnet18 (width 8) trained on 32-px procedural lesions, saved as a classifier bundle."""
-    from medcam_fast.classifier import save_classifier, train_classifier
-    from medcam_fast.data import make_lesions
+    from medcam_fast.classifiers.bundle import save_classifier
+    from medcam_fast.classifiers.training import train_classifier
+    from medcam_fast.data.lesions import make_lesions
 
     train = make_lesions(800, size=32, seed=1)
     val = make_lesions(200, size=32, seed=2)
@@ -35,6 +36,6 @@ def lesion_bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def lesion_bundle(lesion_bundle_dir: Path):
-    from medcam_fast.classifier import load_classifier
+    from medcam_fast.classifiers.bundle import load_classifier
 
     return load_classifier(lesion_bundle_dir)

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from medcam_fast import MedCAM, ModelError, UsageError
-from medcam_fast.bundle import save_explainer
-from medcam_fast.data import make_lesions
-from medcam_fast.meta import MetaConfig, meta_train
+from medcam_fast.data.lesions import make_lesions
+from medcam_fast.explainer.bundle import save_explainer
+from medcam_fast.explainer.meta import MetaConfig, meta_train
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +60,7 @@ def test_torch_tensors_and_numpy_give_the_same_answer(lesion_bundle, explainer_d
 
 
 def test_a_mismatched_pair_is_refused_unless_allowed(lesion_bundle, explainer_dir, images):
-    from medcam_fast.classifier import ClassifierBundle
+    from medcam_fast.classifiers.frozen import ClassifierBundle
 
     other = ClassifierBundle(**{**lesion_bundle.__dict__, "sha256": "f" * 64})
     with pytest.raises(ModelError, match="trained for classifier"):

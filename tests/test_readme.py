@@ -17,7 +17,7 @@ def test_first_lines_give_the_demo_and_test_commands():
 
 
 def test_api_example_runs():
-    from medcam_fast.workflows import DEMO_DIR
+    from medcam_fast._assets import DEMO_DIR
 
     if not (DEMO_DIR / "explainer" / "explainer.json").exists():
         pytest.fail("the shipped demo explainer is missing: run `make demo-bundle`")

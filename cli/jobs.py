@@ -1,0 +1,468 @@
+"""End-to-end jobs behind the CLI: train a classifier bundle, explain files, run the demo.
+
+They print with rich (a console is passed in) and return exit codes, so the Typer layer stays a thin parser.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from .._assets import DEMO_DIR
+from ..classifiers.bundle import load_classifier, save_classifier
+from ..classifiers.frozen import ClassifierBundle
+from ..classifiers.training import train_classifier
+from ..data.images import ImageSet, list_images, load_folder, load_image
+from ..data.lesions import make_lesions
+from ..data.medmnist import load_npz, resolve_data, stratified_split
+from ..errors import DataError, MedCamError, UsageError
+from ..explain import Explanation, MedCAM
+from ..explainer.bundle import ExplainerBundle, load_explainer
+from ..explainer.meta import MetaConfig, meta_train
+from .writers import FORMATS, output_paths, write_explanation, write_summary
+
+__all__ = [
+    "train_classifier_bundle", "import_classifier_bundle", "meta_train_bundle", "export_bundle", "explain_inputs", "run_demo",
+    "load_splits", "evaluate_job",
+]
+
+
+
+def load_splits(data: str | Path, data_dir: str | Path | None = None, seed: int = 0) -> dict[str, ImageSet]:
+    """Train/val/test sets of a data set: a short name (breast, …), an ``.npz`` file or a class-per-folder tree."""
+    if str(data) == "lesions":
+        return {
+            "train": make_lesions(2000, size=64, seed=seed),
+            "val": make_lesions(300, size=64, seed=seed + 1),
+            "test": make_lesions(500, size=64, seed=seed + 2),
+        }
+    path = Path(data) if Path(data).exists() else resolve_data(str(data), None if data_dir is None else str(data_dir))
+    if path.is_dir():
+        full = load_folder(path)
+        parts = stratified_split(full.labels, seed)
+        return {k: full.subset(v) for k, v in parts.items()}
+    return {s: load_npz(path, s, seed) for s in ("train", "val", "test")}
+
+
+def _writable_folder(out: Path) -> None:
+    """Create ``out`` if needed and check that files can be written in it (UsageError otherwise)."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".medcam-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise UsageError(f"cannot write to the output folder: {e.strerror or e}", out) from None
+
+
+def _check_out(out: Path, marker: str, overwrite: bool) -> None:
+    if (out / marker).exists() and not overwrite:
+        raise UsageError(f"{marker} already exists; pass --overwrite to replace it", out)
+    if out.exists() and not out.is_dir():
+        raise UsageError("output path exists and is not a folder", out)
+
+
+def train_classifier_bundle(
+    data: str | Path,
+    out: str | Path,
+    *,
+    arch: str = "resnet18",
+    epochs: int = 30,
+    width: int | None = None,
+    batch_size: int = 64,
+    lr: float = 2e-3,
+    seed: int = 0,
+    data_dir: str | Path | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> tuple[ClassifierBundle, Path]:
+    """Train a built-in classifier on ``data`` and save its bundle to ``out``. Returns the bundle and folder."""
+    out = Path(out)
+    _check_out(out, "classifier.json", overwrite)
+    sets = load_splits(data, data_dir, seed)
+    bundle = train_classifier(
+        sets["train"], sets["val"], sets["test"], arch=arch, epochs=epochs, batch_size=batch_size, lr=lr,
+        width=width, seed=seed, progress=progress,
+    )
+    bundle.metrics["data"] = sets["train"].name
+    return bundle, save_classifier(bundle, out)
+
+
+@dataclass
+class _Item:
+    stem: str
+    image: np.ndarray | None
+    error: DataError | None = None
+
+
+def _parse_index(spec: str | None, n: int, where: str) -> list[int]:
+    if spec is None:
+        return list(range(n))
+    out: list[int] = []
+    for part in spec.split(","):
+        part = part.strip()
+        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        if not m:
+            raise UsageError(f"bad --index {spec!r}: use e.g. 0-9,15")
+        a, b = int(m.group(1)), int(m.group(2) or m.group(1))
+        if b >= n or a > b:
+            raise UsageError(f"--index {part} is outside 0..{n - 1}", where)
+        out.extend(range(a, b + 1))
+    return out
+
+
+def _gather(inputs: Sequence[str], split: str, index: str | None, fail_fast: bool,
+            max_pixels: int = 50_000_000) -> list[_Item]:
+    items: list[_Item] = []
+    for spec in inputs:
+        p = Path(spec)
+        if p.suffix.lower() == ".npz" and p.is_file():
+            ds = load_npz(p, split)
+            for i in _parse_index(index, len(ds), spec):
+                items.append(_Item(f"{p.stem}_{split}_{i:05d}", ds.images[i]))
+            continue
+        for f in list_images(spec):
+            try:
+                items.append(_Item(f.stem, load_image(f, max_pixels=max_pixels)))
+            except DataError as e:
+                if fail_fast:
+                    raise
+                items.append(_Item(f.stem, None, e))
+    seen: dict[str, int] = {}
+    for it in items:  # distinct output names for equal stems from different folders
+        k = seen.get(it.stem, 0)
+        seen[it.stem] = k + 1
+        if k:
+            it.stem = f"{it.stem}-{k}"
+    return items
+
+
+def _summary_table(rows: list[dict[str, Any]], title: str) -> Table:
+    table = Table(title=title)
+    table.add_column("image", overflow="fold")
+    for col in ("predicted", "target"):
+        table.add_column(col, overflow="fold")
+    for col in ("p(orig)", "p(kept)", "p(rem)", "area", "s/img"):
+        table.add_column(col, justify="right", no_wrap=True)
+    for r in rows:
+        table.add_row(
+            r["image"], r["predicted_name"], r["target_name"], f"{r['p_original']:.3f}", f"{r['p_masked']:.3f}",
+            f"{r['p_complement']:.3f}", f"{r['area']:.3f}", f"{r['seconds']:.2f}",
+        )
+    return table
+
+
+def _write_batch(out: Path, stems: list[str], ex: Explanation, formats: Sequence[str]) -> list[dict[str, Any]]:
+    rows = []
+    for i, stem in enumerate(stems):
+        rec = {"image": stem, **ex.record(i)}
+        write_explanation(
+            out, stem, ex.images[i], ex.soft[i], ex.binary[i], ex.kept[i], rec, formats
+        )
+        rows.append(rec)
+    return rows
+
+
+def explain_inputs(
+    inputs: Sequence[str],
+    *,
+    classifier: str | Path | None,
+    out: Path,
+    explainer: str | Path | None = None,
+    mode: str | None = None,
+    allow_mismatch: bool = False,
+    allow_import: bool = False,
+    device: str = "cpu",
+    steps: int | None = None,
+    target: int | None = None,
+    batch_size: int = 16,
+    formats: str = "png,npy,json",
+    split: str = "test",
+    index: str | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
+    fail_fast: bool = False,
+    max_pixels: int = 50_000_000,
+    console: Console | None = None,
+    err_console: Console | None = None,
+    title: str = "medcam-fast",
+) -> int:
+    """Explain every input image and write its outputs; returns the exit code (0, or 5 if some inputs failed)."""
+    console = console or Console()
+    err_console = err_console or Console(stderr=True, soft_wrap=True)
+    fmts = [f.strip() for f in formats.split(",") if f.strip()]
+    bad = [f for f in fmts if f not in FORMATS]
+    if bad or not fmts:
+        raise UsageError(f"unknown --format {','.join(bad) or formats!r}: choose from {', '.join(FORMATS)}")
+    if overwrite and resume:
+        raise UsageError("--overwrite and --resume exclude each other")
+    bundle = load_classifier(classifier if classifier is not None else DEMO_DIR / "classifier",
+                             allow_import=allow_import)
+    if explainer is None and classifier is None and (DEMO_DIR / "explainer" / "explainer.json").exists():
+        explainer = DEMO_DIR / "explainer"
+    items = _gather(inputs, split, index, fail_fast, max_pixels)
+    failures = [(it.stem, it.error) for it in items if it.error]
+    todo = [it for it in items if it.image is not None]
+    if not todo:
+        if len(failures) == 1:
+            raise failures[0][1]
+        for _, err in failures:
+            err_console.print(f"[red]error:[/] {err}", highlight=False, soft_wrap=True)
+        raise DataError("no readable images among the inputs", ", ".join(inputs))
+    _writable_folder(out)
+    rows: list[dict[str, Any]] = []
+    pending = []
+    for it in todo:
+        paths = output_paths(out, it.stem, fmts)
+        done = all(p.exists() for p in paths.values())
+        if done and resume:
+            continue
+        if any(p.exists() for p in paths.values()) and not overwrite and not resume:
+            raise UsageError(f"outputs for {it.stem} already exist; pass --overwrite or --resume", out)
+        pending.append(it)
+    with MedCAM(bundle, explainer, mode=mode, refine_steps=steps, allow_mismatch=allow_mismatch,  # type: ignore[arg-type]
+                device=device) as explain, Progress(
+        TextColumn("[bold]explain"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("explain", total=len(pending))
+        for start in range(0, len(pending), batch_size):
+            chunk = pending[start : start + batch_size]
+            ex = explain([it.image for it in chunk], targets=target)
+            rows.extend(_write_batch(out, [it.stem for it in chunk], ex, fmts))
+            bar.advance(task, len(chunk))
+    facts = {"classifier": str(classifier or "embedded demo"), "classifier_sha256": bundle.sha256,
+             "explainer": None if explainer is None else str(explainer),
+             "failures": [{"image": s, "error": str(e)} for s, e in failures]}
+    if rows:
+        write_summary(out, rows, facts)
+        console.print(_summary_table(rows, title))
+    console.print(f"{len(rows)} explained, {len(todo) - len(pending)} skipped (complete), {len(failures)} failed → {out}")
+    for _, err in failures:
+        err_console.print(f"[red]failed:[/] {err}", highlight=False, soft_wrap=True)
+    return 5 if failures else 0
+
+
+def run_demo(
+    out: Path,
+    n: int = 8,
+    steps: int | None = None,
+    overwrite: bool = True,
+    console: Console | None = None,
+    err_console: Console | None = None,
+) -> int:
+    """Generate ``n`` lesion images (unseen seed), explain them with the shipped demo bundle, write outputs."""
+    from .._io import atomic_write_bytes
+    from .writers import png_bytes
+
+    console = console or Console()
+    if not (DEMO_DIR / "classifier" / "classifier.json").exists():
+        raise MedCamError("the embedded demo bundle is missing: run `make demo-bundle`", DEMO_DIR)
+    ds = make_lesions(n, size=64, seed=20261126)
+    inputs_dir = out / "inputs"
+    for i, img in enumerate(ds.images):
+        atomic_write_bytes(inputs_dir / f"lesion_{i:03d}_{ds.classes[ds.labels[i]]}.png", png_bytes(img))
+    t0 = time.perf_counter()
+    code = explain_inputs(
+        [str(inputs_dir)], classifier=None, out=out / "explanations", steps=steps, overwrite=overwrite,
+        console=console, err_console=err_console, title="medcam-fast demo (embedded bundle)",
+    )
+    overlays = sorted((out / "explanations").glob("*_overlay.png"))[:4]
+    if overlays:
+        from PIL import Image
+
+        tiles = [np.asarray(Image.open(p).convert("RGB")) for p in overlays]
+        gap = np.full((8, tiles[0].shape[1], 3), 255, dtype=np.uint8)
+        grid = np.concatenate([t for tile in tiles for t in (tile, gap)][:-1], axis=0)
+        atomic_write_bytes(out / "overview.png", png_bytes(grid))
+    console.print(f"demo finished in {time.perf_counter() - t0:.1f} s; see {out / 'overview.png'} and "
+                  f"{out / 'explanations'}/")
+    return code
+
+
+def _floats(text: str, what: str, n: int) -> tuple[float, ...]:
+    try:
+        vals = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise UsageError(f"--{what} must be comma-separated numbers, got {text!r}") from None
+    if len(vals) == 1:
+        vals = vals * n
+    if len(vals) != n:
+        raise UsageError(f"--{what} needs 1 or {n} values, got {len(vals)}")
+    return vals
+
+
+def import_classifier_bundle(
+    out: str | Path,
+    *,
+    classes: str,
+    size: int,
+    channels: int,
+    mean: str,
+    std: str,
+    factory: str | None = None,
+    weights: str | Path | None = None,
+    program: str | Path | None = None,
+    timm_name: str | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Bundle a user's classifier: ``package.module:factory`` + safetensors, a ``.pt2`` program, or a timm name."""
+    from ..classifiers.sources import load_exported, load_import_path, load_timm
+    from ..data.preprocess import Preprocess
+
+    out = Path(out)
+    _check_out(out, "classifier.json", overwrite)
+    if sum(v is not None for v in (factory, program, timm_name)) != 1:
+        raise UsageError("name exactly one model: --import, --program or --timm")
+    if channels not in (1, 3):
+        raise UsageError(f"--channels must be 1 or 3, got {channels}")
+    names = [c.strip() for c in classes.split(",") if c.strip()]
+    pre = Preprocess((size, size), channels, _floats(mean, "mean", channels), _floats(std, "std", channels))
+    if program is not None:
+        bundle = load_exported(program, pre, names)
+    else:
+        if weights is None:
+            raise UsageError("--import and --timm need --weights FILE.safetensors")
+        if factory is not None:
+            bundle = load_import_path(factory, weights, pre, names)
+        else:
+            bundle = load_timm(str(timm_name), len(names), weights, pre, names)
+    return save_classifier(bundle, out)
+
+
+def meta_train_bundle(
+    classifier: str | Path,
+    data: str | Path,
+    out: str | Path,
+    config: MetaConfig,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    data_dir: str | Path | None = None,
+    console: Console | None = None,
+    time_budget: float | None = None,
+    init: str | Path | None = None,
+) -> ExplainerBundle:
+    """Meta-train an explainer for the classifier bundle on the training split of ``data``; live progress."""
+    console = console or Console()
+    out = Path(out)
+    if not resume and not overwrite and ((out / "explainer.json").exists() or (out / "checkpoint.json").exists()):
+        raise UsageError("holds an explainer or checkpoint; pass --resume to continue or --overwrite", out)
+    if overwrite and not resume:
+        for name in ("checkpoint.json", "checkpoint.safetensors"):
+            (out / name).unlink(missing_ok=True)
+    bundle = load_classifier(classifier)
+    train = load_splits(data, data_dir)["train"]
+    columns = (TextColumn("[bold]meta-train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+               TimeRemainingColumn())
+    with Progress(*columns, console=console) as bar:
+        task = bar.add_task("meta", total=config.outer_steps, info="")
+
+        def show(step: int, log: dict[str, float]) -> None:
+            terms = " ".join(f"{k}={log[k]:.3f}" for k in ("act", "kl", "ce", "area", "nec") if k in log)
+            k = f" K-step={log['adapted']:.3f}" if "adapted" in log else ""
+            bar.update(task, completed=step, info=f"zero-step={log['zero']:.3f}{k} {terms}")
+
+        explainer = meta_train(bundle, train.images, config, out_dir=out, resume=resume, callback=show,
+                               time_budget=time_budget, init=None if init is None else load_explainer(init))
+    console.print(f"wrote {out}: {explainer.training['method']}, {explainer.training['steps_done']} steps, "
+                  f"{explainer.training['seconds']:.0f} s")
+    return explainer
+
+
+def export_bundle(explainer: str | Path, out: str | Path | None, *, combined: str | Path | None = None,
+                  overwrite: bool = False) -> Path:
+    """Export an explainer bundle to ONNX (optionally with its classifier as an explain-and-verify graph)."""
+    from ..export.onnx_export import export_combined, export_explainer
+
+    bundle = load_explainer(explainer)
+    target = Path(out) if out is not None else Path(explainer) / "explainer.onnx"
+    if target.exists() and not overwrite:
+        raise UsageError("already exists; pass --overwrite to replace it", target)
+    if combined is not None:
+        return export_combined(bundle, load_classifier(combined).model, target)
+    return export_explainer(bundle, target)
+
+
+def evaluate_specs(
+    datasets: Sequence[str],
+    *,
+    classifier: str | Path | None = None,
+    explainer: str | Path | None = None,
+    models: str | Path = "models",
+    data_dir: str | Path | None = None,
+) -> list[tuple[str, Path, Path | None, ImageSet]]:
+    """``(name, classifier, explainer, test images)`` per data set for :func:`~medcam_fast.evaluation.harness.evaluate_suite`.
+
+    With ``classifier`` (and ``explainer``) given, ``datasets`` must hold one data set, explained by them.
+    Otherwise each data set ``d`` uses ``models/d/classifier`` and ``models/d/explainer``, and ``lesions``
+    (the procedural set with known evidence) the embedded demo bundle.
+    """
+    if classifier is not None:
+        if len(datasets) != 1:
+            raise UsageError("--classifier evaluates one data set: give one --data")
+        name = Path(datasets[0]).stem if Path(datasets[0]).exists() else datasets[0]
+        ex = Path(explainer) if explainer is not None else None
+        return [(name, Path(classifier), ex, load_splits(datasets[0], data_dir)["test"])]
+    specs: list[tuple[str, Path, Path | None, ImageSet]] = []
+    for d in datasets:
+        folder = DEMO_DIR if d == "lesions" else Path(models) / d
+        for part in ("classifier", "explainer"):
+            if not (folder / part).is_dir():
+                raise UsageError(f"no {part} bundle for data set {d!r}", folder / part)
+        specs.append((d, folder / "classifier", folder / "explainer", load_splits(d, data_dir)["test"]))
+    return specs
+
+
+def evaluate_job(
+    datasets: Sequence[str],
+    out: str | Path,
+    config: Any,
+    *,
+    classifier: str | Path | None = None,
+    explainer: str | Path | None = None,
+    models: str | Path = "models",
+    data_dir: str | Path | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    console: Console | None = None,
+) -> dict[str, Any]:
+    """Run ``medcam-fast evaluate`` with a progress bar; refuses to replace an earlier report unless asked."""
+    from ..evaluation.baselines import available_peers
+    from ..evaluation.harness import MEDCAM_METHODS, evaluate_suite
+
+    console = console or Console()
+    out = Path(out)
+    if (out / "results.json").exists() and not (resume or overwrite):
+        raise UsageError("holds an earlier evaluation; pass --resume to reuse its finished methods or --overwrite", out)
+    if overwrite and not resume:
+        import shutil
+
+        shutil.rmtree(out / "datasets", ignore_errors=True)
+    if any(m in MEDCAM_METHODS for m in config.methods) and explainer is None and classifier is not None:
+        raise UsageError("medcam-fast's methods need --explainer (a bundle folder or explainer.onnx)")
+    _writable_folder(out)
+    specs = evaluate_specs(datasets, classifier=classifier, explainer=explainer, models=models, data_dir=data_dir)
+    missing = {m: why for m, why in available_peers().items() if why is not None and m in config.methods}
+    for m, why in missing.items():
+        console.print(f"[yellow]skipping {m}[/]: {why}")
+    live = [m for m in config.methods if m not in missing]
+    units = len(specs) * (len(config.methods) + len(live) * (config.sanity_stages if config.sanity_n else 0))
+    columns = (TextColumn("[bold]evaluate"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+               TimeRemainingColumn())
+    with Progress(*columns, console=console) as bar:
+        task = bar.add_task("evaluate", total=units, info="")
+        results = evaluate_suite(specs, config, out, resume=resume,
+                                 progress=lambda label: bar.update(task, advance=1, info=label))
+    console.print(f"wrote {out / 'report.md'}, {out / 'results.json'} and {out / 'figures'}")
+    return results

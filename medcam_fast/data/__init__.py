@@ -1,0 +1,1 @@
+"""data: TODO package docstring."""

@@ -1,0 +1,276 @@
+"""data.medmnist: TODO docstring (split from data.py)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataError, UsageError, one_line
+from .images import ImageSet
+from .preprocess import PathLike
+
+__all__ = ["DATASETS", "stratified_split", "load_npz", "resolve_data"]
+
+
+#: Split fractions of a flat (split-less) ``.npz`` set: train, val, test.
+_SPLIT_FRACTIONS = (0.7, 0.1, 0.2)
+
+
+_SPLITS = ("train", "val", "test")
+
+
+#: Class names of the known MedMNIST files, keyed on the file-name prefix.
+_CLASS_TABLE: dict[str, list[str]] = {
+    "breastmnist": ["malignant", "normal or benign"],
+    "pneumoniamnist": ["normal", "pneumonia"],
+    "bloodmnist": ["basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte", "neutrophil",
+                   "platelet"],
+    "pathmnist": ["adipose", "background", "debris", "lymphocytes", "mucus", "smooth muscle",
+                  "normal colon mucosa", "cancer-associated stroma", "colorectal adenocarcinoma epithelium"],
+}
+
+
+#: Short data-set names and the files they stand for (in the shared data folder).
+DATASETS: dict[str, str] = {
+    "breast": "breastmnist_64.npz",
+    "pneumonia": "pneumoniamnist_28.npz",
+    "blood": "bloodmnist_pbc800_64.npz",
+    "path": "pathmnist_subset1000_28.npz",
+}
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Read every array of an ``.npz`` file (no pickles), turning any failure into a DataError."""
+    if not path.exists():
+        raise DataError("file not found", path)
+    if path.is_dir():
+        raise DataError("is a folder, expected a .npz file", path)
+    try:
+        if path.stat().st_size == 0:
+            raise DataError("empty file (0 bytes), expected a .npz file", path)
+        with open(path, "rb") as f:
+            magic = f.read(6)
+        if magic == b"\x93NUMPY":
+            raise DataError("a single .npy array, expected a .npz archive", path)
+        if not magic.startswith(b"PK"):
+            raise DataError("not a .npz file (not a zip archive)", path)
+        loaded = np.load(path, allow_pickle=False)
+        if not hasattr(loaded, "files"):  # a bare .npy array
+            raise DataError("a single .npy array, expected a .npz archive", path)
+        with loaded as npz:  # arrays are read lazily: corrupt members fail here
+            return {k: np.asarray(npz[k]) for k in npz.files}
+    except DataError:
+        raise
+    except Exception as e:  # text, truncated, pickled, bad zip or zlib data: all user data problems
+        raise DataError(f"not a valid .npz file: {one_line(e)}", path) from None
+
+
+def _npz_images(images: np.ndarray, path: Path, key: str) -> np.ndarray:
+    """Validate and convert one image array of an ``.npz`` file to uint8 NHW / NHWC."""
+    if images.ndim == 4 and images.shape[-1] == 1:
+        images = images[..., 0]
+    if not (images.ndim == 3 or (images.ndim == 4 and images.shape[-1] in (3, 4))):
+        raise DataError(f"'{key}' has shape {images.shape}, expected (N, H, W) or (N, H, W, 3)", path)
+    if images.dtype == np.uint8:
+        out = images
+    elif np.issubdtype(images.dtype, np.floating):
+        if not np.isfinite(images).all():
+            raise DataError(f"'{key}' contains NaN or infinite values", path)
+        lo, hi = (float(images.min()), float(images.max())) if images.size else (0.0, 0.0)
+        if lo < 0 or hi > 255:
+            raise DataError(f"'{key}' float values lie in [{lo:.4g}, {hi:.4g}], expected [0, 1] or [0, 255]", path)
+        scale = 255.0 if hi <= 1.0 else 1.0
+        out = np.round(images.astype(np.float64) * scale).astype(np.uint8)
+    elif images.dtype == np.uint16:
+        out = np.round(images.astype(np.float64) / 257.0).astype(np.uint8)
+    elif np.issubdtype(images.dtype, np.integer) or images.dtype == np.bool_:
+        lo, hi = (int(images.min()), int(images.max())) if images.size else (0, 0)
+        if lo < 0 or hi > 255:
+            raise DataError(f"'{key}' integer values lie in [{lo}, {hi}], expected [0, 255]", path)
+        out = images.astype(np.uint8)
+    else:
+        raise DataError(f"'{key}' has unsupported type {images.dtype}", path)
+    if out.ndim == 4 and out.shape[-1] == 4:
+        rgb, alpha = out[..., :3].astype(np.uint16), out[..., 3:].astype(np.uint16)
+        out = ((rgb * alpha + 127) // 255).astype(np.uint8)
+    return np.ascontiguousarray(out)
+
+
+def _npz_labels(labels: np.ndarray, path: Path, key: str) -> np.ndarray:
+    """Validate and flatten one label array of an ``.npz`` file to int64 (N,)."""
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim != 1:
+        raise DataError(f"'{key}' has shape {labels.shape}: only single-label classification (N,) or (N, 1) "
+                        "is supported", path)
+    if np.issubdtype(labels.dtype, np.floating):
+        if not np.isfinite(labels).all() or not np.all(labels == np.round(labels)):
+            raise DataError(f"'{key}' holds non-integer values", path)
+    elif not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == np.bool_):
+        raise DataError(f"'{key}' has unsupported type {labels.dtype}, expected integers", path)
+    return labels.astype(np.int64)
+
+
+def _class_names(arrays: dict[str, np.ndarray], name: str, n_needed: int, path: Path) -> list[str]:
+    """Class names from the ``classes`` key, else the table of known files, else ``class_<k>``."""
+    if "classes" in arrays:
+        raw = arrays["classes"].reshape(-1)
+        if raw.dtype.kind == "S":
+            classes = [b.decode("utf-8", "replace") for b in raw.tolist()]
+        elif raw.dtype.kind == "U":
+            classes = [str(s) for s in raw.tolist()]
+        else:
+            raise DataError(f"'classes' must be an array of strings, got type {raw.dtype}", path)
+        return classes
+    lower = name.lower()
+    for prefix, classes in _CLASS_TABLE.items():
+        if lower.startswith(prefix):
+            return list(classes)
+    return [f"class_{k}" for k in range(n_needed)]
+
+
+def stratified_split(labels: np.ndarray, seed: int) -> dict[str, np.ndarray]:
+    """A seeded stratified 70/10/20 train/val/test split of indices (each split sorted).
+
+    Each class is permuted with its own generator ``default_rng([seed, class])``; the class's test part has
+    ``round(0.2 n)`` images, its val part ``round(0.1 n)``, its train part the rest.
+    """
+    parts: dict[str, list[np.ndarray]] = {s: [] for s in _SPLITS}
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        perm = np.random.default_rng([int(seed), int(c)]).permutation(idx)
+        n = len(perm)
+        n_test = int(round(_SPLIT_FRACTIONS[2] * n))
+        n_val = min(int(round(_SPLIT_FRACTIONS[1] * n)), n - n_test)
+        n_train = n - n_val - n_test
+        parts["train"].append(perm[:n_train])
+        parts["val"].append(perm[n_train:n_train + n_val])
+        parts["test"].append(perm[n_train + n_val:])
+    return {s: np.sort(np.concatenate(p)) if p else np.zeros(0, np.int64) for s, p in parts.items()}
+
+
+def load_npz(path: PathLike, split: str = "test", seed: int = 0) -> ImageSet:
+    """Load a MedMNIST-style ``.npz`` file.
+
+    Two layouts are read: the official one (``train_images``, ``train_labels``, ``val_*``, ``test_*``, labels
+    (N,) or (N, 1)) and a flat one (``images``, ``labels``, optional ``classes``), which gets a seeded,
+    stratified 70 % / 10 % / 20 % train / val / test split (disjoint, covering every image).
+
+    Args:
+        path: the ``.npz`` file.
+        split: ``"train"``, ``"val"``, ``"test"`` or ``"all"`` (every image; official splits concatenated in
+            train, val, test order).
+        seed: seed (>= 0) of the flat layout's split (ignored for the official layout).
+
+    Returns:
+        an :class:`ImageSet` named after the file (e.g. ``"breastmnist_64"``), classes from the ``classes``
+        key, else from the known MedMNIST files' names, else ``class_0`` … ``class_{K-1}``.
+
+    Raises:
+        DataError: missing or invalid file, neither layout, an unknown or absent split, NaN/Inf pixels,
+            mismatched lengths, or labels outside [0, number of classes).
+        UsageError: a negative seed.
+    """
+    path = Path(path)
+    if split not in (*_SPLITS, "all"):
+        raise DataError(f"unknown split {split!r}: choose train, val, test or all", path)
+    if seed < 0:
+        raise UsageError(f"the split seed must be >= 0, got {seed}")
+    arrays = _read_npz(path)
+    name = path.name[:-4] if path.name.lower().endswith(".npz") else path.name
+    official = [s for s in _SPLITS if f"{s}_images" in arrays and f"{s}_labels" in arrays]
+    if official:
+        parts: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for s in official:
+            imgs = _npz_images(arrays[f"{s}_images"], path, f"{s}_images")
+            labs = _npz_labels(arrays[f"{s}_labels"], path, f"{s}_labels")
+            if len(imgs) != len(labs):
+                raise DataError(f"'{s}_images' has {len(imgs)} images but '{s}_labels' {len(labs)} labels", path)
+            parts[s] = (imgs, labs)
+        all_labels = np.concatenate([labs for _, labs in parts.values()])
+    elif "images" in arrays and "labels" in arrays:
+        imgs = _npz_images(arrays["images"], path, "images")
+        labs = _npz_labels(arrays["labels"], path, "labels")
+        if len(imgs) != len(labs):
+            raise DataError(f"'images' has {len(imgs)} images but 'labels' {len(labs)} labels", path)
+        all_labels = labs
+    else:
+        found = ", ".join(sorted(arrays)) or "none"
+        raise DataError(f"not a MedMNIST layout: expected train_images/train_labels/… or images/labels, "
+                        f"found keys: {found}", path)
+
+    n_needed = int(all_labels.max()) + 1 if all_labels.size else 0
+    classes = _class_names(arrays, name, n_needed, path)
+    if all_labels.size and (int(all_labels.min()) < 0 or n_needed > len(classes)):
+        raise DataError(f"labels must lie in [0, {len(classes) - 1}] for {len(classes)} classes, found "
+                        f"[{int(all_labels.min())}, {n_needed - 1}]", path)
+
+    if official:
+        if split == "all":
+            imgs = np.concatenate([parts[s][0] for s in official])
+            labs = np.concatenate([parts[s][1] for s in official])
+        elif split in parts:
+            imgs, labs = parts[split]
+        else:
+            raise DataError(f"no '{split}' split in this file (it has: {', '.join(official)})", path)
+    elif split != "all":
+        idx = stratified_split(labs, seed)[split]
+        imgs, labs = imgs[idx], labs[idx]
+    return ImageSet(images=imgs, labels=labs, classes=classes, name=name)
+
+
+def _repo_root() -> Path:
+    """The source tree's root: the parent of this package's folder."""
+    return Path(__file__).resolve().parent.parent
+
+
+def _search_dirs(data_dir: PathLike | None) -> list[Path]:
+    """Where short data-set names are looked up: ``data_dir``, else ``$MEDCAM_DATA_DIR``, else the defaults."""
+    if data_dir is not None:
+        return [Path(data_dir).expanduser()]
+    env = os.environ.get("MEDCAM_DATA_DIR")
+    if env:
+        return [Path(env).expanduser()]
+    dirs = [Path.cwd() / ".." / "shared" / "data", _repo_root().parent / "shared" / "data"]
+    out: list[Path] = []
+    for d in dirs:
+        if all(d.resolve() != o.resolve() for o in out):
+            out.append(d)
+    return out
+
+
+def resolve_data(name_or_path: str, data_dir: str | None = None) -> Path:
+    """Find a data file from a path or a short name. Nothing is downloaded.
+
+    Args:
+        name_or_path: an existing file or folder (returned as is), a short name from :data:`DATASETS`
+            (``breast``, ``pneumonia``, ``blood``, ``path``), or a bare file name (``"breastmnist_64.npz"``).
+        data_dir: the folder to look short names up in; default ``$MEDCAM_DATA_DIR`` when set, else
+            ``../shared/data`` relative to the current folder and relative to the source tree's root.
+
+    Raises:
+        DataError: not an existing path and not found in the searched folders.
+    """
+    given = Path(name_or_path).expanduser()
+    if given.exists():
+        return given
+    key = str(name_or_path).strip().lower()
+    if key in DATASETS:
+        file_name = DATASETS[key]
+    elif given.name == str(name_or_path) and given.name:  # a bare file name: search for it too
+        file_name = given.name
+    else:
+        raise DataError("no such file or folder", name_or_path)
+    candidates = [file_name] if file_name.endswith(".npz") or given.suffix else [file_name, file_name + ".npz"]
+    dirs = _search_dirs(data_dir)
+    for d in dirs:
+        for cand in candidates:
+            p = d / cand
+            if p.exists():
+                return p
+    searched = ", ".join(str(d) for d in dirs)
+    names = ", ".join(DATASETS)
+    raise DataError(f"not an existing path, and {file_name} is not in {searched} (short names: {names}; "
+                    f"pass a data folder or set MEDCAM_DATA_DIR)", name_or_path)

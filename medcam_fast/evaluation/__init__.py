@@ -1,0 +1,1 @@
+"""evaluation: TODO package docstring."""

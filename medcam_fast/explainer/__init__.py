@@ -1,0 +1,1 @@
+"""explainer: TODO package docstring."""

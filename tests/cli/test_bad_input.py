@@ -1,0 +1,170 @@
+"""Bad input to `medcam-fast explain`: a one-line error naming the file, the documented exit code, no traceback,
+and nothing half-written; odd but valid images are explained."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+from PIL import Image
+from typer.testing import CliRunner
+
+from medcam_fast.cli.main import app
+
+runner = CliRunner()
+RNG = np.random.default_rng(0)
+
+
+def _png(path: Path, arr: np.ndarray, mode: str | None = None) -> Path:
+    img = Image.fromarray(arr)
+    (img.convert(mode) if mode else img).save(path)
+    return path
+
+
+def _make(kind: str, d: Path) -> Path:  # noqa: C901 — one branch per case is the clearest table
+    grey = (RNG.random((40, 40)) * 255).astype(np.uint8)
+    rgb = (RNG.random((40, 40, 3)) * 255).astype(np.uint8)
+    if kind == "missing":
+        return d / "missing.png"
+    if kind == "empty-folder":
+        (d / "empty").mkdir()
+        return d / "empty"
+    if kind == "zero-bytes":
+        (d / "zero.png").write_bytes(b"")
+        return d / "zero.png"
+    if kind == "text-as-png":
+        (d / "text.png").write_text("not an image")
+        return d / "text.png"
+    if kind in ("truncated-png", "truncated-jpeg"):
+        ext = "png" if kind == "truncated-png" else "jpg"
+        full = _png(d / f"full.{ext}", rgb)
+        data = full.read_bytes()
+        full.unlink()
+        (d / f"trunc.{ext}").write_bytes(data[: len(data) // 2])
+        return d / f"trunc.{ext}"
+    if kind == "nan-npz":
+        np.savez(d / "nan.npz", images=np.full((3, 8, 8), np.nan, np.float32), labels=np.zeros(3, int))
+        return d / "nan.npz"
+    if kind == "labels-out-of-range":
+        np.savez(d / "labels.npz", images=np.zeros((3, 8, 8), np.uint8), labels=np.array([0, 1, 7]),
+                 classes=np.array(["a", "b"]))
+        return d / "labels.npz"
+    if kind == "16-bit":
+        return _png(d / "i16.png", (RNG.random((40, 40)) * 65535).astype(np.uint16))
+    if kind == "palette":
+        return _png(d / "pal.png", rgb, "P")
+    if kind == "cmyk":
+        return _png(d / "cmyk.jpg", rgb, "CMYK")
+    if kind == "rgba":
+        return _png(d / "rgba.png", (RNG.random((40, 40, 4)) * 255).astype(np.uint8))
+    if kind == "1-bit":
+        return _png(d / "bit.png", grey, "1")
+    if kind == "rgb-for-grey-classifier":
+        return _png(d / "rgb.png", rgb)
+    if kind == "tiny":
+        return _png(d / "tiny.png", grey[:4, :4])
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize(("kind", "code"), [
+    ("missing", 3), ("empty-folder", 3), ("zero-bytes", 3), ("text-as-png", 3), ("truncated-png", 3),
+    ("truncated-jpeg", 3), ("nan-npz", 3), ("labels-out-of-range", 3),
+    ("16-bit", 0), ("palette", 0), ("cmyk", 0), ("rgba", 0), ("1-bit", 0), ("rgb-for-grey-classifier", 0),
+    ("tiny", 0),
+])
+def test_each_bad_input(kind, code, tmp_path, lesion_bundle_dir):
+    src = _make(kind, tmp_path)
+    out = tmp_path / "out"
+    r = runner.invoke(app, ["explain", str(src), "--classifier", str(lesion_bundle_dir), "--steps", "1",
+                            "--out", str(out), "--split", "all"])
+    assert r.exit_code == code, r.output
+    assert "Traceback" not in r.output
+    if code:
+        lines = [line for line in r.output.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error:") and src.name in lines[0], r.output
+        assert not any(out.glob("*.json")) if out.exists() else True
+    else:
+        assert len([p for p in out.glob("*.json") if p.name != "summary.json"]) == 1
+
+
+def test_model_and_output_errors(tmp_path, lesion_bundle_dir):
+    img = _make("palette", tmp_path)
+    base = ["explain", str(img), "--classifier", str(lesion_bundle_dir), "--steps", "1"]
+    not_onnx = tmp_path / "x.onnx"
+    not_onnx.write_text("nope")
+    r = runner.invoke(app, [*base, "--explainer", str(not_onnx), "--out", str(tmp_path / "o1")])
+    assert r.exit_code == 4 and "x.onnx" in r.output and "not an ONNX model" in r.output
+    graph = helper.make_graph([helper.make_node("Identity", ["a"], ["b"])], "g",
+                              [helper.make_tensor_value_info("a", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("b", TensorProto.FLOAT, [1])])
+    plain = tmp_path / "plain.onnx"
+    onnx.save(helper.make_model(graph), plain)
+    r = runner.invoke(app, [*base, "--explainer", str(plain), "--out", str(tmp_path / "o2")])
+    assert r.exit_code == 4 and "no medcam-fast metadata" in r.output
+    r = runner.invoke(app, [*base, "--out", str(img / "sub")])  # a file where a folder must go
+    assert r.exit_code == 2 and "cannot write to the output folder" in r.output
+    r = runner.invoke(app, [*base, "--target", "9", "--out", str(tmp_path / "o3")])
+    assert r.exit_code == 2 and "out of range" in r.output
+    r = runner.invoke(app, [*base, "--format", "gif", "--out", str(tmp_path / "o4")])
+    assert r.exit_code == 2 and "gif" in r.output
+
+
+def test_fail_fast_stops_at_the_first_bad_file(tmp_path, lesion_bundle_dir):
+    d = tmp_path / "mixed"
+    d.mkdir()
+    _make("palette", d)
+    (d / "broken.png").write_text("not an image")
+    r = runner.invoke(app, ["explain", str(d), "--classifier", str(lesion_bundle_dir), "--steps", "1",
+                            "--out", str(tmp_path / "o"), "--fail-fast"])
+    assert r.exit_code == 3 and "broken.png" in r.output
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").glob("*.json"))
+
+
+def test_oversized_images_are_refused_before_decoding(tmp_path, lesion_bundle_dir):
+    img = _make("palette", tmp_path)  # 40 x 40 = 1600 pixels
+    r = runner.invoke(app, ["explain", str(img), "--classifier", str(lesion_bundle_dir), "--steps", "1",
+                            "--max-pixels", "1000", "--out", str(tmp_path / "o")])
+    assert r.exit_code == 3 and "pal.png" in r.output and "1000" in r.output.replace(",", "").replace("_", "")
+
+
+@pytest.mark.parametrize(("args", "code", "needle"), [
+    (["train-classifier", "--data", "{tmp}/nothing.npz", "--out", "{tmp}/c"], 3, "nothing.npz"),
+    (["meta-train", "--classifier", "{tmp}", "--data", "lesions", "--out", "{tmp}/e"], 4, "classifier"),
+    (["export", "--explainer", "{tmp}", "--out", "{tmp}/x.onnx"], 4, "explainer.json"),
+    (["import-classifier", "--out", "{tmp}/c", "--classes", "a,b", "--size", "32", "--channels", "1",
+      "--mean", "0.5", "--std", "0.2"], 2, "--import"),
+    (["bench", "per-image", "--models", "{tmp}", "--datasets", "breast", "--out", "{tmp}/b"], 4, "classifier"),
+])
+def test_every_command_reports_bad_input_in_one_line(args, code, needle, tmp_path):
+    r = runner.invoke(app, [a.replace("{tmp}", str(tmp_path)) for a in args])
+    assert r.exit_code == code, r.output
+    assert "Traceback" not in r.output and needle in r.output
+
+
+def test_a_20000_pixel_square_image_is_refused_not_decoded(tmp_path, lesion_bundle_dir):
+    huge = tmp_path / "huge.png"
+    Image.new("1", (20000, 20000)).save(huge)  # 49 kB on disk, 400 Mpx decoded
+    r = runner.invoke(app, ["explain", str(huge), "--classifier", str(lesion_bundle_dir), "--out", str(tmp_path / "o")])
+    assert r.exit_code == 3 and "huge.png" in r.output and "refused before decoding" in r.output
+
+
+def test_grey_image_for_an_rgb_classifier(tmp_path):
+    import torch
+    from torch import nn
+
+    from medcam_fast.classifiers.bundle import save_classifier
+    from medcam_fast.classifiers.sources import classifier_from_module
+    from medcam_fast.data.preprocess import Preprocess
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    bundle = classifier_from_module(net, Preprocess((32, 32), 3, (0.5,) * 3, (0.2,) * 3), ["a", "b"])
+    folder = save_classifier(bundle, tmp_path / "rgb")
+    img = _png(tmp_path / "grey.png", (RNG.random((40, 40)) * 255).astype(np.uint8))
+    r = runner.invoke(app, ["explain", str(img), "--classifier", str(folder), "--allow-import", "--mode", "full",
+                            "--steps", "1", "--out", str(tmp_path / "o")])
+    assert r.exit_code in (0, 4), r.output  # a module without a factory cannot be rebuilt from its bundle
+    assert "Traceback" not in r.output

@@ -1,0 +1,125 @@
+"""Meta-training (MAML with torch.func), its checkpoints, and the refinement modes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from medcam_fast.data.lesions import make_lesions
+from medcam_fast.explainer.bundle import load_explainer
+from medcam_fast.explainer.meta import MetaConfig, meta_train
+from medcam_fast.method.inner import adapt, task_losses
+from medcam_fast.method.losses import LossWeights, Reference
+from medcam_fast.method.masking import make_baseline
+from medcam_fast.method.refine import refine
+
+FAST = MetaConfig(inner_steps=2, outer_steps=4, meta_batch=4, width=4, depth=2, checkpoint_every=2,
+                  weights=LossWeights(draws=1))
+
+
+@pytest.fixture(scope="module")
+def images():
+    return make_lesions(24, size=32, seed=5).images
+
+
+def _theta(bundle):
+    return {k: v.clone() for k, v in bundle.unet.state_dict().items()}
+
+
+def test_second_order_differs_from_first_order_and_both_learn(lesion_bundle, images):
+    so = meta_train(lesion_bundle, images, FAST)
+    fo = meta_train(lesion_bundle, images, FAST.with_(first_order=True))
+    a, b = _theta(so), _theta(fo)
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    for bundle in (so, fo):
+        hist = bundle.training["final"]
+        assert np.isfinite(hist["adapted"]) and np.isfinite(hist["zero"])
+        assert bundle.classifier_sha256 == lesion_bundle.sha256
+
+
+def test_inner_loop_lowers_each_images_loss(lesion_bundle, images):
+    clf = lesion_bundle.frozen()
+    x = torch.from_numpy(lesion_bundle.preprocess(images[:4]))
+    ref = Reference(*clf(x))
+    t = ref.logits.argmax(1)
+    base = make_baseline(x, "mean")
+    torch.manual_seed(0)
+    from medcam_fast.method.unet import UNet, UNetConfig
+
+    unet = UNet(UNetConfig(1, 2, width=4, depth=2))
+    theta = {k: v.detach() for k, v in unet.named_parameters()}
+    w = LossWeights(rob=0.0)
+    before, _ = task_losses(unet, [theta] * 4, clf, x, t, ref, base, w, 1.0, None)
+    after_p = adapt(unet, theta, clf, x, t, ref, base, w, 1.0, steps=5, lr=0.1)
+    after, _ = task_losses(unet, after_p, clf, x, t, ref, base, w, 1.0, None)
+    assert after.mean() < before.mean() and (after < before).sum() >= 3
+
+
+def test_resume_repeats_an_uninterrupted_run_exactly(lesion_bundle, images, tmp_path):
+    full = meta_train(lesion_bundle, images, FAST, out_dir=tmp_path / "a")
+    part = meta_train(lesion_bundle, images, FAST, out_dir=tmp_path / "b", stop_after=2)
+    assert part.training["steps_done"] == 2 and not (tmp_path / "b" / "explainer.json").exists()
+    resumed = meta_train(lesion_bundle, images, FAST, out_dir=tmp_path / "b", resume=True)
+    a, b = _theta(full), _theta(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    loaded = load_explainer(tmp_path / "b")
+    assert all(torch.equal(loaded.unet.state_dict()[k], b[k]) for k in a)
+
+
+def test_meta_sgd_and_amortized_variants_run(lesion_bundle, images, tmp_path):
+    msgd = meta_train(lesion_bundle, images, FAST.with_(meta_sgd=True, outer_steps=2))
+    assert msgd.inner.lrs and all(v > 0 for v in msgd.inner.lrs.values())
+    amort = meta_train(lesion_bundle, images, FAST.with_(inner_steps=0, outer_steps=2))
+    assert amort.training["method"] == "amortized"
+
+
+@pytest.mark.parametrize("mode", ["logits", "weights", "full"])
+def test_refinement_lowers_the_loss_of_the_first_guess(lesion_bundle, images, mode):
+    explainer = meta_train(lesion_bundle, images, FAST.with_(outer_steps=2))
+    clf = lesion_bundle.frozen()
+    x = torch.from_numpy(lesion_bundle.preprocess(images[:3]))
+    w = LossWeights(rob=0.0)
+    first = refine(explainer, clf, x, steps=0, mode="logits", weights=w)
+    better = refine(explainer, clf, x, steps=15, mode=mode, weights=w)
+    assert better.steps == 15 and better.binary.shape == (3, 32, 32)
+    assert better.loss.mean() < first.loss.mean()
+
+
+def test_refinement_starts_from_the_clipped_first_guess(lesion_bundle, images):
+    explainer = meta_train(lesion_bundle, images, FAST.with_(outer_steps=1))
+    clf = lesion_bundle.frozen()
+    x = torch.from_numpy(lesion_bundle.preprocess(images[:2]))
+    saturated = torch.full((2, 1, 32, 32), 40.0)
+    saturated[:, :, :8] = -40.0
+    clipped = refine(explainer, clf, x, steps=3, initial_logits=saturated, start_clip=1.5)
+    by_hand = refine(explainer, clf, x, steps=3, initial_logits=saturated.clamp(-1.5, 1.5), start_clip=None)
+    assert torch.equal(clipped.logits, by_hand.logits)
+    unclipped = refine(explainer, clf, x, steps=3, initial_logits=saturated, start_clip=None)
+    assert unclipped.logits.abs().min() > 30  # three Adam steps of 0.3 cannot undo a saturated start
+    assert clipped.logits.abs().max() < 1.5 + 3 * 0.3 * 3.2  # Adam's step is at most lr·(1−β₁)/√(1−β₂)
+
+
+def test_logits_inner_loop_meta_trains_the_first_guess_for_refinement(lesion_bundle, images, tmp_path):
+    cfg = FAST.with_(inner_mode="logits", first_order=True, inner_lr=0.3, inner_steps=3, outer_steps=3)
+    explainer = meta_train(lesion_bundle, images, cfg, out_dir=tmp_path)
+    assert explainer.training["method"] == "maml-logits"
+    loaded = load_explainer(tmp_path)
+    assert loaded.inner.mode == "logits" and loaded.inner.lr == 0.3 and loaded.inner.steps == 3
+    hist = explainer.training["final"]
+    assert np.isfinite(hist["adapted"]) and np.isfinite(hist["zero"])
+    torch.manual_seed(cfg.seed)
+    amort = meta_train(lesion_bundle, images, cfg.with_(inner_mode="weights", inner_steps=0))
+    a, b = _theta(amort), _theta(explainer)
+    assert any(not torch.equal(a[k], b[k]) for k in a), "the K-step term must change the outer gradient"
+
+
+def test_logits_inner_mode_is_first_order_only():
+    from medcam_fast.errors import UsageError
+
+    with pytest.raises(UsageError, match="first-order"):
+        MetaConfig(inner_mode="logits")
+    with pytest.raises(UsageError, match="meta-sgd"):
+        MetaConfig(inner_mode="logits", first_order=True, meta_sgd=True)
+    with pytest.raises(UsageError, match="inner mode"):
+        MetaConfig(inner_mode="pixels")
