@@ -15,13 +15,20 @@ from typing import Any
 
 import numpy as np
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from .._assets import DEMO_DIR
 from ..classifiers.bundle import load_classifier, save_classifier
 from ..classifiers.frozen import ClassifierBundle
-from ..classifiers.training import train_classifier
+from ..classifiers.training import TrainConfig, train_classifier
 from ..data.images import ImageSet, list_images, load_folder, load_image
 from ..data.lesions import make_lesions
 from ..data.medmnist import load_npz, resolve_data, stratified_split
@@ -29,6 +36,7 @@ from ..errors import DataError, MedCamError, UsageError
 from ..explain import Explanation, MedCAM
 from ..explainer.bundle import ExplainerBundle, load_explainer
 from ..explainer.meta import MetaConfig, meta_train
+from ..types import RefineMode
 from .writers import FORMATS, output_paths, write_explanation, write_summary
 
 __all__ = [
@@ -75,25 +83,28 @@ def _check_out(out: Path, marker: str, overwrite: bool) -> None:
 def train_classifier_bundle(
     data: str | Path,
     out: str | Path,
+    config: TrainConfig,
     *,
-    arch: str = "resnet18",
-    epochs: int = 30,
-    width: int | None = None,
-    batch_size: int = 64,
-    lr: float = 2e-3,
-    seed: int = 0,
     data_dir: str | Path | None = None,
     overwrite: bool = False,
-    progress: bool = True,
+    console: Console | None = None,
 ) -> tuple[ClassifierBundle, Path]:
-    """Train a built-in classifier on ``data`` and save its bundle to ``out``. Returns the bundle and folder."""
+    """Train a built-in classifier on ``data`` and save its bundle to ``out``, with a progress bar on
+    ``console``'s stderr twin. Returns the bundle and folder."""
     out = Path(out)
     _check_out(out, "classifier.json", overwrite)
-    sets = load_splits(data, data_dir, seed)
-    bundle = train_classifier(
-        sets["train"], sets["val"], sets["test"], arch=arch, epochs=epochs, batch_size=batch_size, lr=lr,
-        width=width, seed=seed, progress=progress,
-    )
+    sets = load_splits(data, data_dir, config.seed)
+    bar = Progress(TextColumn("{task.description}"), BarColumn(),
+                   TextColumn("loss {task.fields[loss]:.3f}  val acc {task.fields[acc]:.3f}"), TimeElapsedColumn(),
+                   console=Console(stderr=True), disable=console is None)
+    with bar:
+        task = bar.add_task(f"epoch 0/{config.epochs}", total=config.epochs, loss=float("nan"), acc=float("nan"))
+
+        def show(epoch: int, epochs: int, log: dict[str, float]) -> None:
+            bar.update(task, advance=1, description=f"epoch {epoch}/{epochs}", loss=log["loss"],
+                       acc=log["val_accuracy"])
+
+        bundle = train_classifier(sets["train"], sets["val"], sets["test"], config, callback=show)
     bundle.metrics["data"] = sets["train"].name
     return bundle, save_classifier(bundle, out)
 
@@ -152,12 +163,12 @@ def _summary_table(rows: list[dict[str, Any]], title: str) -> Table:
     table.add_column("image", overflow="fold")
     for col in ("predicted", "target"):
         table.add_column(col, overflow="fold")
-    for col in ("p(orig)", "p(kept)", "p(rem)", "area", "s/img"):
+    for col in ("p_original", "p_kept", "p_removed", "area", "s/img"):
         table.add_column(col, justify="right", no_wrap=True)
     for r in rows:
         table.add_row(
-            r["image"], r["predicted_name"], r["target_name"], f"{r['p_original']:.3f}", f"{r['p_masked']:.3f}",
-            f"{r['p_complement']:.3f}", f"{r['area']:.3f}", f"{r['seconds']:.2f}",
+            r["image"], r["predicted_name"], r["target_name"], f"{r['p_original']:.3f}", f"{r['p_kept']:.3f}",
+            f"{r['p_removed']:.3f}", f"{r['area']:.3f}", f"{r['seconds']:.2f}",
         )
     return table
 
@@ -179,7 +190,7 @@ def explain_inputs(
     classifier: str | Path | None,
     out: Path,
     explainer: str | Path | None = None,
-    mode: str | None = None,
+    mode: RefineMode | None = None,
     allow_mismatch: bool = False,
     allow_import: bool = False,
     device: str = "cpu",
@@ -230,7 +241,7 @@ def explain_inputs(
         if any(p.exists() for p in paths.values()) and not overwrite and not resume:
             raise UsageError(f"outputs for {it.stem} already exist; pass --overwrite or --resume", out)
         pending.append(it)
-    with MedCAM(bundle, explainer, mode=mode, refine_steps=steps, allow_mismatch=allow_mismatch,  # type: ignore[arg-type]
+    with MedCAM(bundle, explainer, mode=mode, refine_steps=steps, allow_mismatch=allow_mismatch,
                 device=device) as explain, Progress(
         TextColumn("[bold]explain"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console,
         transient=True,

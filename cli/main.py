@@ -11,12 +11,13 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import typer
 from rich.console import Console
 
 from medcam_fast.errors import EXIT_CODES, MedCamError
+from medcam_fast.types import InnerMode, RefineMode
 
 err_console = Console(stderr=True, soft_wrap=True)  # one error, one line, whatever the width
 console = Console()
@@ -50,7 +51,13 @@ def handle_errors(fn: F) -> F:
             err_console.print("[bold red]interrupted[/]")
             raise typer.Exit(130) from None
 
-    return wrapper  # type: ignore[return-value]
+    return cast(F, wrapper)
+
+
+def _given(**options: Any) -> dict[str, Any]:
+    """The options the user gave (not None): the rest defer to the library's configuration dataclasses, which
+    own every default (``TrainConfig``, ``MetaConfig``, ``RefineConfig``, ``FitConfig``)."""
+    return {k: v for k, v in options.items() if v is not None}
 
 
 def _threads(n: int | None) -> None:
@@ -64,24 +71,23 @@ def _threads(n: int | None) -> None:
 def train_classifier_cmd(
     data: str = typer.Option(..., help="Data set: a .npz path, a class-per-folder directory, or breast|pneumonia|blood|path."),
     out: Path = typer.Option(..., help="Output folder of the classifier bundle."),
-    arch: str = typer.Option("resnet18", help="Architecture: resnet18 or vit."),
-    epochs: int = typer.Option(30, min=1, help="Training epochs."),
-    width: int | None = typer.Option(None, help="Architecture width (default per architecture)."),
-    batch_size: int = typer.Option(64, min=1, help="Images per step."),
-    lr: float = typer.Option(2e-3, help="Peak learning rate."),
-    seed: int = typer.Option(0, help="Random seed."),
+    arch: str | None = typer.Option(None, help="Architecture: resnet18 or vit [default: resnet18]."),
+    epochs: int | None = typer.Option(None, min=1, help="Training epochs [default: 30]."),
+    width: int | None = typer.Option(None, help="Architecture width [default: per architecture]."),
+    batch_size: int | None = typer.Option(None, min=1, help="Images per step [default: 64]."),
+    lr: float | None = typer.Option(None, help="Peak learning rate [default: 0.002]."),
+    seed: int | None = typer.Option(None, help="Random seed [default: 0]."),
     data_dir: Path | None = typer.Option(None, envvar="MEDCAM_DATA_DIR", help="Folder of the shared .npz data sets."),
     threads: int | None = typer.Option(None, help="CPU threads for torch."),
     overwrite: bool = typer.Option(False, help="Replace an existing bundle in OUT."),
 ) -> None:
     """Train a built-in classifier and write a classifier bundle (safetensors + JSON)."""
+    from medcam_fast.classifiers.training import TrainConfig
     from medcam_fast.cli.jobs import train_classifier_bundle
 
     _threads(threads)
-    bundle, path = train_classifier_bundle(
-        data, out, arch=arch, epochs=epochs, width=width, batch_size=batch_size, lr=lr, seed=seed,
-        data_dir=data_dir, overwrite=overwrite,
-    )
+    cfg = TrainConfig(**_given(arch=arch, epochs=epochs, width=width, batch_size=batch_size, lr=lr, seed=seed))
+    bundle, path = train_classifier_bundle(data, out, cfg, data_dir=data_dir, overwrite=overwrite, console=console)
     m = bundle.metrics
     console.print(
         f"wrote {path}: {bundle.arch}, val accuracy {m.get('val_accuracy', float('nan')):.3f}, "
@@ -122,8 +128,9 @@ def explain_cmd(
     explainer: Path | None = typer.Option(None, help="Explainer bundle folder or .onnx file (default: the demo's, "
                                           "with the demo classifier; none with another classifier: per-image fit)."),
     refine: bool = typer.Option(True, "--refine/--no-refine", help="Refine the first guess (--no-refine: 0 steps)."),
-    mode: str | None = typer.Option(None, help="logits, weights or full (default: logits with an explainer)."),
-    steps: int | None = typer.Option(None, min=0, help="Refinement steps per image (default 10; full mode 300)."),
+    mode: RefineMode | None = typer.Option(None, help="How masks are made [default: logits with an explainer, "
+                                           "full without]."),
+    steps: int | None = typer.Option(None, min=0, help="Refinement steps per image [default: 10; full mode 300]."),
     allow_mismatch: bool = typer.Option(False, help="Use an explainer trained for another classifier."),
     allow_import: bool = typer.Option(False, help="Let a bundle made by import-classifier --import run its factory."),
     out: Path = typer.Option(Path("medcam-out"), help="Output folder."),
@@ -162,18 +169,19 @@ def meta_train_cmd(
     classifier: Path = typer.Option(..., help="Classifier bundle folder the explainer is for."),
     data: str = typer.Option(..., help="Training images: a .npz path, a class-per-folder directory, or a short name."),
     out: Path = typer.Option(..., help="Output folder: checkpoints and the explainer bundle."),
-    inner_steps: int = typer.Option(3, min=0, help="K, inner adaptation steps (0 = amortized training)."),
-    inner_mode: str = typer.Option("weights", help="What the inner loop adapts: weights (MAML) or logits "
-                                   "(the mask logits, as refinement does; first-order)."),
-    first_order: bool = typer.Option(False, "--first-order", help="First-order MAML (no second-order terms)."),
-    meta_sgd: bool = typer.Option(False, "--meta-sgd", help="Learn the inner step sizes (Meta-SGD)."),
-    outer_steps: int = typer.Option(400, min=1, help="Meta-updates."),
-    meta_batch: int = typer.Option(8, min=1, help="Images per meta-update."),
+    inner_steps: int | None = typer.Option(None, min=0, help="K, inner adaptation steps (0 = amortized "
+                                           "training) [default: 3]."),
+    inner_mode: InnerMode | None = typer.Option(None, help="What the inner loop adapts: weights (MAML) or logits "
+                                                "(the mask logits, as refinement does; first-order) [default: weights]."),
+    first_order: bool | None = typer.Option(None, "--first-order", help="First-order MAML (no second-order terms)."),
+    meta_sgd: bool | None = typer.Option(None, "--meta-sgd", help="Learn the inner step sizes (Meta-SGD)."),
+    outer_steps: int | None = typer.Option(None, min=1, help="Meta-updates [default: 400]."),
+    meta_batch: int | None = typer.Option(None, min=1, help="Images per meta-update [default: 8]."),
     inner_lr: float | None = typer.Option(None, help="Inner step size [default: 0.1 weights, 0.3 logits]."),
-    outer_lr: float = typer.Option(2e-3, help="Outer (Adam) learning rate."),
-    width: int = typer.Option(16, min=2, help="U-Net width."),
-    checkpoint_every: int = typer.Option(25, min=1, help="Outer steps between checkpoints."),
-    seed: int = typer.Option(0, help="Random seed."),
+    outer_lr: float | None = typer.Option(None, help="Outer (Adam) learning rate [default: 0.002]."),
+    width: int | None = typer.Option(None, min=2, help="U-Net width [default: 16]."),
+    checkpoint_every: int | None = typer.Option(None, min=1, help="Outer steps between checkpoints [default: 25]."),
+    seed: int | None = typer.Option(None, help="Random seed [default: 0]."),
     minutes: float | None = typer.Option(None, min=0.1, help="Finish after this much training time."),
     init: Path | None = typer.Option(None, help="Start from this explainer bundle (e.g. an amortized one)."),
     resume: bool = typer.Option(False, help="Continue from the checkpoint in OUT."),
@@ -184,14 +192,11 @@ def meta_train_cmd(
     """Meta-train a shared U-Net explainer for a classifier (MAML on the composite loss)."""
     from medcam_fast.cli.jobs import meta_train_bundle
     from medcam_fast.explainer.meta import MetaConfig
-    from medcam_fast.method.refine import LOGITS_LR, WEIGHTS_LR
 
     _threads(threads)
-    if inner_lr is None:
-        inner_lr = LOGITS_LR if inner_mode == "logits" else WEIGHTS_LR
-    cfg = MetaConfig(inner_steps=inner_steps, inner_mode=inner_mode, first_order=first_order, meta_sgd=meta_sgd,
-                     outer_steps=outer_steps, meta_batch=meta_batch, inner_lr=inner_lr, outer_lr=outer_lr, width=width, seed=seed,
-                     checkpoint_every=checkpoint_every)
+    cfg = MetaConfig(**_given(inner_steps=inner_steps, inner_mode=inner_mode, first_order=first_order,
+                              meta_sgd=meta_sgd, outer_steps=outer_steps, meta_batch=meta_batch, inner_lr=inner_lr,
+                              outer_lr=outer_lr, width=width, seed=seed, checkpoint_every=checkpoint_every))
     meta_train_bundle(classifier, data, out, cfg, resume=resume, overwrite=overwrite, data_dir=data_dir,
                       console=console, time_budget=None if minutes is None else minutes * 60, init=init)
 

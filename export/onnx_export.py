@@ -9,9 +9,12 @@ Two graphs:
   other size (replicate, bottom/right, as ``UNet.forward`` does) and crops back.
 * :func:`export_combined` — "explain and verify": the classifier and the U-Net in one graph. Inputs as
   above with ``H×W`` fixed to the classifier's input size and ``target = -1`` meaning "the classifier's
-  decision"; outputs ``mask_logits``, ``probs_original`` ``[B, K]`` (classifier on the image) and
-  ``probs_masked`` ``[B, K]`` (classifier on the image with only the binary mask ``σ(u/τ) > threshold``
-  kept, the rest replaced by the bundle's baseline — 0 in normalized space for ``"mean"``).
+  decision"; outputs ``mask_logits``, ``probs_original`` ``[B, K]`` (the classifier's softmax on the
+  image) and the verdict on the binary mask ``m = σ(u/τ) > threshold`` for the explained class, each
+  ``[B]``: ``p_original``, ``p_kept`` (only the evidence kept, the rest replaced by the bundle's baseline),
+  ``p_removed`` (the evidence replaced by the baseline) and ``area`` — the names the Python API, the JSON
+  records and ``summary.csv`` use. (0.1.0 files named the kept view's softmax ``probs_masked``; the runtime
+  still reads them.)
 
 Both write the bundle's facts into ``metadata_props``: key ``medcam_fast`` holds the JSON of
 ``bundle.facts()`` plus ``medcam_fast_version`` and ``graph`` (``"core"`` or ``"combined"``); flat
@@ -49,9 +52,10 @@ from medcam_fast.classifiers.frozen import FrozenClassifier, _as_logits
 from medcam_fast.classifiers.weights import state_sha256
 from medcam_fast.errors import ModelError, UsageError, one_line
 from medcam_fast.explainer.bundle import ExplainerBundle
-from medcam_fast.method.masking import make_baseline
+from medcam_fast.method.masking import keep, make_baseline, remove
+from medcam_fast.types import BaselineKind
 
-from .runtime import METADATA_KEY, OnnxExplainer, _sigmoid
+from .runtime import METADATA_KEY, VERDICT, OnnxExplainer, _sigmoid
 
 __all__ = ["export_explainer", "export_combined", "onnx_metadata", "MIN_OPSET", "PARITY_TOLERANCE"]
 
@@ -104,20 +108,21 @@ class _Core(nn.Module):
 
 
 class _Combined(nn.Module):
-    """Classifier + U-Net: ``(image, target) → (mask_logits, probs_original, probs_masked)``.
+    """Classifier + U-Net: ``(image, target) → (mask_logits, probs_original, p_original, p_kept, p_removed,
+    area)``; the classifier runs once on the image, the kept view and the removed view stacked.
 
     Args:
         unet: the explainer U-Net.
         classifier: normalized images → logits ``[B, K]`` (or a tuple / dict / object holding them).
         tau: mask temperature τ.
         threshold: binary mask threshold on ``σ(u/τ)``.
-        baseline: the baseline kind (``"mean"``, ``"zero"`` or ``"blur"``).
+        baseline: what replaces removed pixels.
         mean: per-channel normalization mean (for the ``"zero"`` baseline).
         std: per-channel normalization std (for the ``"zero"`` baseline).
     """
 
-    def __init__(self, unet: nn.Module, classifier: nn.Module, tau: float, threshold: float, baseline: str,
-                 mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+    def __init__(self, unet: nn.Module, classifier: nn.Module, tau: float, threshold: float,
+                 baseline: BaselineKind, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
         super().__init__()
         self.unet = unet
         self.classifier = classifier
@@ -127,16 +132,18 @@ class _Combined(nn.Module):
         self.mean = tuple(mean)
         self.std = tuple(std)
 
-    def forward(self, image: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(self, image: Tensor, target: Tensor) -> tuple[Tensor, ...]:
         probs_original = torch.softmax(_as_logits(self.classifier(image)), dim=-1)
         decision = torch.argmax(probs_original, dim=-1)
         t = torch.where(target < 0, decision, target)
         u = self.unet(image, t)  # UNet.forward: static H×W, padding (if any) inside the graph
         m = (torch.sigmoid(u / self.tau) > self.threshold).to(image.dtype)
-        b = make_baseline(image, self.baseline, self.mean, self.std)  # type: ignore[arg-type]
-        masked = m * image + (1 - m) * b
-        probs_masked = torch.softmax(_as_logits(self.classifier(masked)), dim=-1)
-        return u, probs_original, probs_masked
+        b = make_baseline(image, self.baseline, self.mean, self.std)
+        views = torch.cat([keep(image, m, b), remove(image, m, b)])
+        probs = torch.softmax(_as_logits(self.classifier(views)), dim=-1).gather(1, t.repeat(2)[:, None])[:, 0]
+        n = image.shape[0]
+        p_original = probs_original.gather(1, t[:, None])[:, 0]
+        return u, probs_original, p_original, probs[:n], probs[n:], m.flatten(1).mean(1)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -378,8 +385,9 @@ def export_combined(bundle: ExplainerBundle, classifier_module: nn.Module, out: 
     Inputs ``image`` float32 ``[B, C, H, W]`` (normalized, ``H×W`` = ``bundle.preprocess.size``) and
     ``target`` int64 ``[B]`` (``-1`` = explain the classifier's decision, argmax of ``probs_original``);
     outputs ``mask_logits`` ``[B, 1, H, W]``, ``probs_original`` ``[B, K]`` (softmax of the classifier on
-    the image) and ``probs_masked`` ``[B, K]`` (on ``m⊙x + (1−m)⊙b`` with the binary mask
-    ``m = σ(u/τ) > threshold`` and the bundle's baseline ``b``, 0 for ``"mean"``). Batch is dynamic.
+    the image), and for the explained class ``c`` with the binary mask ``m = σ(u/τ) > threshold`` and the
+    bundle's baseline ``b``: ``p_original = p_c(x)``, ``p_kept = p_c(m⊙x + (1−m)⊙b)``,
+    ``p_removed = p_c((1−m)⊙x + m⊙b)`` and ``area = mean(m)``, each ``[B]``. Batch is dynamic.
 
     Args:
         bundle: the explainer.
@@ -390,7 +398,7 @@ def export_combined(bundle: ExplainerBundle, classifier_module: nn.Module, out: 
         out: the ``.onnx`` file to write.
         opset: the ONNX opset (>= 18).
         verify: compare onnxruntime with torch once on random inputs (mask probabilities and
-            ``probs_original`` everywhere, ``probs_masked`` where both binary masks agree) within
+            ``probs_original`` everywhere, the verdict where both binary masks agree) within
             :data:`PARITY_TOLERANCE` before the file is written.
         check_sha256: refuse a classifier whose weights' sha256 differs from ``bundle.classifier_sha256``
             (when the bundle records one).
@@ -433,17 +441,21 @@ def export_combined(bundle: ExplainerBundle, classifier_module: nn.Module, out: 
         raise ModelError(f"the classifier returns {shapes[1][-1]} logits but the explainer knows {k} classes", out)
     batch = torch.export.Dim("batch", min=1)
     dynamic = {"image": {0: batch}, "target": {0: batch}}
-    names = ["mask_logits", "probs_original", "probs_masked"]
+    names = ["mask_logits", "probs_original", *VERDICT]
     proto = _torch_to_onnx(combined, example, names, dynamic, opset, "the classifier with the explainer", out)
     _finish(
         proto, onnx_metadata(bundle, "combined"),
         doc=(f"medcam-fast explain-and-verify graph ({k} classes, {h}x{w} input): target -1 explains the "
-             "classifier's decision; probs_masked is the classifier on the image with only the binary mask kept."),
+             "classifier's decision; p_kept / p_removed: the classifier on the image with only the binary "
+             "evidence kept / removed."),
         inputs_doc={**_INPUT_DOC, "target": "class to explain per image, int64 [B]; -1 = argmax of probs_original"},
         outputs_doc={
             "mask_logits": "mask logits u float32 [B, 1, H, W]; mask m = sigmoid(u / tau)",
             "probs_original": "classifier softmax on the image [B, K]",
-            "probs_masked": "classifier softmax on m*x + (1-m)*baseline, m = sigmoid(u/tau) > threshold [B, K]",
+            "p_original": "p_target(image) [B]",
+            "p_kept": "p_target(m*x + (1-m)*baseline), m = sigmoid(u/tau) > threshold [B]",
+            "p_removed": "p_target((1-m)*x + m*baseline) [B]",
+            "area": "fraction of pixels in m [B]",
         },
     )
 
@@ -454,13 +466,13 @@ def export_combined(bundle: ExplainerBundle, classifier_module: nn.Module, out: 
         x = rng.standard_normal((n, pre.channels, h, w)).astype(np.float32)
         t = np.array([-1, 0, k - 1], dtype=np.int64)
         with torch.no_grad():
-            u, p0, p1 = (o.numpy() for o in combined(torch.from_numpy(x), torch.from_numpy(t)))
+            ref = [o.numpy() for o in combined(torch.from_numpy(x), torch.from_numpy(t))]
         got = runtime._session.run(names, {"image": x, "target": t})
-        soft_ref = _sigmoid(u / np.float32(bundle.tau))
+        soft_ref = _sigmoid(ref[0] / np.float32(bundle.tau))
         soft_got = _sigmoid(got[0] / np.float32(bundle.tau))
         same = ((soft_ref > bundle.threshold) == (soft_got > bundle.threshold)).reshape(n, -1).all(axis=1)
-        checks = [("mask", _max_diff(soft_got, soft_ref)), ("probs_original", _max_diff(got[1], p0)),
-                  ("probs_masked", _max_diff(got[2][same], p1[same]))]
+        checks = [("mask", _max_diff(soft_got, soft_ref)), ("probs_original", _max_diff(got[1], ref[1]))]
+        checks += [(name, _max_diff(got[i][same], ref[i][same])) for i, name in enumerate(VERDICT, start=2)]
         for name, diff in checks:
             if not diff <= PARITY_TOLERANCE:
                 raise ModelError(f"onnxruntime disagrees with torch on {name}: max diff {diff:.3g} > "

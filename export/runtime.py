@@ -36,6 +36,10 @@ __all__ = ["OnnxExplainer", "RuntimeMasks", "METADATA_KEY", "default_providers"]
 
 #: The ``metadata_props`` key holding the JSON facts of the explainer.
 METADATA_KEY = "medcam_fast"
+#: The verdict outputs of a combined graph, per image ``[B]``: the names of the Python API, JSON and CSV.
+VERDICT = ("p_original", "p_kept", "p_removed", "area")
+#: A combined graph written by 0.1.0: ``probs_masked`` was the kept view's softmax ``[B, K]``.
+_LEGACY_COMBINED = ("probs_original", "probs_masked")
 
 _CUDA = "CUDAExecutionProvider"
 _CPU = "CPUExecutionProvider"
@@ -72,8 +76,12 @@ class RuntimeMasks:
         binary: ``m > threshold``, bool ``[B, H, W]`` (True = evidence kept).
         targets: the class each mask explains, int64 ``[B]``.
         probs_original: combined graph only: the classifier's class probabilities of the image, ``[B, K]``.
-        probs_masked: combined graph only: its class probabilities of the image with only the binary mask
-            kept (the rest replaced by the bundle's baseline), ``[B, K]``.
+        p_original: combined graph only: ``p_c(x)`` for the explained class ``c``, ``[B]``.
+        p_kept: combined graph only: ``p_c`` of the image with only the binary evidence kept (the rest
+            replaced by the bundle's baseline), ``[B]``.
+        p_removed: combined graph only: ``p_c`` of the image with the binary evidence replaced by the
+            baseline, ``[B]`` (None for a 0.1.0 combined file, which did not compute it).
+        area: combined graph only: fraction of pixels in the binary mask, ``[B]``.
     """
 
     logits: np.ndarray
@@ -81,7 +89,10 @@ class RuntimeMasks:
     binary: np.ndarray
     targets: np.ndarray
     probs_original: np.ndarray | None = None
-    probs_masked: np.ndarray | None = None
+    p_original: np.ndarray | None = None
+    p_kept: np.ndarray | None = None
+    p_removed: np.ndarray | None = None
+    area: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.logits.shape[0])
@@ -174,8 +185,10 @@ class OnnxExplainer:
         if set(inputs) != {"image", "target"} or "mask_logits" not in outputs:
             raise ModelError(f"not a medcam-fast explainer graph (inputs {sorted(inputs)}, outputs {outputs})",
                              self.path)
-        self.combined: bool = "probs_original" in outputs and "probs_masked" in outputs
-        self._outputs = ["mask_logits", "probs_original", "probs_masked"] if self.combined else ["mask_logits"]
+        self._legacy = set(_LEGACY_COMBINED) <= set(outputs) and not set(VERDICT) <= set(outputs)
+        self.combined: bool = self._legacy or ("probs_original" in outputs and set(VERDICT) <= set(outputs))
+        self._outputs = (["mask_logits", *_LEGACY_COMBINED] if self._legacy else
+                         ["mask_logits", "probs_original", *VERDICT] if self.combined else ["mask_logits"])
         shape = inputs["image"].shape
         self._channels = shape[1] if isinstance(shape[1], int) else self.preprocess.channels
         # A combined graph has a fixed H, W (the classifier's input size); the core graph a dynamic one.
@@ -285,7 +298,7 @@ class OnnxExplainer:
             batch_size: at most this many images per onnxruntime call (bounds memory).
 
         Returns:
-            :class:`RuntimeMasks` (``probs_original`` and ``probs_masked`` set for a combined graph).
+            :class:`RuntimeMasks` (``probs_original`` and the verdict set for a combined graph).
 
         Raises:
             UsageError: missing or out-of-range targets, a wrong shape, type or channel count.
@@ -304,14 +317,19 @@ class OnnxExplainer:
         else:
             h, w = x.shape[2:]
             k = len(self.classes)
-            out = [np.zeros((0, 1, h, w), np.float32)] + [np.zeros((0, k), np.float32)] * (len(self._outputs) - 1)
+            out = [np.zeros((0, 1, h, w), np.float32), np.zeros((0, k), np.float32)]
+            out += [np.zeros((0, k) if self._legacy else (0,), np.float32)] * (len(self._outputs) - 2)
         logits = out[0][:, 0]
         soft = _sigmoid(logits / np.float32(self.tau))
         binary = soft > self.threshold
         if not self.combined:
             return RuntimeMasks(logits=logits, soft=soft, binary=binary, targets=t)
-        probs_original, probs_masked = out[1], out[2]
+        probs_original = out[1]
         if n and (t < 0).any():  # the graph explained its argmax: report which class that was
             t = np.where(t < 0, probs_original.argmax(axis=1), t).astype(np.int64)
-        return RuntimeMasks(logits=logits, soft=soft, binary=binary, targets=t,
-                            probs_original=probs_original, probs_masked=probs_masked)
+        if self._legacy:  # 0.1.0: the kept view's softmax; the removed view was not computed
+            pick = lambda p: p[np.arange(n), t] if n else np.zeros(0, np.float32)  # noqa: E731
+            verdict = [pick(probs_original), pick(out[2]), None, binary.reshape(n, -1).mean(axis=1)]
+        else:
+            verdict = out[2:]
+        return RuntimeMasks(logits, soft, binary, t, probs_original, *verdict)

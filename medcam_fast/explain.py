@@ -1,16 +1,18 @@
 """The user-facing API: ``with MedCAM(classifier, explainer=…) as explain: result = explain(images)``.
 
 ``MedCAM`` loads (or takes) a classifier and, optionally, an explainer; calling it explains a batch and
-returns an :class:`Explanation` — typed arrays, never a bare mask. Modes:
+returns an :class:`Explanation` — typed arrays, never a bare mask. Modes (:class:`~medcam_fast.types.RefineMode`):
 
-* ``"logits"`` (default with an explainer) — the explainer's first guess (from onnxruntime when the
+* ``logits`` (default with an explainer) — the explainer's first guess (from onnxruntime when the
   bundle holds ``explainer.onnx``, else its torch U-Net), then ``K`` steps on the mask logits;
-* ``"weights"`` — ``K`` inner-loop steps on the explainer's U-Net weights (MAML adaptation);
-* ``"full"`` — the paper's per-image fit from a fresh U-Net (:func:`medcam_fast.method.fit.fit_masks`);
+* ``weights`` — ``K`` inner-loop steps on the explainer's U-Net weights (MAML adaptation);
+* ``full`` — the paper's per-image fit from a fresh U-Net (:func:`medcam_fast.method.fit.fit_masks`);
   the only mode without an explainer.
 
 ``refine_steps=0`` returns the first guess itself. An explainer records the sha256 of the classifier it was
 trained for; a different classifier is refused unless ``allow_mismatch=True`` (then every record says so).
+Every default belongs to a configuration dataclass: :class:`~medcam_fast.method.refine.RefineConfig`
+(refinement) and :class:`~medcam_fast.method.fit.FitConfig` (the per-image fit).
 """
 
 from __future__ import annotations
@@ -19,31 +21,31 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ._version import __version__
 from .classifiers.bundle import load_classifier
 from .classifiers.frozen import ClassifierBundle
 from .classifiers.sources import classifier_from_module
 from .data.preprocess import Preprocess
 from .errors import ModelError, UsageError
-from .explainer.bundle import ExplainerBundle, load_explainer
-from .method.fit import FitConfig, fit_masks
+from .explainer.bundle import ExplainerBundle, ExplainerSettings, load_explainer
+from .method.fit import FitConfig
 from .method.losses import Reference
 from .method.masking import keep, make_baseline
-from .method.refine import refine
+from .method.objective import Objective
+from .method.refine import RefineConfig, refine
 from .method.result import MaskResult
+from .types import BaselineKind, RefineMode, choice
 
-__all__ = ["MedCAM", "Explanation", "Mode", "DEFAULT_STEPS"]
+if TYPE_CHECKING:
+    from .export.runtime import OnnxExplainer
 
-Mode = Literal["logits", "weights", "full"]
-_MODES = ("logits", "weights", "full")
-#: Default refinement steps with an explainer: on breast, 10 logits steps keep p_c(kept) at the 300-step
-#: fit's level (0.934 vs 0.930) about 50× faster (``benchmarks/results/quality_breast.md``).
-DEFAULT_STEPS = 10
+__all__ = ["MedCAM", "Explanation"]
 
 
 @dataclass(frozen=True)
@@ -53,13 +55,14 @@ class Explanation:
     Args:
         soft: soft masks ``[B,H,W]`` in [0,1].
         binary: binary evidence masks ``[B,H,W]`` (bool).
+        logits: mask logits ``u`` ``[B,H,W]`` (``soft = σ(u/τ)``).
         kept: the images with only the evidence kept, in [0,1] ``[B,H,W,C]`` (the "masked image").
         images: the preprocessed input images in [0,1] ``[B,H,W,C]``.
         predicted: the classifier's class for each original image ``[B]``.
         target: the class explained ``[B]``.
         p_original: ``p_target(x)`` ``[B]``.
-        p_masked: ``p_target`` of the image with only the binary evidence kept ``[B]``.
-        p_complement: ``p_target`` of the image with the binary evidence removed ``[B]``.
+        p_kept: ``p_target`` of the image with only the binary evidence kept ``[B]``.
+        p_removed: ``p_target`` of the image with the binary evidence removed ``[B]``.
         area: fraction of the image in the binary mask ``[B]``.
         loss: composite loss of the binary masks ``[B]``.
         classes: class names.
@@ -71,17 +74,18 @@ class Explanation:
 
     soft: np.ndarray
     binary: np.ndarray
+    logits: np.ndarray
     kept: np.ndarray
     images: np.ndarray
     predicted: np.ndarray
     target: np.ndarray
     p_original: np.ndarray
-    p_masked: np.ndarray
-    p_complement: np.ndarray
+    p_kept: np.ndarray
+    p_removed: np.ndarray
     area: np.ndarray
     loss: np.ndarray
     classes: list[str]
-    mode: str
+    mode: RefineMode
     steps: int
     seconds: float
     extra: dict[str, Any] = field(default_factory=dict)
@@ -97,11 +101,11 @@ class Explanation:
             "target": int(self.target[i]),
             "target_name": self.classes[int(self.target[i])],
             "p_original": float(self.p_original[i]),
-            "p_masked": float(self.p_masked[i]),
-            "p_complement": float(self.p_complement[i]),
+            "p_kept": float(self.p_kept[i]),
+            "p_removed": float(self.p_removed[i]),
             "area": float(self.area[i]),
             "loss": float(self.loss[i]),
-            "mode": self.mode,
+            "mode": self.mode.value,
             "steps": self.steps,
             "seconds": self.seconds / max(1, len(self)),
             **self.extra,
@@ -116,18 +120,23 @@ class MedCAM:
     """Explain a frozen classifier's decisions with binary evidence masks.
 
     Args:
-        classifier: a :class:`~medcam_fast.classifiers.frozen.ClassifierBundle`, the path of a classifier bundle,
-            or any ``nn.Module`` mapping normalized images to logits (then ``preprocess`` and ``classes``
-            are required).
-        explainer: an :class:`~medcam_fast.explainer.bundle.ExplainerBundle`, its folder, or an exported ``.onnx`` file
-            (first guess and ``"logits"`` refinement only); None uses the per-image fit (``mode="full"``).
-        mode: ``"logits"``, ``"weights"`` or ``"full"``; default ``"logits"`` with an explainer, else ``"full"``.
-        refine_steps: optimization steps per image; default :data:`DEFAULT_STEPS` with an explainer, else
+        classifier: a :class:`~medcam_fast.classifiers.frozen.ClassifierBundle`, the path of a classifier
+            bundle, or any ``nn.Module`` mapping normalized images to logits (then ``preprocess`` and
+            ``classes`` are required).
+        explainer: an :class:`~medcam_fast.explainer.bundle.ExplainerBundle`, its folder, or an exported
+            ``.onnx`` file (first guess and ``logits`` refinement only); None uses the per-image fit
+            (``mode="full"``).
+        mode: ``logits``, ``weights`` or ``full`` (a :class:`~medcam_fast.types.RefineMode` or its value);
+            default ``logits`` with an explainer, else ``full``.
+        refine_steps: optimization steps per image; default ``refine_config.steps`` with an explainer, else
             ``fit_config.steps``.
+        refine_config: refinement settings (step size, start clip, hard phase, seed); default
+            :class:`~medcam_fast.method.refine.RefineConfig` ``()``.
+        fit_config: settings of the per-image fit (``full`` mode); default
+            :class:`~medcam_fast.method.fit.FitConfig` ``()``.
         preprocess: preprocessing for a plain ``nn.Module`` classifier.
         classes: class names for a plain ``nn.Module`` classifier.
         layers: classifier layers for activation matching; None picks the documented default.
-        fit_config: settings of the per-image fit.
         threads: torch CPU threads to use (None leaves torch's setting).
         allow_mismatch: accept an explainer trained for another classifier (records carry a warning).
         use_onnx: take the first guess from ``explainer.onnx`` with onnxruntime when the bundle has one.
@@ -136,22 +145,23 @@ class MedCAM:
 
     Example::
 
-        with MedCAM("models/breast/classifier") as explain:
+        with MedCAM("models/breast/classifier", explainer="models/breast/explainer") as explain:
             result = explain(images)          # numpy uint8 images, or a normalized torch batch
-            print(result.p_masked, result.area)
+            print(result.p_kept, result.p_removed, result.area)
     """
 
     def __init__(
         self,
         classifier: ClassifierBundle | str | Path | nn.Module,
-        explainer: Any = None,
+        explainer: ExplainerBundle | str | Path | None = None,
         *,
-        mode: Mode | None = None,
+        mode: RefineMode | str | None = None,
         refine_steps: int | None = None,
+        refine_config: RefineConfig | None = None,
+        fit_config: FitConfig | None = None,
         preprocess: Preprocess | None = None,
         classes: Sequence[str] | None = None,
         layers: Sequence[str] | None = None,
-        fit_config: FitConfig | None = None,
         threads: int | None = None,
         allow_mismatch: bool = False,
         use_onnx: bool = True,
@@ -173,27 +183,29 @@ class MedCAM:
             raise UsageError("device 'cuda' requested but this torch has no CUDA GPU available")
         self.bundle = classifier
         self.classifier = classifier.frozen(layers).to(self.device)
-        self.explainer, self.onnx = _load_explainer(explainer, use_onnx)
+        self.settings, self.explainer, self.onnx = _load_explainer(explainer, use_onnx)
         if self.explainer is not None:
             self.explainer.unet.to(self.device)
-        self.mode: Mode = mode or ("full" if explainer is None else "logits")
-        if self.mode not in _MODES:
-            raise UsageError(f"unknown mode {self.mode!r}: choose one of {', '.join(_MODES)}")
-        if self.mode != "full" and explainer is None:
-            raise UsageError(f"mode {self.mode!r} needs an explainer; without one use mode 'full'")
-        if self.mode == "weights" and self.explainer is None:
+        self.mode = choice(RefineMode, mode or (RefineMode.FULL if explainer is None else RefineMode.LOGITS),
+                           "mode")
+        if self.mode is not RefineMode.FULL and self.settings is None:
+            raise UsageError(f"mode {self.mode.value!r} needs an explainer; without one use mode 'full'")
+        if self.mode is RefineMode.WEIGHTS and self.explainer is None:
             raise UsageError("mode 'weights' needs the explainer's torch weights (its bundle folder), not only ONNX")
         self.warnings: list[str] = []
-        trained_for = self.onnx.classifier_sha256 if self.onnx is not None else (
-            self.explainer.classifier_sha256 if self.explainer is not None else None)
+        trained_for = None if self.settings is None else self.settings.classifier_sha256
         if trained_for is not None and trained_for != classifier.sha256:
             msg = (f"explainer was trained for classifier {trained_for[:12]}…, not this one "
                    f"({classifier.sha256[:12]}…)")
             if not allow_mismatch:
-                raise ModelError(msg + "; pass allow_mismatch=True (--allow-mismatch) to use it anyway")
+                raise ModelError(msg + "; allow the mismatch to use it anyway")
             self.warnings.append(msg)
         self.fit_config = fit_config or FitConfig()
-        self.refine_steps = refine_steps
+        self.refine_config = (refine_config or RefineConfig()).with_(mode=self.mode)
+        if refine_steps is not None:
+            self._check_steps(refine_steps)
+            self.refine_config = self.refine_config.with_(steps=refine_steps)
+            self.fit_config = self.fit_config.with_(steps=refine_steps)
         if threads is not None:
             torch.set_num_threads(threads)
 
@@ -207,6 +219,11 @@ class MedCAM:
     def preprocess(self) -> Preprocess:
         """The classifier's preprocessing."""
         return self.bundle.preprocess
+
+    @staticmethod
+    def _check_steps(steps: int) -> None:
+        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
+            raise UsageError(f"refinement steps must be an integer >= 0, got {steps!r}")
 
     def prepare(self, images: Any) -> Tensor:
         """Normalized float32 batch ``[B,C,H,W]`` from raw images or an already-normalized tensor.
@@ -234,7 +251,7 @@ class MedCAM:
             refine_steps: optimization steps per image for this call (overrides the instance's).
 
         Raises:
-            UsageError: a target class outside the classifier's classes.
+            UsageError: a target class outside the classifier's classes, or a negative step count.
         """
         start = time.perf_counter()
         x = self.prepare(images)
@@ -244,44 +261,50 @@ class MedCAM:
             t = torch.as_tensor(np.asarray(targets), dtype=torch.long).reshape(-1).to(self.device)
             if (t < 0).any() or (t >= k).any():
                 raise UsageError(f"target class out of range: the classifier has {k} classes (0..{k - 1})")
-        steps = refine_steps if refine_steps is not None else self.refine_steps
-        pre = self.preprocess
-        if self.mode == "full":
-            cfg = self.fit_config if steps is None else self.fit_config.with_(steps=steps)
-            res = fit_masks(
-                self.classifier, x, t, cfg, normalization=(pre.mean, pre.std)
-            )
-            return self._explanation(x, res, cfg.baseline, time.perf_counter() - start)
-        k_steps = DEFAULT_STEPS if steps is None else steps
+            if t.numel() not in (1, x.shape[0]):
+                raise UsageError(f"got {t.numel()} targets for {x.shape[0]} images")
+        if refine_steps is not None:
+            self._check_steps(refine_steps)
         with torch.no_grad():
             reference = Reference(*self.classifier(x))  # once: picks the target and anchors the loss
-        target = t if t is not None else reference.logits.argmax(1)
-        if target.numel() == 1:
-            target = target.expand(x.shape[0]).clone()
-        initial = None
-        if self.onnx is not None and self.mode == "logits":
-            initial = torch.from_numpy(self.onnx.logits(x.cpu().numpy(), target.cpu().numpy())).to(self.device)
-        explainer = self.explainer if self.explainer is not None else _onnx_only_bundle(self.onnx, self.fit_config)
-        res = refine(explainer, self.classifier, x, target, k_steps, self.mode, initial_logits=initial,
-                     reference=reference)
-        return self._explanation(x, res, explainer.baseline, time.perf_counter() - start)
+        if self.mode is RefineMode.FULL:
+            fit = self.fit_config if refine_steps is None else self.fit_config.with_(steps=refine_steps)
+            objective = Objective.build(self.classifier, x, t, baseline=fit.baseline, weights=fit.weights,
+                                        tau=fit.tau, normalization=(self.preprocess.mean, self.preprocess.std),
+                                        reference=reference)
+            res = refine(objective, RefineConfig(steps=fit.steps, mode=RefineMode.FULL), fit_config=fit)
+            return self._explanation(x, res, fit.baseline, time.perf_counter() - start)
+        assert self.settings is not None  # checked in __init__
+        config = self.refine_config if refine_steps is None else self.refine_config.with_(steps=refine_steps)
+        objective = self.settings.objective(self.classifier, x, t, reference=reference)
+        first_guess = None
+        if self.onnx is not None and self.mode is RefineMode.LOGITS:
+            first_guess = torch.from_numpy(
+                self.onnx.logits(x.cpu().numpy(), objective.target.cpu().numpy())).to(self.device)
+        unet = None if self.explainer is None else self.explainer.unet
+        res = refine(objective, config, unet=unet, first_guess=first_guess, trained=self.settings.inner)
+        return self._explanation(x, res, self.settings.baseline, time.perf_counter() - start)
 
-    def _explanation(self, x: Tensor, res: MaskResult, baseline: str, seconds: float) -> Explanation:
+    def _explanation(self, x: Tensor, res: MaskResult, baseline: BaselineKind, seconds: float) -> Explanation:
         pre = self.preprocess
-        b = make_baseline(x, baseline, pre.mean, pre.std)  # type: ignore[arg-type]
+        b = make_baseline(x, baseline, pre.mean, pre.std)
         kept = keep(x, res.binary[:, None].to(x.dtype), b)
-        unit = lambda z: np.clip(pre.denormalize(_to_numpy(z)), 0, 1).transpose(0, 2, 3, 1)  # noqa: E731
+
+        def unit(z: Tensor) -> np.ndarray:
+            return np.clip(pre.denormalize(_to_numpy(z)), 0, 1).transpose(0, 2, 3, 1)
+
         v = res.verification
         return Explanation(
             soft=_to_numpy(res.soft),
             binary=_to_numpy(res.binary),
+            logits=_to_numpy(res.logits),
             kept=unit(kept),
             images=unit(x),
             predicted=_to_numpy(v.predicted),
             target=_to_numpy(v.target),
-            p_original=_to_numpy(v.original),
-            p_masked=_to_numpy(v.masked),
-            p_complement=_to_numpy(v.complement),
+            p_original=_to_numpy(v.p_original),
+            p_kept=_to_numpy(v.p_kept),
+            p_removed=_to_numpy(v.p_removed),
             area=_to_numpy(v.area),
             loss=_to_numpy(res.loss),
             classes=list(self.bundle.classes),
@@ -292,8 +315,6 @@ class MedCAM:
         )
 
     def _model_facts(self) -> dict[str, Any]:
-        from ._version import __version__
-
         facts: dict[str, Any] = {"medcam_fast_version": __version__}
         if self.onnx is not None:
             facts["explainer"] = str(self.onnx.path)
@@ -305,35 +326,26 @@ class MedCAM:
         return facts
 
 
-def _load_explainer(explainer: Any, use_onnx: bool) -> tuple[ExplainerBundle | None, Any]:
-    """(torch bundle or None, OnnxExplainer or None) from a bundle, a bundle folder or an ``.onnx`` file."""
+def _load_explainer(
+    explainer: ExplainerBundle | str | Path | None, use_onnx: bool
+) -> tuple[ExplainerSettings | None, ExplainerBundle | None, OnnxExplainer | None]:
+    """(settings, torch bundle or None, onnxruntime explainer or None) from a bundle, a bundle folder or an
+    ``.onnx`` file. An ONNX file alone gives the settings from its metadata: no U-Net is built."""
     if explainer is None:
-        return None, None
+        return None, None, None
     if isinstance(explainer, ExplainerBundle):
-        return explainer, None
+        return explainer, explainer, None
     path = Path(explainer)
     if path.suffix == ".onnx":
         from .export.runtime import OnnxExplainer
 
-        return None, OnnxExplainer(path)
+        onnx = OnnxExplainer(path)
+        return ExplainerSettings.from_facts(onnx.facts, path), None, onnx
     bundle = load_explainer(path)
     folder = path.parent if path.suffix == ".json" else path
     onnx_file = folder / "explainer.onnx"
     if use_onnx and onnx_file.exists():
         from .export.runtime import OnnxExplainer
 
-        return bundle, OnnxExplainer(onnx_file)
-    return bundle, None
-
-
-def _onnx_only_bundle(onnx: Any, fit_config: FitConfig) -> ExplainerBundle:
-    """The settings refinement needs, read from an ONNX file's metadata (its U-Net stays in onnxruntime)."""
-    from .method.losses import LossWeights
-    from .method.unet import UNet, UNetConfig
-
-    f = onnx.facts
-    return ExplainerBundle(
-        unet=UNet(UNetConfig.from_dict(f["unet"])), preprocess=onnx.preprocess, classes=list(onnx.classes),
-        classifier_sha256=onnx.classifier_sha256, tau=onnx.tau, threshold=onnx.threshold,
-        baseline=f.get("baseline", fit_config.baseline), weights=LossWeights.from_dict(f.get("loss_weights", {})),
-    )
+        return bundle, bundle, OnnxExplainer(onnx_file)
+    return bundle, bundle, None

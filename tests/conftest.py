@@ -22,14 +22,12 @@ def needs_data() -> pytest.MarkDecorator:
 def lesion_bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A resnet18 (width 8) trained on 32-px procedural lesions, saved as a classifier bundle."""
     from medcam_fast.classifiers.bundle import save_classifier
-    from medcam_fast.classifiers.training import train_classifier
+    from medcam_fast.classifiers.training import TrainConfig, train_classifier
     from medcam_fast.data.lesions import make_lesions
 
     train = make_lesions(800, size=32, seed=1)
     val = make_lesions(200, size=32, seed=2)
-    bundle = train_classifier(
-        train, val, None, arch="resnet18", width=8, epochs=6, batch_size=32, lr=3e-3, seed=0, progress=False
-    )
+    bundle = train_classifier(train, val, None, TrainConfig(arch="resnet18", width=8, epochs=6, batch_size=32, lr=3e-3))
     assert bundle.metrics["val_accuracy"] > 0.85, bundle.metrics
     return save_classifier(bundle, tmp_path_factory.mktemp("lesion-classifier"))
 

@@ -49,7 +49,7 @@ def test_every_mode_returns_a_typed_explanation(lesion_bundle, explainer_dir, im
     assert np.allclose(r.area, r.binary.reshape(3, -1).mean(1))
     assert r.kept.shape == (3, 32, 32, 1) and r.images.shape == (3, 32, 32, 1)
     rec = r.record(0)
-    assert rec["target_name"] in ("benign", "lesion") and 0 <= rec["p_masked"] <= 1
+    assert rec["target_name"] in ("benign", "lesion") and 0 <= rec["p_kept"] <= 1
 
 
 def test_torch_tensors_and_numpy_give_the_same_answer(lesion_bundle, explainer_dir, images):
@@ -93,5 +93,5 @@ def test_same_inputs_give_the_same_masks_and_probabilities(lesion_bundle, explai
             runs.append(explain(images))
     a, b = runs
     assert np.array_equal(a.binary, b.binary)
-    for f in ("soft", "p_original", "p_masked", "p_complement"):
+    for f in ("soft", "p_original", "p_kept", "p_removed"):
         assert np.abs(getattr(a, f) - getattr(b, f)).max() <= 1e-6

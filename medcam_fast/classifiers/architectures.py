@@ -252,7 +252,7 @@ class ViT(nn.Module):
 
 def build_classifier(
     arch: str, in_channels: int, num_classes: int, image_size: int, width: int | None = None
-) -> nn.Module:
+) -> ResNet | ViT:
     """A freshly initialized built-in classifier.
 
     Args:

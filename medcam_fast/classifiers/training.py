@@ -1,10 +1,15 @@
-"""classifiers.training: TODO docstring (split from classifier.py)."""
+"""Training the built-in classifiers: a small deterministic CPU loop that keeps the best validation epoch.
+
+:class:`TrainConfig` owns every default; progress is reported through a callback, so the library prints
+nothing (the CLI draws a progress bar with it).
+"""
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -21,7 +26,47 @@ if TYPE_CHECKING:
     from ..data.images import ImageSet
     from ..data.preprocess import Preprocess
 
-__all__ = ["train_classifier"]
+__all__ = ["TrainConfig", "train_classifier", "EpochCallback"]
+
+#: ``callback(epoch, epochs, {"loss": training loss, "val_accuracy": …})`` after each epoch.
+EpochCallback = Callable[[int, int, dict[str, float]], None]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of :func:`train_classifier`.
+
+    Args:
+        arch: ``"resnet18"`` or ``"vit"``.
+        epochs: passes over the training set.
+        batch_size: images per optimization step.
+        lr: peak learning rate.
+        width: architecture width (see :func:`~.architectures.build_classifier`); None for its default.
+        seed: seeds the initialization, the shuffling and the augmentation.
+        augment: apply flips / shifts / brightness jitter to training batches.
+    """
+
+    arch: str = "resnet18"
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 2e-3
+    width: int | None = None
+    seed: int = 0
+    augment: bool = True
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHITECTURES:
+            raise UsageError(f"unknown architecture {self.arch!r}: choose one of {', '.join(ARCHITECTURES)}")
+        if not isinstance(self.epochs, int) or self.epochs < 1:
+            raise UsageError(f"epochs must be a positive integer, got {self.epochs!r}")
+        if not isinstance(self.batch_size, int) or self.batch_size < 2:
+            raise UsageError(f"batch_size must be an integer ≥ 2, got {self.batch_size!r}")
+        if not self.lr > 0:
+            raise UsageError(f"lr must be positive, got {self.lr!r}")
+
+    def with_(self, **changes: Any) -> TrainConfig:
+        """A copy with some fields changed."""
+        return replace(self, **changes)
 
 
 def _augment(x: Tensor, g: torch.Generator) -> Tensor:
@@ -94,14 +139,8 @@ def train_classifier(
     train: ImageSet,
     val: ImageSet,
     test: ImageSet | None = None,
-    arch: str = "resnet18",
-    epochs: int = 30,
-    batch_size: int = 64,
-    lr: float = 2e-3,
-    width: int | None = None,
-    seed: int = 0,
-    augment: bool = True,
-    progress: bool = True,
+    config: TrainConfig = TrainConfig(),
+    callback: EpochCallback | None = None,
 ) -> ClassifierBundle:
     """Train a built-in classifier on the CPU (or wherever torch runs) and keep its best validation epoch.
 
@@ -116,14 +155,8 @@ def train_classifier(
         train: training images and labels.
         val: validation images (same classes), used to pick the best epoch.
         test: optional test images, evaluated once with the kept weights.
-        arch: ``"resnet18"`` or ``"vit"``.
-        epochs: passes over the training set.
-        batch_size: images per optimization step.
-        lr: peak learning rate.
-        width: architecture width (see :func:`build_classifier`); None for its default.
-        seed: seeds the initialization, the shuffling and the augmentation.
-        augment: apply flips / shifts / brightness jitter to training batches.
-        progress: show a rich progress bar (epoch, loss, validation accuracy) on stderr.
+        config: architecture and optimization settings.
+        callback: called after each epoch with ``(epoch, epochs, {"loss", "val_accuracy"})`` (progress).
 
     Returns:
         A ``source="builtin"`` bundle with metrics ``val_accuracy``, ``test_accuracy`` (None without a test
@@ -134,14 +167,8 @@ def train_classifier(
     """
     from ..data.preprocess import Preprocess
 
-    if arch not in ARCHITECTURES:
-        raise UsageError(f"unknown architecture {arch!r}: choose one of {', '.join(ARCHITECTURES)}")
-    if not isinstance(epochs, int) or epochs < 1:
-        raise UsageError(f"epochs must be a positive integer, got {epochs!r}")
-    if not isinstance(batch_size, int) or batch_size < 2:
-        raise UsageError(f"batch_size must be an integer ≥ 2, got {batch_size!r}")
-    if not lr > 0:
-        raise UsageError(f"lr must be positive, got {lr!r}")
+    arch, epochs, batch_size, lr = config.arch, config.epochs, config.batch_size, config.lr
+    width, seed, augment = config.width, config.seed, config.augment
     classes = list(train.classes)
     for other, what in ((val, "validation"), (test, "test")):
         if other is not None and list(other.classes) != classes:
@@ -173,38 +200,29 @@ def train_classifier(
         best_state = {kk: v.clone() for kk, v in model.state_dict().items()}
         best_epoch = 0
 
-        with contextlib.ExitStack() as stack:
-            bar = _progress_bar(stack, epochs) if progress else None
-            for epoch in range(epochs):
-                model.train()
-                order = torch.randperm(n, generator=g)
-                total, seen = 0.0, 0
-                for s in range(steps_per_epoch):
-                    idx = order[s * bs : (s + 1) * bs]
-                    xb, yb = x_train[idx], y_train[idx]
-                    if augment:
-                        xb = _augment(xb, g)
-                    loss = loss_fn(model(xb), yb)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    sched.step()
-                    total += float(loss.detach()) * len(idx)
-                    seen += len(idx)
-                acc, vloss = _evaluate(model, x_val, y_val)
-                if acc > best[0] or (acc == best[0] and vloss < best[1]):
-                    best = (acc, vloss)
-                    best_state = {kk: v.detach().clone() for kk, v in model.state_dict().items()}
-                    best_epoch = epoch + 1
-                if bar is not None:
-                    progress_obj, task = bar
-                    progress_obj.update(
-                        task,
-                        advance=1,
-                        description=f"epoch {epoch + 1}/{epochs}",
-                        loss=total / max(1, seen),
-                        acc=acc,
-                    )
+        for epoch in range(epochs):
+            model.train()
+            order = torch.randperm(n, generator=g)
+            total, seen = 0.0, 0
+            for s in range(steps_per_epoch):
+                idx = order[s * bs : (s + 1) * bs]
+                xb, yb = x_train[idx], y_train[idx]
+                if augment:
+                    xb = _augment(xb, g)
+                loss = loss_fn(model(xb), yb)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                total += float(loss.detach()) * len(idx)
+                seen += len(idx)
+            acc, vloss = _evaluate(model, x_val, y_val)
+            if acc > best[0] or (acc == best[0] and vloss < best[1]):
+                best = (acc, vloss)
+                best_state = {kk: v.detach().clone() for kk, v in model.state_dict().items()}
+                best_epoch = epoch + 1
+            if callback is not None:
+                callback(epoch + 1, epochs, {"loss": total / max(1, seen), "val_accuracy": acc})
         model.load_state_dict(best_state)
         model.eval()
         for p in model.parameters():
@@ -221,30 +239,5 @@ def train_classifier(
         "seconds": round(time.perf_counter() - start, 3),
         "n_train": n,
     }
-    config = dict(model.config)  # type: ignore[arg-type]
+    config = dict(model.config)
     return ClassifierBundle(model, preprocess, classes, arch, config, metrics, state_sha256(model), "builtin")
-
-
-def _progress_bar(stack: contextlib.ExitStack, epochs: int) -> tuple[Any, Any]:
-    """A rich progress bar on stderr showing the epoch, training loss and validation accuracy.
-
-    Args:
-        stack: the bar is stopped when this stack closes.
-        epochs: total epochs.
-
-    Returns:
-        ``(progress, task_id)``.
-    """
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    bar = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TextColumn("loss {task.fields[loss]:.3f}  val acc {task.fields[acc]:.3f}"),
-        TimeElapsedColumn(),
-        console=Console(stderr=True),
-    )
-    stack.enter_context(bar)
-    task = bar.add_task(f"epoch 0/{epochs}", total=epochs, loss=float("nan"), acc=float("nan"))
-    return bar, task

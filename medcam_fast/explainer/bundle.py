@@ -3,99 +3,175 @@
 A bundle is a folder with
 
 * ``weights.safetensors`` — the U-Net's state dict (the meta-learned initialization θ);
-* ``explainer.json`` — U-Net shape, preprocessing, class names, mask temperature and threshold, baseline,
-  loss weights, inner-loop settings, the sha256 of the classifier it was trained against, and training facts;
+* ``explainer.json`` — the :class:`ExplainerSettings` (U-Net shape, preprocessing, class names, mask
+  temperature and threshold, baseline, loss weights, inner loop, the sha256 of the classifier it was trained
+  against, training facts) and the weights' sha256;
 * ``explainer.onnx`` — after ``medcam-fast export``, the same U-Net for onnxruntime, carrying the same
   facts in its ``metadata_props``.
 
+:class:`ExplainerSettings` is everything but the U-Net: what refinement needs when the first guess comes
+from an ONNX file alone, read from the same facts by the same parser (:meth:`ExplainerSettings.from_facts`).
 No pickle is ever read: weights are safetensors only.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from safetensors.torch import load_file, save_file
+from torch import Tensor
 
 from .._io import atomic_write, atomic_write_json, sha256_file
 from ..data.preprocess import Preprocess
 from ..errors import ModelError
-from ..method.losses import LossWeights
+from ..method.inner import InnerLoop, step_size
+from ..method.losses import LossWeights, Reference
+from ..method.objective import Objective
 from ..method.unet import UNet, UNetConfig
+from ..types import BaselineKind, Classifier, InnerMode, RefineMode, choice
 
-__all__ = ["InnerLoop", "ExplainerBundle", "save_explainer", "load_explainer", "EXPLAINER_FORMAT"]
+__all__ = ["ExplainerSettings", "ExplainerBundle", "save_explainer", "load_explainer", "EXPLAINER_FORMAT"]
 
 EXPLAINER_FORMAT = "medcam-fast-explainer/1"
 
 
-@dataclass(frozen=True)
-class InnerLoop:
-    """How the explainer adapts to one image (the MAML inner loop, reused by refinement).
+@dataclass(kw_only=True)
+class ExplainerSettings:
+    """The facts of a trained explainer, without its U-Net weights. No field has a default: the values come
+    from meta-training (:class:`~medcam_fast.explainer.meta.MetaConfig` owns the defaults) or from a file.
 
     Args:
-        steps: K, the adaptation steps used in training.
-        lr: inner learning rate η (SGD on the U-Net weights, or Adam on the mask logits).
-        first_order: whether training ignored second-order terms (first-order MAML).
-        lrs: learned step size per parameter tensor (Meta-SGD), overriding ``lr`` where given.
-        mode: what the inner loop adapted in training: ``"weights"`` or ``"logits"``.
-    """
-
-    steps: int = 5
-    lr: float = 0.05
-    first_order: bool = False
-    lrs: dict[str, float] | None = None
-    mode: str = "weights"
-
-
-@dataclass
-class ExplainerBundle:
-    """A trained explainer U-Net and its facts.
-
-    Args:
-        unet: the U-Net (meta-learned initialization).
+        unet_config: the U-Net's shape.
         preprocess: preprocessing of the classifier it explains.
         classes: class names of that classifier.
         classifier_sha256: sha256 of the classifier's weights file it was trained against.
         tau: mask temperature τ, ``m = σ(u/τ)``.
         threshold: binary mask threshold on ``m``.
-        baseline: baseline kind for removed pixels.
+        baseline: what replaces removed pixels.
         weights: composite-loss weights used in training (and by default in refinement).
-        inner: inner-loop settings.
+        inner: the inner loop it was meta-trained with.
         training: facts about the training run (steps, seconds, method, data).
-        sha256: sha256 of ``weights.safetensors`` once saved or loaded.
     """
 
-    unet: UNet
+    unet_config: UNetConfig
     preprocess: Preprocess
     classes: list[str]
     classifier_sha256: str
-    tau: float = 1.0
-    threshold: float = 0.5
-    baseline: str = "blur"
-    weights: LossWeights = field(default_factory=LossWeights)
-    inner: InnerLoop = field(default_factory=InnerLoop)
+    tau: float
+    threshold: float
+    baseline: BaselineKind
+    weights: LossWeights
+    inner: InnerLoop
     training: dict[str, Any] = field(default_factory=dict)
-    sha256: str = ""
+
+    def __post_init__(self) -> None:
+        self.baseline = choice(BaselineKind, self.baseline, "baseline")
 
     def facts(self) -> dict[str, Any]:
         """The JSON-safe facts of ``explainer.json`` (also written into the ONNX metadata)."""
         return {
             "format": EXPLAINER_FORMAT,
-            "unet": self.unet.config.to_dict(),
+            "unet": self.unet_config.to_dict(),
             "preprocess": self.preprocess.to_dict(),
             "classes": list(self.classes),
             "classifier_sha256": self.classifier_sha256,
             "tau": self.tau,
             "threshold": self.threshold,
-            "baseline": self.baseline,
+            "baseline": self.baseline.value,
             "loss_weights": self.weights.to_dict(),
-            "inner": asdict(self.inner),
+            "inner": self.inner.to_dict(),
             "training": self.training,
-            "sha256": self.sha256,
         }
+
+    @classmethod
+    def from_facts(cls, meta: Mapping[str, Any], where: str | Path) -> ExplainerSettings:
+        """Settings from the facts of ``explainer.json`` or of an ONNX file's metadata.
+
+        Args:
+            meta: the parsed facts.
+            where: the file named in errors.
+
+        Raises:
+            ModelError: not an explainer of this format, or a missing / malformed field.
+        """
+        if not isinstance(meta, Mapping) or meta.get("format") != EXPLAINER_FORMAT:
+            raise ModelError(f"not a medcam-fast explainer (format must be {EXPLAINER_FORMAT!r})", where)
+        try:
+            return cls(
+                unet_config=UNetConfig.from_dict(meta["unet"]),
+                preprocess=Preprocess.from_dict(meta["preprocess"]),
+                classes=[str(c) for c in meta["classes"]],
+                classifier_sha256=str(meta["classifier_sha256"]),
+                tau=float(meta["tau"]),
+                threshold=float(meta["threshold"]),
+                baseline=meta["baseline"],
+                weights=LossWeights.from_dict(meta["loss_weights"]),
+                inner=InnerLoop.from_dict(meta["inner"]),
+                training=dict(meta.get("training") or {}),
+            )
+        except KeyError as e:
+            raise ModelError(f"invalid explainer facts: the field {e.args[0]!r} is missing", where) from None
+        except ModelError:
+            raise
+        except Exception as e:  # noqa: BLE001 — any malformed content is a model error for the user
+            raise ModelError(f"invalid explainer facts: {type(e).__name__}: {e}".splitlines()[0], where) from None
+
+    def objective(
+        self,
+        classifier: Classifier,
+        x: Tensor,
+        targets: Tensor | Sequence[int] | int | None = None,
+        *,
+        weights: LossWeights | None = None,
+        reference: Reference | None = None,
+    ) -> Objective:
+        """The problem this explainer was trained on, for the images ``x``: its baseline, τ and (unless
+        ``weights`` is given) loss weights, with the classifier's preprocessing normalization."""
+        return Objective.build(classifier, x, targets, baseline=self.baseline, weights=weights or self.weights,
+                               tau=self.tau, normalization=(self.preprocess.mean, self.preprocess.std),
+                               reference=reference)
+
+    def step_size(self, mode: RefineMode | InnerMode) -> float | Mapping[str, float]:
+        """The default step size of refinement in ``mode`` for this explainer
+        (:func:`~medcam_fast.method.inner.step_size`)."""
+        return step_size(mode, self.inner)
+
+
+@dataclass(kw_only=True)
+class ExplainerBundle(ExplainerSettings):
+    """A trained explainer: its :class:`ExplainerSettings` and its U-Net.
+
+    Args:
+        unet: the U-Net (meta-learned initialization); its config must equal ``unet_config``.
+        sha256: sha256 of ``weights.safetensors`` once saved or loaded.
+    """
+
+    unet: UNet
+    sha256: str = ""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.unet.config != self.unet_config:
+            raise ValueError(f"the U-Net has config {self.unet.config}, the settings say {self.unet_config}")
+
+    @classmethod
+    def of(cls, unet: UNet, settings: ExplainerSettings, sha256: str = "") -> ExplainerBundle:
+        """A bundle of ``unet`` with ``settings`` (whose ``unet_config`` must match)."""
+        fields = {k: getattr(settings, k) for k in ExplainerSettings.__dataclass_fields__}
+        return cls(unet=unet, sha256=sha256, **fields)
+
+    @property
+    def settings(self) -> ExplainerSettings:
+        """The settings alone."""
+        return ExplainerSettings(**{k: getattr(self, k) for k in ExplainerSettings.__dataclass_fields__})
+
+    def facts(self) -> dict[str, Any]:
+        """The settings' facts plus the weights' ``sha256``."""
+        return {**super().facts(), "sha256": self.sha256}
 
 
 def save_explainer(bundle: ExplainerBundle, out_dir: str | Path) -> Path:
@@ -125,34 +201,15 @@ def load_explainer(path: str | Path) -> ExplainerBundle:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise ModelError(f"cannot read explainer.json: {e}", meta_path) from None
-    if not isinstance(meta, dict) or meta.get("format") != EXPLAINER_FORMAT:
-        raise ModelError(f"not a medcam-fast explainer (format must be {EXPLAINER_FORMAT!r})", meta_path)
+    settings = ExplainerSettings.from_facts(meta, meta_path)
     if not wpath.is_file():
         raise ModelError("weights.safetensors is missing", folder)
     digest = sha256_file(wpath)
     if meta.get("sha256") and meta["sha256"] != digest:
         raise ModelError("weights do not match the sha256 recorded in explainer.json", wpath)
     try:
-        cfg = UNetConfig.from_dict(meta["unet"])
-        unet = UNet(cfg)
-        state = load_file(str(wpath))
-        unet.load_state_dict(state, strict=True)
-        inner = meta.get("inner", {})
-        bundle = ExplainerBundle(
-            unet=unet.eval(),
-            preprocess=Preprocess.from_dict(meta["preprocess"]),
-            classes=list(meta["classes"]),
-            classifier_sha256=str(meta["classifier_sha256"]),
-            tau=float(meta.get("tau", 1.0)),
-            threshold=float(meta.get("threshold", 0.5)),
-            baseline=str(meta.get("baseline", "mean")),
-            weights=LossWeights.from_dict(meta.get("loss_weights", {})),
-            inner=InnerLoop(**inner),
-            training=dict(meta.get("training", {})),
-            sha256=digest,
-        )
-    except ModelError:
-        raise
-    except Exception as e:  # noqa: BLE001 — any malformed content is a model error for the user
-        raise ModelError(f"invalid explainer bundle: {type(e).__name__}: {e}".splitlines()[0], folder) from e
-    return bundle
+        unet = UNet(settings.unet_config)
+        unet.load_state_dict(load_file(str(wpath)), strict=True)
+    except Exception as e:  # noqa: BLE001 — weights that do not fit are a model error for the user
+        raise ModelError(f"invalid explainer weights: {type(e).__name__}: {e}".splitlines()[0], wpath) from e
+    return ExplainerBundle.of(unet.eval(), settings, digest)

@@ -1,4 +1,36 @@
-"""explainer.meta: TODO docstring (split from meta.py)."""
+"""Meta-training one shared U-Net on the composite loss (MAML, with torch.func), and amortized training.
+
+Each image is a task. With shared weights θ, a meta-batch of images ``x_i`` with targets ``c_i``:
+
+    inner loop (per image, K steps):  θ_i⁰ = θ,   θ_iᵏ⁺¹ = θ_iᵏ − α ⊙ ∇_θ L_i(θ_iᵏ)
+    outer objective:                  J(θ) = (1/B) Σ_i [ L_i(θ_iᴷ) + λ₀ · L_i(θ) ]
+
+``L_i(θ) = L(σ(f_θ(x_i, c_i)/τ))`` is :func:`medcam_fast.method.losses.composite_loss`; ``λ₀``
+(``zero_step_weight``) keeps the shared U-Net's own output — the first guess exported to ONNX — good without
+adaptation. The inner loops are :mod:`medcam_fast.method.inner`: the inner gradients come from
+``torch.func.grad`` over ``torch.func.functional_call`` of the U-Net, one set of weights per image;
+second-order MAML differentiates through them, ``first_order`` detaches them (FOMAML), exactly learn2learn's
+``clone()`` / ``adapt(loss, first_order=…)`` semantics (learn2learn itself does not build on Python ≥ 3.11).
+``meta_sgd`` learns the inner step sizes α (one per parameter tensor, Meta-SGD). ``inner_steps = 0`` is
+plain amortized training (Dabkowski & Gal 2017): the outer loss at zero steps only.
+
+``inner_mode="logits"`` adapts what refinement at inference adapts — the mask logits, not the weights:
+
+    u_i⁰ = f_θ(x_i, c_i),   u_iᵏ⁺¹ = Adam(u_iᵏ, ∇_u L_i(u_iᵏ))   (K steps, as refinement's logits mode)
+    outer objective:        J(θ) = (1/B) Σ_i [ L_i^bin(u_i⁰ + sg(u_iᴷ − u_i⁰)) + λ₀ · L_i(u_i⁰) ]
+
+first order by construction (the Adam trajectory is not differentiated; its end point is reached from
+``u⁰`` by a constant shift, so ``∂u^K/∂u⁰ = I``, as in FOMAML), with the K-step loss taken on the
+straight-through binary mask the user receives. The U-Net then learns a first guess from which the
+deployed refinement — ONNX first guess plus K logit steps — goes furthest.
+
+The images of one meta-batch go through the frozen classifier in one batched call; per-image U-Nets run in
+a loop (``torch.func.vmap`` over per-image weights measured ~6× slower on a CPU).
+
+Targets: the predicted class, or with probability ``other_class_prob`` another class, so one explainer
+explains any class. Sampling depends only on ``(seed, step)``, so a resumed run repeats an uninterrupted
+one exactly.
+"""
 
 from __future__ import annotations
 
@@ -19,12 +51,13 @@ from torch.func import functional_call
 from .._io import atomic_write, atomic_write_json
 from ..classifiers.frozen import ClassifierBundle, FrozenClassifier
 from ..errors import ModelError, UsageError
-from ..method.fit import FitConfig
-from ..method.inner import Params, adapt, adapt_logits, task_losses
-from ..method.losses import TERMS, LossWeights, Reference, composite_loss
-from ..method.masking import make_baseline, mask_from_logits
+from ..method.inner import HARD_AFTER, STEP_SIZES, InnerLoop, Params, adapt, adapt_logits, task_losses
+from ..method.losses import TERMS, LossWeights
+from ..method.masking import THRESHOLD
+from ..method.objective import Objective
 from ..method.unet import UNet, UNetConfig, auto_downsample
-from .bundle import ExplainerBundle, InnerLoop
+from ..types import BaselineKind, InnerMode, choice
+from .bundle import ExplainerBundle, save_explainer
 
 __all__ = ["MetaConfig", "meta_train"]
 
@@ -37,7 +70,8 @@ class MetaConfig:
         inner_steps: K, adaptation steps per image (0 = amortized training, no inner loop).
         inner_mode: what the inner loop adapts: ``"weights"`` (MAML on the U-Net weights, SGD) or
             ``"logits"`` (the mask logits, Adam, first order; see the module docstring).
-        inner_lr: initial inner step size α (SGD on weights, or Adam on logits).
+        inner_lr: initial inner step size α (SGD on weights, or Adam on logits); None resolves to the loop's
+            default, :data:`~medcam_fast.method.inner.STEP_SIZES` (0.1 weights, 0.3 logits).
         first_order: first-order MAML (no gradients through the inner gradients).
         meta_sgd: learn one inner step size per parameter tensor (Meta-SGD).
         outer_steps: meta-updates.
@@ -55,8 +89,8 @@ class MetaConfig:
     """
 
     inner_steps: int = 3
-    inner_mode: str = "weights"
-    inner_lr: float = 0.1
+    inner_mode: InnerMode = InnerMode.WEIGHTS
+    inner_lr: float | None = None
     first_order: bool = False
     meta_sgd: bool = False
     outer_steps: int = 400
@@ -67,23 +101,31 @@ class MetaConfig:
     width: int = 16
     depth: int = 3
     tau: float = 1.0
-    baseline: str = "blur"
+    baseline: BaselineKind = BaselineKind.BLUR
     weights: LossWeights = field(default_factory=LossWeights)
     seed: int = 0
     checkpoint_every: int = 25
 
     def __post_init__(self) -> None:
-        if self.inner_mode not in ("weights", "logits"):
-            raise UsageError(f"unknown inner mode {self.inner_mode!r}: choose weights or logits")
-        if self.inner_mode == "logits" and not self.first_order:
-            raise UsageError("the logits inner loop is first-order (Adam is not differentiated): add --first-order")
-        if self.inner_mode == "logits" and self.meta_sgd:
-            raise UsageError("--meta-sgd learns per-tensor U-Net step sizes; it needs --inner-mode weights")
+        mode = choice(InnerMode, self.inner_mode, "inner mode")
+        object.__setattr__(self, "inner_mode", mode)
+        object.__setattr__(self, "baseline", choice(BaselineKind, self.baseline, "baseline"))
+        if mode is InnerMode.LOGITS and not self.first_order:
+            raise UsageError("the logits inner loop is first-order (Adam is not differentiated): set first_order")
+        if mode is InnerMode.LOGITS and self.meta_sgd:
+            raise UsageError("meta_sgd learns per-tensor U-Net step sizes: it needs the weights inner mode")
+
+    @property
+    def step_size(self) -> float:
+        """The inner step size α: ``inner_lr``, or the loop's default when it is None."""
+        return float(self.inner_lr if self.inner_lr is not None else STEP_SIZES[self.inner_mode])
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-safe dictionary (weights nested)."""
+        """JSON-safe dictionary (weights nested, enums as their values)."""
         d = asdict(self)
         d["weights"] = self.weights.to_dict()
+        d["inner_mode"] = self.inner_mode.value
+        d["baseline"] = self.baseline.value
         return d
 
     @classmethod
@@ -197,12 +239,12 @@ def meta_train(
     unet = UNet(UNetConfig(pre.channels, k, cfg.width, cfg.depth, downsample=auto_downsample(max(pre.size))))
     if init is not None:
         if init.unet.config != unet.config:
-            raise UsageError(f"--init explainer has U-Net {init.unet.config}, expected {unet.config}")
+            raise UsageError(f"the initial explainer has U-Net {init.unet.config}, expected {unet.config}")
         unet.load_state_dict(init.unet.state_dict())
     theta: Params = {n: p.detach().clone().requires_grad_(True) for n, p in unet.named_parameters()}
     lrs: Params = {}
     if cfg.meta_sgd and cfg.inner_steps > 0:
-        lrs = {n: torch.tensor(math.log(cfg.inner_lr), requires_grad=True) for n in theta}
+        lrs = {n: torch.tensor(math.log(cfg.step_size), requires_grad=True) for n in theta}
     opt = torch.optim.Adam(list(theta.values()) + list(lrs.values()), lr=cfg.outer_lr)
     folder = Path(out_dir) if out_dir is not None else None
     step, history, seconds = 0, [], 0.0
@@ -217,29 +259,24 @@ def meta_train(
         idx = torch.from_numpy(_sample(len(x_all), step, cfg))
         x = x_all[idx]
         target = _targets(pred_all[idx], k, step, cfg)
-        with torch.no_grad():
-            ref = Reference(*clf(x))
-        base = make_baseline(x, cfg.baseline, pre.mean, pre.std)  # type: ignore[arg-type]
+        obj = Objective.build(clf, x, target, baseline=cfg.baseline, weights=cfg.weights, tau=cfg.tau,
+                              normalization=(pre.mean, pre.std))
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         # θ is shared at zero steps: one batched call (GroupNorm and FiLM act per image).
         u0 = functional_call(unet, theta, (x, target))
-        zero_total, zero_terms = composite_loss(clf, x, mask_from_logits(u0, cfg.tau), target, ref, base,
-                                                cfg.weights, gen)
+        zero_total, zero_terms = obj.loss_of_logits(u0, generator=gen)
         log = {"zero": float(zero_total.detach().mean())}
-        if cfg.inner_steps > 0 and cfg.inner_mode == "logits":
-            u_k = adapt_logits(clf, x, u0, target, ref, base, cfg.weights, cfg.tau, cfg.inner_steps, cfg.inner_lr,
-                               FitConfig.hard_after, gen)
+        if cfg.inner_steps > 0 and cfg.inner_mode is InnerMode.LOGITS:
+            u_k = adapt_logits(obj, u0, cfg.inner_steps, cfg.step_size, HARD_AFTER, gen)
             shifted = u0 + (u_k - u0.detach())
-            k_total, k_terms = composite_loss(clf, x, mask_from_logits(shifted, cfg.tau, hard=True), target, ref,
-                                              base, cfg.weights, gen)
+            k_total, k_terms = obj.loss_of_logits(shifted, hard=True, generator=gen)
             objective = k_total.mean() + cfg.zero_step_weight * zero_total.mean()
             log["adapted"] = float(k_total.detach().mean())
             log.update({t: float(k_terms[t].detach().mean()) for t in TERMS})
         elif cfg.inner_steps > 0:
-            lr = {n: v.exp() for n, v in lrs.items()} if lrs else cfg.inner_lr
-            adapted = adapt(unet, theta, clf, x, target, ref, base, cfg.weights, cfg.tau, cfg.inner_steps, lr,
-                            cfg.first_order, gen)
-            k_total, k_terms = task_losses(unet, adapted, clf, x, target, ref, base, cfg.weights, cfg.tau, gen)
+            lr = {n: v.exp() for n, v in lrs.items()} if lrs else cfg.step_size
+            adapted = adapt(unet, theta, obj, cfg.inner_steps, lr, cfg.first_order, gen)
+            k_total, k_terms = task_losses(unet, adapted, obj, gen)
             objective = k_total.mean() + cfg.zero_step_weight * zero_total.mean()
             log["adapted"] = float(k_total.detach().mean())
             log.update({t: float(k_terms[t].detach().mean()) for t in TERMS})
@@ -269,12 +306,14 @@ def meta_train(
     inner = InnerLoop(
         steps=cfg.inner_steps,
         mode=cfg.inner_mode,
-        lr=cfg.inner_lr,
+        lr=cfg.step_size,
         first_order=cfg.first_order,
         lrs={n: float(v.detach().exp()) for n, v in lrs.items()} or None,
     )
     bundle = ExplainerBundle(
         unet=unet.eval(),
+        unet_config=unet.config,
+        threshold=THRESHOLD,
         preprocess=pre,
         classes=list(classifier.classes),
         classifier_sha256=classifier.sha256,
@@ -282,14 +321,12 @@ def meta_train(
         baseline=cfg.baseline,
         weights=cfg.weights,
         inner=inner,
-        training={"method": (("maml-logits" if cfg.inner_mode == "logits" else "maml") if cfg.inner_steps
+        training={"method": (("maml-logits" if cfg.inner_mode is InnerMode.LOGITS else "maml") if cfg.inner_steps
                              else "amortized") + ("+init" if init is not None else ""),
                   "init": None if init is None else init.training, "config": cfg.to_dict(),
                   "steps_done": step, "seconds": seconds, "n_images": int(len(x_all)),
                   "final": history[-1] if history else {}},
     )
     if folder is not None and (step >= cfg.outer_steps or out_of_time):
-        from .bundle import save_explainer
-
         save_explainer(bundle, folder)
     return bundle

@@ -15,19 +15,21 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .losses import TERMS, Classifier, LossWeights, Reference, composite_loss
-from .masking import BaselineKind, make_baseline, mask_from_logits
-from .result import MaskResult, Verification
+from ..types import BaselineKind, Classifier, choice
+from .inner import HARD_AFTER
+from .losses import TERMS, LossWeights, Reference
+from .objective import Objective
+from .result import MaskResult
 from .unet import UNet, UNetConfig
 
-__all__ = ["FitConfig", "fit_masks", "evaluate_masks", "resolve_targets", "UNetEnsemble"]
+__all__ = ["FitConfig", "fit_masks", "fit_objective", "UNetEnsemble"]
 
 
 @dataclass(frozen=True)
@@ -51,15 +53,19 @@ class FitConfig:
     width: int = 8
     depth: int = 3
     tau: float = 1.0
-    hard_after: float = 0.7
-    baseline: BaselineKind = "blur"
+    hard_after: float = HARD_AFTER
+    baseline: BaselineKind = BaselineKind.BLUR
     weights: LossWeights = field(default_factory=LossWeights)
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "baseline", choice(BaselineKind, self.baseline, "baseline"))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dictionary (weights nested)."""
         d = asdict(self)
         d["weights"] = self.weights.to_dict()
+        d["baseline"] = self.baseline.value
         return d
 
     @classmethod
@@ -90,52 +96,15 @@ class UNetEnsemble(nn.Module):
         return torch.cat([f(x[i : i + 1], target[i : i + 1]) for i, f in enumerate(self.members)])
 
 
-def resolve_targets(reference_logits: Tensor, targets: Tensor | int | None) -> Tensor:
-    """Target class per image: the predicted class when ``targets`` is None, else ``targets`` broadcast."""
-    b, k = reference_logits.shape
-    if targets is None:
-        return reference_logits.argmax(1)
-    t = torch.as_tensor(targets, dtype=torch.long).reshape(-1)
-    if t.numel() == 1:
-        t = t.expand(b)
-    if t.numel() != b:
-        raise ValueError(f"got {t.numel()} targets for {b} images")
-    if (t < 0).any() or (t >= k).any():
-        raise ValueError(f"target class out of range: the classifier has {k} classes (0..{k - 1})")
-    return t.clone()
-
-
-@torch.no_grad()
-def evaluate_masks(
-    classifier: Classifier,
-    x: Tensor,
-    mask_logits: Tensor,
-    target: Tensor,
-    reference: Reference,
-    baseline: Tensor,
-    weights: LossWeights,
-    tau: float,
-    seed: int = 0,
-) -> tuple[Tensor, dict[str, Tensor], Tensor, Tensor]:
-    """Composite loss of the binary masks (perturbations drawn from ``seed``) and the soft/binary masks.
-
-    Returns ``(loss[B], terms, soft[B,1,H,W], binary[B,1,H,W])``.
-    """
-    soft = mask_from_logits(mask_logits, tau)
-    binary = (soft > 0.5).to(x.dtype)
-    g = torch.Generator().manual_seed(seed)
-    loss, terms = composite_loss(classifier, x, binary, target, reference, baseline, weights, g)
-    return loss, terms, soft, binary
-
-
 def fit_masks(
     classifier: Classifier,
     x: Tensor,
     targets: Tensor | int | None = None,
     config: FitConfig = FitConfig(),
-    normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
+    normalization: tuple[Sequence[float], Sequence[float]] | None = None,
     record_trace: bool = False,
     callback: Callable[[int], None] | None = None,
+    reference: Reference | None = None,
 ) -> MaskResult:
     """Fit one fresh U-Net per image (the paper's method) and return its masks.
 
@@ -148,27 +117,39 @@ def fit_masks(
         normalization: ``(mean, std)`` of the preprocessing, needed for the ``"zero"`` baseline.
         record_trace: keep every term's value at every step in ``MaskResult.trace``.
         callback: called with the step index after each step (progress bars).
+        reference: the classifier's ``(logits, activations)`` on ``x`` when the caller already has them.
+    """
+    objective = Objective.build(classifier, x, targets, baseline=config.baseline, weights=config.weights,
+                                tau=config.tau, normalization=normalization, reference=reference)
+    return fit_objective(objective, config, record_trace, callback)
+
+
+def fit_objective(
+    objective: Objective,
+    config: FitConfig = FitConfig(),
+    record_trace: bool = False,
+    callback: Callable[[int], None] | None = None,
+) -> MaskResult:
+    """:func:`fit_masks` on a problem already fixed: the objective's weights, baseline and τ are used; from
+    ``config`` only the optimization (steps, lr, width, depth, hard_after, seed).
+
+    Args:
+        objective: the batch's problem.
+        config: the fit settings.
+        record_trace: keep every term's value at every step in ``MaskResult.trace``.
+        callback: called with the step index after each step.
     """
     start = time.perf_counter()
-    x = x.detach()
-    with torch.no_grad():
-        ref_logits, ref_acts = classifier(x)
-    reference = Reference(ref_logits, ref_acts)
-    target = resolve_targets(ref_logits, targets)
-    mean, std = normalization if normalization is not None else (None, None)
-    baseline = make_baseline(x, config.baseline, mean, std)
-
+    x, target = objective.x, objective.target
     torch.manual_seed(config.seed)
-    unet = UNet(UNetConfig(x.shape[1], ref_logits.shape[1], config.width, config.depth)).to(x.device)
+    unet = UNet(UNetConfig(x.shape[1], objective.reference.logits.shape[1], config.width, config.depth)).to(x.device)
     forward = UNetEnsemble(unet, x.shape[0])
     opt = torch.optim.Adam(forward.parameters(), lr=config.lr)
     gen = torch.Generator().manual_seed(config.seed)
     hard_from = int(config.hard_after * config.steps)
     trace: dict[str, list[Tensor]] = {k: [] for k in (*TERMS, "total")}
     for step in range(config.steps):
-        u = forward(x, target)
-        m = mask_from_logits(u, config.tau, hard=step >= hard_from)
-        total, terms = composite_loss(classifier, x, m, target, reference, baseline, config.weights, gen)
+        total, terms = objective.loss_of_logits(forward(x, target), hard=step >= hard_from, generator=gen)
         opt.zero_grad(set_to_none=True)
         total.sum().backward()
         opt.step()
@@ -178,21 +159,7 @@ def fit_masks(
             trace["total"].append(total.detach())
         if callback is not None:
             callback(step)
-
     with torch.no_grad():
         u = forward(x, target)
-    loss, terms, soft, binary = evaluate_masks(
-        classifier, x, u, target, reference, baseline, config.weights, config.tau
-    )
-    ver = Verification.from_terms(ref_logits, target, terms)
-    return MaskResult(
-        soft=soft[:, 0],
-        binary=binary[:, 0].bool(),
-        logits=u[:, 0],
-        verification=ver,
-        terms=terms,
-        loss=loss,
-        steps=config.steps,
-        seconds=time.perf_counter() - start,
-        trace={k: torch.stack(v) for k, v in trace.items() if v},
-    )
+    return objective.result(u, config.steps, time.perf_counter() - start,
+                            trace={k: torch.stack(v) for k, v in trace.items() if v})

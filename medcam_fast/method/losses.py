@@ -13,7 +13,7 @@ is :func:`composite_loss`, with the weights in :class:`LossWeights`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, NamedTuple
 
@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..types import Classifier
 from .masking import keep, perturb, remove
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "robustness",
     "necessity",
     "composite_loss",
+    "Reference",
 ]
 
 #: Names of the terms, in the order they are reported.
@@ -167,8 +169,6 @@ class Reference(NamedTuple):
     logits: Tensor
     activations: dict[str, Tensor]
 
-
-Classifier = Callable[[Tensor], tuple[Tensor, dict[str, Tensor]]]
 
 
 def composite_loss(

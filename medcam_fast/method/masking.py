@@ -10,22 +10,24 @@ a mask ``[B,1,H,W]`` (1 = evidence kept), ``b`` the baseline that replaces remov
 from __future__ import annotations
 
 import math
-from typing import Literal
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..types import BaselineKind, choice
+
 __all__ = [
-    "BaselineKind",
+    "THRESHOLD",
     "mask_from_logits",
     "make_baseline",
     "keep",
     "remove",
     "perturb",
 ]
-
-BaselineKind = Literal["mean", "zero", "blur"]
+#: Binary evidence is ``m > THRESHOLD`` (``u > 0`` for τ > 0), for every method and every output.
+THRESHOLD = 0.5
 
 
 def mask_from_logits(logits: Tensor, tau: float = 1.0, hard: bool = False) -> Tensor:
@@ -38,7 +40,7 @@ def mask_from_logits(logits: Tensor, tau: float = 1.0, hard: bool = False) -> Te
     """
     m = torch.sigmoid(logits / tau)
     if hard:
-        m = (m > 0.5).to(m.dtype) + m - m.detach()
+        m = (m > THRESHOLD).to(m.dtype) + m - m.detach()
     return m
 
 
@@ -56,34 +58,33 @@ def _gaussian_blur(x: Tensor, sigma: float) -> Tensor:
 
 def make_baseline(
     x: Tensor,
-    kind: BaselineKind = "mean",
-    mean: tuple[float, ...] | None = None,
-    std: tuple[float, ...] | None = None,
+    kind: BaselineKind | str,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
     sigma: float | None = None,
 ) -> Tensor:
     """The image ``b`` that replaces removed pixels, same shape as ``x``.
 
     Args:
         x: normalized images ``[B,C,H,W]``.
-        kind: ``"mean"`` — the data set's mean colour, i.e. 0 after normalization;
-            ``"zero"`` — black, ``(0 − mean)/std`` per channel (needs ``mean`` and ``std``);
-            ``"blur"`` — ``x`` blurred by a Gaussian of standard deviation ``sigma``.
+        kind: a :class:`~medcam_fast.types.BaselineKind` (or its value): ``MEAN`` — the data set's mean
+            colour, i.e. 0 after normalization; ``ZERO`` — black, ``(0 − mean)/std`` per channel (needs
+            ``mean`` and ``std``); ``BLUR`` — ``x`` blurred by a Gaussian of standard deviation ``sigma``.
         mean: per-channel mean of the normalization (pixel scale [0,1]), for ``"zero"``.
         std: per-channel standard deviation of the normalization, for ``"zero"``.
         sigma: blur width in pixels for ``"blur"``; default ``max(H,W)/10``.
     """
-    if kind == "mean":
+    kind = choice(BaselineKind, kind, "baseline")
+    if kind is BaselineKind.MEAN:
         return torch.zeros_like(x)
-    if kind == "zero":
+    if kind is BaselineKind.ZERO:
         if mean is None or std is None:
             raise ValueError("baseline 'zero' needs the normalization mean and std")
         mu = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
         sd = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
         return ((0 - mu) / sd).expand_as(x).contiguous()
-    if kind == "blur":
-        s = sigma if sigma is not None else max(x.shape[-2:]) / 10
-        return _gaussian_blur(x, s)
-    raise ValueError(f"unknown baseline {kind!r}: expected 'mean', 'zero' or 'blur'")
+    s = sigma if sigma is not None else max(x.shape[-2:]) / 10
+    return _gaussian_blur(x, s)
 
 
 def keep(x: Tensor, m: Tensor, b: Tensor) -> Tensor:

@@ -17,17 +17,20 @@ class Verification:
     Args:
         predicted: the classifier's class for the original image.
         target: the class explained.
-        original: ``p_c(x)``.
-        masked: ``p_c(x̃)`` with the binary mask (evidence kept alone).
-        complement: ``p_c(x̄)`` with the binary mask (evidence removed).
+        p_original: ``p_c(x)``.
+        p_kept: ``p_c(x̃)`` with the binary mask (the evidence kept alone).
+        p_removed: ``p_c(x̄)`` with the binary mask (the evidence removed).
         area: fraction of pixels in the binary mask.
+
+    The same four names are used everywhere a verdict appears: :class:`~medcam_fast.explain.Explanation`,
+    per-image JSON, ``summary.csv``, the combined ONNX graph's outputs and the README.
     """
 
     predicted: Tensor
     target: Tensor
-    original: Tensor
-    masked: Tensor
-    complement: Tensor
+    p_original: Tensor
+    p_kept: Tensor
+    p_removed: Tensor
     area: Tensor
 
     @classmethod
@@ -43,9 +46,9 @@ class Verification:
         return cls(
             predicted=original_logits.argmax(1),
             target=target,
-            original=original_logits.softmax(1).gather(1, target[:, None])[:, 0],
-            masked=torch.exp(-terms["ce"]),
-            complement=-torch.expm1(-terms["nec"]),
+            p_original=original_logits.softmax(1).gather(1, target[:, None])[:, 0],
+            p_kept=torch.exp(-terms["ce"]),
+            p_removed=-torch.expm1(-terms["nec"]),
             area=terms["area"],
         )
 

@@ -27,7 +27,7 @@ from medcam_fast.classifiers.frozen import (
     default_layers,
 )
 from medcam_fast.classifiers.sources import classifier_from_module, load_exported, load_import_path, load_timm
-from medcam_fast.classifiers.training import train_classifier
+from medcam_fast.classifiers.training import TrainConfig, train_classifier
 from medcam_fast.classifiers.weights import state_sha256
 from medcam_fast.data.lesions import make_lesions
 from medcam_fast.data.preprocess import Preprocess
@@ -461,13 +461,17 @@ def test_train_classifier_on_lesions(tmp_path: Path) -> None:
     val = make_lesions(200, size=32, seed=1)
     test = make_lesions(200, size=32, seed=2)
     rng_before = torch.random.get_rng_state()
+    seen: list[tuple[int, int, float]] = []
     bundle = train_classifier(
-        train, val, test, arch="resnet18", epochs=5, batch_size=32, lr=3e-3, width=8, seed=0, progress=False
+        train, val, test, TrainConfig(arch="resnet18", epochs=5, batch_size=32, lr=3e-3, width=8, seed=0),
+        callback=lambda epoch, epochs, log: seen.append((epoch, epochs, log["val_accuracy"])),
     )
+    assert [(e, n) for e, n, _ in seen] == [(e, 5) for e in range(1, 6)]  # progress by callback, every epoch
     assert torch.equal(torch.random.get_rng_state(), rng_before)  # the caller's RNG is left alone
     m = bundle.metrics
     print(f"lesions 32px resnet18 w8 5 epochs: {m}")
     assert m["val_accuracy"] > 0.8 and m["test_accuracy"] > 0.75
+    assert m["val_accuracy"] == max(acc for _, _, acc in seen)  # the best validation epoch is kept
     assert m["epochs"] == 5 and m["n_train"] == 600 and m["seconds"] > 0 and 1 <= m["best_epoch"] <= 5
     assert bundle.source == "builtin" and bundle.classes == train.classes
     assert bundle.preprocess.size == (32, 32) and bundle.preprocess.channels == 1
@@ -482,15 +486,15 @@ def test_train_classifier_on_lesions(tmp_path: Path) -> None:
 def test_train_classifier_deterministic_and_imbalanced() -> None:
     train = make_lesions(48, size=28, seed=3, positive_fraction=0.2)
     val = make_lesions(16, size=28, seed=4)
-    kwargs = dict(arch="resnet18", epochs=1, batch_size=16, width=4, progress=False)
-    a = train_classifier(train, val, None, seed=1, **kwargs)
-    b = train_classifier(train, val, None, seed=1, **kwargs)
-    c = train_classifier(train, val, None, seed=2, **kwargs)
+    cfg = TrainConfig(arch="resnet18", epochs=1, batch_size=16, width=4, seed=1)
+    a = train_classifier(train, val, None, cfg)
+    b = train_classifier(train, val, None, cfg)
+    c = train_classifier(train, val, None, cfg.with_(seed=2))
     assert a.sha256 == b.sha256 != c.sha256
     assert a.metrics["test_accuracy"] is None
-    vit = train_classifier(train, val, None, seed=1, **{**kwargs, "arch": "vit", "width": 16})
+    vit = train_classifier(train, val, None, cfg.with_(arch="vit", width=16))
     assert isinstance(vit, ClassifierBundle) and vit.config["arch"] == "vit"
     with pytest.raises(UsageError):
-        train_classifier(train, val, None, arch="lenet", progress=False)
+        TrainConfig(arch="lenet")
     with pytest.raises(UsageError):
-        train_classifier(train, val, None, epochs=0, progress=False)
+        TrainConfig(epochs=0)

@@ -541,20 +541,3 @@ def test_lesion_label_is_learnable_only_from_the_candidate():
     print(f"held-out accuracy: with candidate {normal:.3f}, candidate erased {erased:.3f}")
     assert normal > 0.85
     assert erased < 0.65
-
-
-def test_data_module_imports_no_torch():
-    """The onnxruntime-only runtime reuses this module: numpy, Pillow and the stdlib only."""
-    import ast
-
-    import medcam_fast.data as data
-
-    tree = ast.parse(Path(data.__file__).read_text(encoding="utf-8"))
-    roots = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            roots |= {a.name.split(".")[0] for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.level == 0:
-            roots.add(node.module.split(".")[0])
-    assert roots <= {"__future__", "glob", "math", "os", "threading", "warnings", "collections", "dataclasses",
-                     "pathlib", "typing", "numpy", "PIL"}, roots

@@ -10,9 +10,10 @@ from medcam_fast.data.lesions import make_lesions
 from medcam_fast.explainer.bundle import load_explainer
 from medcam_fast.explainer.meta import MetaConfig, meta_train
 from medcam_fast.method.inner import adapt, task_losses
-from medcam_fast.method.losses import LossWeights, Reference
-from medcam_fast.method.masking import make_baseline
-from medcam_fast.method.refine import refine
+from medcam_fast.method.losses import LossWeights
+from medcam_fast.method.objective import Objective
+from medcam_fast.method.refine import RefineConfig, refine
+from medcam_fast.types import BaselineKind, InnerMode
 
 FAST = MetaConfig(inner_steps=2, outer_steps=4, meta_batch=4, width=4, depth=2, checkpoint_every=2,
                   weights=LossWeights(draws=1))
@@ -21,6 +22,12 @@ FAST = MetaConfig(inner_steps=2, outer_steps=4, meta_batch=4, width=4, depth=2, 
 @pytest.fixture(scope="module")
 def images():
     return make_lesions(24, size=32, seed=5).images
+
+
+def _refine(explainer, clf, x, config, weights=None, first_guess=None):
+    """Refinement exactly as MedCAM runs it: the explainer's problem, its U-Net and its trained inner loop."""
+    objective = explainer.objective(clf, x, weights=weights)
+    return refine(objective, config, unet=explainer.unet, first_guess=first_guess, trained=explainer.inner)
 
 
 def _theta(bundle):
@@ -41,18 +48,15 @@ def test_second_order_differs_from_first_order_and_both_learn(lesion_bundle, ima
 def test_inner_loop_lowers_each_images_loss(lesion_bundle, images):
     clf = lesion_bundle.frozen()
     x = torch.from_numpy(lesion_bundle.preprocess(images[:4]))
-    ref = Reference(*clf(x))
-    t = ref.logits.argmax(1)
-    base = make_baseline(x, "mean")
+    obj = Objective.build(clf, x, None, baseline=BaselineKind.MEAN, weights=LossWeights(rob=0.0), tau=1.0)
     torch.manual_seed(0)
     from medcam_fast.method.unet import UNet, UNetConfig
 
     unet = UNet(UNetConfig(1, 2, width=4, depth=2))
     theta = {k: v.detach() for k, v in unet.named_parameters()}
-    w = LossWeights(rob=0.0)
-    before, _ = task_losses(unet, [theta] * 4, clf, x, t, ref, base, w, 1.0, None)
-    after_p = adapt(unet, theta, clf, x, t, ref, base, w, 1.0, steps=5, lr=0.1)
-    after, _ = task_losses(unet, after_p, clf, x, t, ref, base, w, 1.0, None)
+    before, _ = task_losses(unet, [theta] * 4, obj)
+    after_p = adapt(unet, theta, obj, steps=5, lr=0.1)
+    after, _ = task_losses(unet, after_p, obj)
     assert after.mean() < before.mean() and (after < before).sum() >= 3
 
 
@@ -80,8 +84,8 @@ def test_refinement_lowers_the_loss_of_the_first_guess(lesion_bundle, images, mo
     clf = lesion_bundle.frozen()
     x = torch.from_numpy(lesion_bundle.preprocess(images[:3]))
     w = LossWeights(rob=0.0)
-    first = refine(explainer, clf, x, steps=0, mode="logits", weights=w)
-    better = refine(explainer, clf, x, steps=15, mode=mode, weights=w)
+    first = _refine(explainer, clf, x, RefineConfig(steps=0), weights=w)
+    better = _refine(explainer, clf, x, RefineConfig(steps=15, mode=mode), weights=w)
     assert better.steps == 15 and better.binary.shape == (3, 32, 32)
     assert better.loss.mean() < first.loss.mean()
 
@@ -92,10 +96,11 @@ def test_refinement_starts_from_the_clipped_first_guess(lesion_bundle, images):
     x = torch.from_numpy(lesion_bundle.preprocess(images[:2]))
     saturated = torch.full((2, 1, 32, 32), 40.0)
     saturated[:, :, :8] = -40.0
-    clipped = refine(explainer, clf, x, steps=3, initial_logits=saturated, start_clip=1.5)
-    by_hand = refine(explainer, clf, x, steps=3, initial_logits=saturated.clamp(-1.5, 1.5), start_clip=None)
+    cfg = RefineConfig(steps=3, start_clip=1.5)
+    clipped = _refine(explainer, clf, x, cfg, first_guess=saturated)
+    by_hand = _refine(explainer, clf, x, cfg.with_(start_clip=None), first_guess=saturated.clamp(-1.5, 1.5))
     assert torch.equal(clipped.logits, by_hand.logits)
-    unclipped = refine(explainer, clf, x, steps=3, initial_logits=saturated, start_clip=None)
+    unclipped = _refine(explainer, clf, x, cfg.with_(start_clip=None), first_guess=saturated)
     assert unclipped.logits.abs().min() > 30  # three Adam steps of 0.3 cannot undo a saturated start
     assert clipped.logits.abs().max() < 1.5 + 3 * 0.3 * 3.2  # Adam's step is at most lr·(1−β₁)/√(1−β₂)
 
@@ -105,7 +110,7 @@ def test_logits_inner_loop_meta_trains_the_first_guess_for_refinement(lesion_bun
     explainer = meta_train(lesion_bundle, images, cfg, out_dir=tmp_path)
     assert explainer.training["method"] == "maml-logits"
     loaded = load_explainer(tmp_path)
-    assert loaded.inner.mode == "logits" and loaded.inner.lr == 0.3 and loaded.inner.steps == 3
+    assert loaded.inner.mode is InnerMode.LOGITS and loaded.inner.lr == 0.3 and loaded.inner.steps == 3
     hist = explainer.training["final"]
     assert np.isfinite(hist["adapted"]) and np.isfinite(hist["zero"])
     torch.manual_seed(cfg.seed)
@@ -119,7 +124,20 @@ def test_logits_inner_mode_is_first_order_only():
 
     with pytest.raises(UsageError, match="first-order"):
         MetaConfig(inner_mode="logits")
-    with pytest.raises(UsageError, match="meta-sgd"):
+    with pytest.raises(UsageError, match="meta_sgd"):
         MetaConfig(inner_mode="logits", first_order=True, meta_sgd=True)
     with pytest.raises(UsageError, match="inner mode"):
         MetaConfig(inner_mode="pixels")
+
+
+def test_the_inner_step_size_has_one_owner_per_loop():
+    """Meta-training and refinement read the same table; a mode change re-resolves an unset step."""
+    from medcam_fast.method.inner import STEP_SIZES, step_size
+    from medcam_fast.types import RefineMode
+
+    logits = MetaConfig(inner_mode="logits", first_order=True)
+    assert logits.inner_lr is None and logits.step_size == STEP_SIZES[InnerMode.LOGITS] == 0.3
+    assert step_size(RefineMode.LOGITS) == logits.step_size
+    assert MetaConfig().step_size == STEP_SIZES[InnerMode.WEIGHTS] == step_size(RefineMode.WEIGHTS) == 0.1
+    assert logits.with_(inner_mode="weights", first_order=False).step_size == 0.1
+    assert MetaConfig(inner_lr=0.02).step_size == 0.02

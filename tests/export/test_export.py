@@ -24,8 +24,11 @@ from medcam_fast.errors import DataError, ModelError, UsageError
 from medcam_fast.explainer.bundle import ExplainerBundle, save_explainer
 from medcam_fast.export.onnx_export import export_combined, export_explainer
 from medcam_fast.export.runtime import OnnxExplainer, RuntimeMasks
-from medcam_fast.method.masking import keep, make_baseline
+from medcam_fast.method.inner import InnerLoop
+from medcam_fast.method.losses import LossWeights
+from medcam_fast.method.masking import keep, make_baseline, remove
 from medcam_fast.method.unet import UNet, UNetConfig
+from medcam_fast.types import BaselineKind, InnerMode
 
 torch.set_num_threads(1)
 
@@ -43,14 +46,20 @@ def _unet(channels: int, seed: int) -> UNet:
     return net.eval()
 
 
+def _untrained(unet: UNet, preprocess: Preprocess, sha: str, tau: float = 1.0) -> ExplainerBundle:
+    """An explainer bundle around a random U-Net (the facts a meta-training run would record)."""
+    return ExplainerBundle(
+        unet=unet, unet_config=unet.config, preprocess=preprocess, classes=[f"class_{k}" for k in range(NUM_CLASSES)],
+        classifier_sha256=sha, tau=tau, threshold=0.5, baseline=BaselineKind.BLUR, weights=LossWeights(),
+        inner=InnerLoop(steps=0, lr=0.1, first_order=False, mode=InnerMode.WEIGHTS), training={"method": "test"},
+    )
+
+
 def _bundle(channels: int, size: tuple[int, int], seed: int, tmp: Path, sha: str = "c" * 64) -> ExplainerBundle:
     """A saved bundle with realistic (MedMNIST-like) normalization."""
     mean, std = ((0.33,), (0.21,)) if channels == 1 else ((0.74, 0.53, 0.71), (0.12, 0.18, 0.13))
-    bundle = ExplainerBundle(
-        unet=_unet(channels, seed), preprocess=Preprocess(size=size, channels=channels, mean=mean, std=std),
-        classes=[f"class_{k}" for k in range(NUM_CLASSES)], classifier_sha256=sha, tau=0.7, threshold=0.5,
-        training={"method": "test"},
-    )
+    bundle = _untrained(_unet(channels, seed), Preprocess(size=size, channels=channels, mean=mean, std=std), sha,
+                        tau=0.7)
     save_explainer(bundle, tmp)
     return bundle
 
@@ -304,16 +313,54 @@ def test_combined_graph_matches_torch(tmp_path):
         t = p0.argmax(-1)
         soft = torch.sigmoid(bundle.unet(x, t) / bundle.tau)
         m = (soft > bundle.threshold).float()
-        b = make_baseline(x, bundle.baseline, bundle.preprocess.mean, bundle.preprocess.std)  # type: ignore[arg-type]
-        p1 = torch.softmax(cnn(keep(x, m, b)), dim=-1)
+        b = make_baseline(x, bundle.baseline, bundle.preprocess.mean, bundle.preprocess.std)
+        pick = lambda p: p.gather(1, t[:, None])[:, 0].numpy()  # noqa: E731
+        p_kept = pick(torch.softmax(cnn(keep(x, m, b)), dim=-1))
+        p_removed = pick(torch.softmax(cnn(remove(x, m, b)), dim=-1))
     assert np.array_equal(got.targets, t.numpy())
     _assert_masks_match(got, soft[:, 0].numpy(), bundle.threshold)
     assert np.abs(got.probs_original - p0.numpy()).max() <= TOL
-    assert np.abs(got.probs_masked - p1.numpy()).max() <= TOL
-    assert not np.allclose(got.probs_masked, got.probs_original, atol=1e-3)
+    assert np.abs(got.p_original - pick(p0)).max() <= TOL
+    assert np.abs(got.p_kept - p_kept).max() <= TOL and np.abs(got.p_removed - p_removed).max() <= TOL
+    assert np.allclose(got.area, m.flatten(1).mean(1).numpy())
+    assert not np.allclose(got.p_kept, got.p_original, atol=1e-3)
     explicit = ex(images, np.full(8, 2))
     assert explicit.targets.tolist() == [2] * 8
     assert np.array_equal(explicit.probs_original, got.probs_original)
+
+
+def test_a_combined_file_written_by_0_1_0_still_loads(tmp_path):
+    """0.1.0's combined graph output the kept view's softmax as ``probs_masked`` [B, K] and no removed view."""
+    from medcam_fast.export import onnx_export as ox
+
+    class Legacy(ox._Combined):
+        def forward(self, image, target):
+            u, probs_original, *_ = super().forward(image, target)
+            t = torch.where(target < 0, probs_original.argmax(-1), target)
+            m = (torch.sigmoid(u / self.tau) > self.threshold).to(image.dtype)
+            b = make_baseline(image, self.baseline, self.mean, self.std)
+            return u, probs_original, torch.softmax(self.classifier(keep(image, m, b)), dim=-1), t
+
+    torch.manual_seed(6)
+    cnn = _TinyCNN().eval()
+    bundle = _bundle(3, (28, 28), seed=1, tmp=tmp_path / "bundle", sha=state_sha256(cnn))
+    pre = bundle.preprocess
+    legacy = Legacy(bundle.unet, cnn, bundle.tau, bundle.threshold, bundle.baseline, pre.mean, pre.std).eval()
+    example = (torch.zeros(2, 3, 28, 28), torch.tensor([-1, 0]))
+    batch = torch.export.Dim("batch", min=1)
+    proto = ox._torch_to_onnx(legacy, example, ["mask_logits", "probs_original", "probs_masked", "t"],
+                              {"image": {0: batch}, "target": {0: batch}}, 18, "legacy", tmp_path / "old.onnx")
+    ox._finish(proto, ox.onnx_metadata(bundle, "combined"), doc="0.1.0", inputs_doc={}, outputs_doc={})
+    path = ox._write(proto, tmp_path / "old.onnx", None)
+    images = np.random.default_rng(1).integers(0, 256, (4, 28, 28, 3), dtype=np.uint8)
+    got = OnnxExplainer(path)(images)
+    x = torch.from_numpy(pre(images))
+    with torch.no_grad():
+        u, p0, p1, t = legacy(x, torch.full((4,), -1))
+    assert got.p_removed is None and np.array_equal(got.targets, t.numpy())
+    assert np.abs(got.p_original - p0.gather(1, t[:, None])[:, 0].numpy()).max() <= TOL
+    assert np.abs(got.p_kept - p1.gather(1, t[:, None])[:, 0].numpy()).max() <= TOL
+    assert np.allclose(got.area, got.binary.reshape(4, -1).mean(1))
 
 
 def test_combined_export_refuses_a_wrong_or_unexportable_classifier(tmp_path):
@@ -342,8 +389,7 @@ def test_downsampled_unet_for_large_images_exports_with_parity(tmp_path: Path) -
     net = UNet(UNetConfig(in_channels=1, num_classes=NUM_CLASSES, width=4, depth=3, downsample=4))
     nn.init.normal_(net.film.weight, std=1.0)
     nn.init.normal_(net.out.weight, std=0.5)
-    bundle = ExplainerBundle(unet=net.eval(), preprocess=Preprocess((224, 224), 1, (0.4,), (0.2,)),
-                             classes=[f"class_{k}" for k in range(NUM_CLASSES)], classifier_sha256="d" * 64)
+    bundle = _untrained(net.eval(), Preprocess((224, 224), 1, (0.4,), (0.2,)), "d" * 64)
     save_explainer(bundle, tmp_path)
     ex = OnnxExplainer(export_explainer(bundle, tmp_path / "big.onnx"))
     assert ex.multiple == 32

@@ -1,0 +1,86 @@
+"""The project's small vocabulary: enums for every closed set of choices, and the classifier protocol.
+
+Bottom layer: no project imports, no torch at import time (the torch-free runtime may import it). Each enum
+is a ``str`` subclass, so ``BaselineKind.BLUR == "blur"`` and JSON files keep plain strings; :func:`choice`
+turns a user's string into a member with a one-line error that lists the choices.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import TYPE_CHECKING, Protocol, TypeVar
+
+from .errors import UsageError
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+__all__ = ["BaselineKind", "RefineMode", "InnerMode", "Classifier", "choice"]
+
+
+class _Choice(str, Enum):
+    """A closed set of string choices (``str(member)`` is its value)."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+
+class BaselineKind(_Choice):
+    """What replaces removed pixels (the baseline ``b`` of ``x̃ = m⊙x + (1−m)⊙b``).
+
+    * ``MEAN`` — the data set's mean colour, i.e. 0 after normalization;
+    * ``ZERO`` — black, ``(0 − mean)/std`` per channel;
+    * ``BLUR`` — the image blurred by a Gaussian (σ = max(H, W)/10).
+    """
+
+    MEAN = "mean"
+    ZERO = "zero"
+    BLUR = "blur"
+
+
+class RefineMode(_Choice):
+    """How masks are obtained from an explainer (see :mod:`medcam_fast.method.refine`).
+
+    * ``LOGITS`` — Adam steps on the mask logits from the first guess;
+    * ``WEIGHTS`` — SGD steps on the U-Net weights (the MAML inner loop);
+    * ``FULL`` — the paper's per-image fit from a fresh U-Net (no explainer needed).
+    """
+
+    LOGITS = "logits"
+    WEIGHTS = "weights"
+    FULL = "full"
+
+
+class InnerMode(_Choice):
+    """What the meta-training inner loop adapts: the U-Net ``WEIGHTS`` (MAML) or the mask ``LOGITS``."""
+
+    WEIGHTS = "weights"
+    LOGITS = "logits"
+
+
+class Classifier(Protocol):
+    """Anything that maps normalized images ``[B,C,H,W]`` to ``(logits [B,K], activations by layer)``,
+    e.g. :class:`~medcam_fast.classifiers.frozen.FrozenClassifier`."""
+
+    def __call__(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]: ...
+
+
+E = TypeVar("E", bound=_Choice)
+
+
+def choice(kind: type[E], value: E | str, what: str | None = None) -> E:
+    """``value`` as a member of ``kind``.
+
+    Args:
+        kind: the enum.
+        value: a member or its string value.
+        what: the name used in the error (default: the enum's name).
+
+    Raises:
+        UsageError: ``value`` is not one of the choices (one line listing them).
+    """
+    try:
+        return kind(value)
+    except ValueError:
+        names = ", ".join(m.value for m in kind)
+        raise UsageError(f"unknown {what or kind.__name__} {value!r}: choose {names}") from None
