@@ -27,6 +27,13 @@ _EXPORTS: dict[str, str] = {
     "load_classifier": "classifiers.bundle",
     "save_classifier": "classifiers.bundle",
     "train_classifier": "classifiers.training",
+    "TrainConfig": "classifiers.training",
+    "MetaConfig": "explainer.meta",
+    "meta_train": "explainer.meta",
+    "RefineConfig": "method.refine",
+    "BaselineKind": "types",
+    "RefineMode": "types",
+    "InnerMode": "types",
     "ImageSet": "data.images",
     "Preprocess": "data.preprocess",
     "load_image": "data.images",
@@ -74,7 +81,7 @@ if TYPE_CHECKING:  # static type checkers and IDEs see the eager imports
     from .classifiers.architectures import build_classifier
     from .classifiers.bundle import load_classifier, save_classifier
     from .classifiers.frozen import ClassifierBundle, FrozenClassifier
-    from .classifiers.training import train_classifier
+    from .classifiers.training import TrainConfig, train_classifier
     from .data.images import ImageSet, load_image
     from .data.lesions import make_lesions
     from .data.medmnist import load_npz, resolve_data
@@ -82,7 +89,10 @@ if TYPE_CHECKING:  # static type checkers and IDEs see the eager imports
     from .errors import EXIT_CODES, DataError, MedCamError, ModelError, UsageError
     from .explain import Explanation, MedCAM
     from .explainer.bundle import ExplainerBundle, load_explainer, save_explainer
+    from .explainer.meta import MetaConfig, meta_train
     from .method.fit import FitConfig, fit_masks
     from .method.losses import LossWeights, composite_loss
+    from .method.refine import RefineConfig
     from .method.result import MaskResult, Verification
     from .method.unet import UNet, UNetConfig
+    from .types import BaselineKind, InnerMode, RefineMode

@@ -1,4 +1,16 @@
-"""classifiers.architectures: TODO docstring (split from classifier.py)."""
+"""The two built-in classifiers: a narrow ResNet-18 and a small ViT, sized for small images on a CPU.
+
+:func:`build_classifier` makes a freshly initialized :class:`ResNet` or :class:`ViT` (the names are
+:data:`ARCHITECTURES`); each keeps in ``model.config`` what a bundle needs to rebuild it. Any input size
+works: the ResNet is fully convolutional, the ViT pads to a multiple of its patch size and interpolates its
+position embeddings.
+
+What differs from the references, and why: the ResNet has torchvision's ResNet-18 layout (BasicBlock
+×[2, 2, 2, 2]) but a base width of 16 instead of 64 and, up to 96 px, a 3×3 stem instead of the 7×7 stem and
+max-pool (stride 1 up to 32 px, 2 above), with the last BatchNorm of each residual branch zero-initialized:
+small medical images, short CPU training and the per-image optimization all need it cheap. The ViT's
+attention is written with plain matmuls, so it runs under autograd, ``torch.func`` and ONNX alike.
+"""
 
 from __future__ import annotations
 

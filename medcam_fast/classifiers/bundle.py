@@ -1,4 +1,13 @@
-"""classifiers.bundle: TODO docstring (split from classifier.py)."""
+"""Classifier bundles on disk: a folder with ``weights.safetensors`` and ``classifier.json``.
+
+:func:`save_classifier` writes every file atomically (``program.pt2`` too, for a ``torch.export`` model) and
+``classifier.json`` last, recording the weights' sha256, :data:`FORMAT_VERSION`, the rebuild config, class
+names, preprocessing, metrics and the medcam-fast version. :func:`load_classifier` rebuilds the model from
+its source (built-in, timm, exported program, or an import factory only with ``allow_import=True``); the
+sha256 is checked before the weights are read, and they are loaded strictly. No pickle is ever read:
+safetensors only. A newer format, a file name with folders in it or a changed file is refused with a
+one-line :class:`~medcam_fast.errors.ModelError` naming the file.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,13 @@
-"""classifiers.frozen: TODO docstring (split from classifier.py)."""
+"""A frozen classifier: ``(logits, activations)`` per call, differentiable with respect to the input image.
+
+:class:`FrozenClassifier` wraps any ``nn.Module`` — kept in eval mode, every parameter
+``requires_grad=False`` — and returns a :class:`ClassifierOutput`. Activations are captured by forward hooks
+registered at the start of each call and removed in ``finally``, so no state survives a call and the
+wrapper works inside ``torch.func`` transforms. :func:`default_layers` picks the layers matched by default
+(the built-ins' documented pair, else the last two feature maps or token sequences). :class:`ClassifierBundle`
+is a model with its preprocessing, class names, rebuild config, metrics and the weights' sha256: what
+:mod:`.sources` builds and :mod:`.bundle` saves and loads.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,14 @@
-"""classifiers.sources: TODO docstring (split from classifier.py)."""
+"""Users' own classifiers: a module built in Python, an import path, a ``torch.export`` program, a timm name.
+
+Each loader returns a :class:`~.frozen.ClassifierBundle` once a forward pass of a zero batch has shown one
+logit per class: :func:`classifier_from_module` (a module in hand), :func:`load_import_path` (a
+``package.module:factory`` called with no arguments, plus safetensors weights), :func:`load_exported` (a
+``.pt2`` archive, unflattened so submodule names, and activation hooks, survive) and :func:`load_timm`
+(``pretrained=False``: nothing is downloaded). :data:`SOURCES` names where a bundle's model came from.
+Nothing runs code the caller did not name: a factory is imported only because it was passed, weights are
+safetensors only, and ``torch.export.load`` runs with ``weights_only`` forced, so an archive holding other
+pickled data is refused.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,11 @@
-"""classifiers.weights: TODO docstring (split from classifier.py)."""
+"""Classifier weights as safetensors: the deterministic serialization, its sha256, and strict loading.
+
+:func:`state_sha256` is the sha256 of a model's state dict serialized exactly as
+:func:`~.bundle.save_classifier` writes ``weights.safetensors``, so a bundle's digest is known without
+writing a file. Loading is strict — every key present, no extra key, every shape equal — and no pickle is
+ever read: safetensors only. Each failure is a one-line :class:`~medcam_fast.errors.ModelError` naming the
+file.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,12 @@
-"""data.images: TODO docstring (split from data.py)."""
+"""Image files and labelled image sets: one file, a folder or glob of files, a folder of class subfolders.
+
+:class:`ImageSet` holds labelled uint8 images (NHW or NHWC) and, for procedural data, bool evidence masks
+and the class they are evidence for. :func:`load_image` reads one file — anything Pillow opens, first
+frame, EXIF orientation applied, transparency composited on black — and refuses more than ``max_pixels``
+from the header, before any pixel is decoded; :func:`list_images` expands a file, folder or glob into
+image files (:data:`IMAGE_SUFFIXES`); :func:`load_folder` reads one subfolder per class. Every failure a user
+can cause raises :class:`~medcam_fast.errors.DataError` naming the file. numpy and Pillow only.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,12 @@
-"""data.lesions: TODO docstring (split from data.py)."""
+"""Procedural data with known evidence: a two-class set whose label depends on one lesion alone.
+
+:func:`make_lesions` renders ``benign`` / ``lesion`` images (:data:`LESION_CLASSES`): a tissue-like
+background, two to four benign distractor blobs and exactly one candidate — spiculated with a speckled,
+striped interior in a positive image, smooth and round in a negative one. Both kinds draw area, contrast and
+interior variance from the same distributions, so only the candidate's shape and texture carry the label;
+the masks mark the candidate, the true evidence of class 1 (``evidence_class = 1``). Image ``i`` depends
+on ``(seed, i)`` alone, and ``erase_candidate=True`` renders the same images without it. numpy only.
+"""
 
 from __future__ import annotations
 

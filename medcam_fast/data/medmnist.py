@@ -1,4 +1,13 @@
-"""data.medmnist: TODO docstring (split from data.py)."""
+"""MedMNIST-style ``.npz`` files: both layouts, a seeded stratified split, and short data-set names.
+
+:func:`load_npz` reads the official layout (``train_images`` / ``train_labels``, ``val_*``, ``test_*``) or a
+flat one (``images``, ``labels``, optional ``classes``) that :func:`stratified_split` splits 70/10/20 per
+class from the seed alone; class names come from the file, else from the known MedMNIST files, else
+``class_<k>``. :data:`DATASETS` and :func:`resolve_data` map short names (``breast``, ``pneumonia``,
+``blood``, ``path``) to files in the shared data folder or ``$MEDCAM_DATA_DIR``. Arrays are read with
+``allow_pickle=False`` and nothing is downloaded; every failure is a
+:class:`~medcam_fast.errors.DataError` naming the file. numpy only.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,12 @@
-"""data.preprocess: TODO docstring (split from data.py)."""
+"""How raw images become model input: pixel and channel conversion, resizing, normalization to float32 NCHW.
+
+:class:`Preprocess` (size, channels, per-channel mean and std) turns one image, a batch array or a list of
+images — uint8, uint16 or float on [0, 1]; grey, RGB or RGBA composited on black — into normalized float32
+NCHW. It also measures the statistics of a set (:meth:`Preprocess.fit`), undoes the normalization, and
+round-trips through JSON (:meth:`Preprocess.to_dict` / :meth:`Preprocess.from_dict`): that is how classifier
+bundles, explainer bundles and ONNX metadata carry it. :data:`ImageInput` and :data:`PathLike` name the
+accepted inputs. numpy and Pillow only — the torch-free ONNX runtime imports this module.
+"""
 
 from __future__ import annotations
 

@@ -120,6 +120,10 @@ class MetaConfig:
         """The inner step size α: ``inner_lr``, or the loop's default when it is None."""
         return float(self.inner_lr if self.inner_lr is not None else STEP_SIZES[self.inner_mode])
 
+    def resolved(self) -> MetaConfig:
+        """The same settings with ``inner_lr`` filled in (what the run actually uses)."""
+        return replace(self, inner_lr=self.step_size)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dictionary (weights nested, enums as their values)."""
         d = asdict(self)
@@ -181,7 +185,7 @@ def _load_checkpoint(folder: Path, theta: Params, lrs: Params, opt: torch.optim.
         tensors = load_file(str(folder / "checkpoint.safetensors"))
     except (OSError, ValueError) as e:
         raise ModelError(f"cannot read checkpoint: {e}", folder) from e
-    if MetaConfig.from_dict(meta["config"]) != cfg:
+    if MetaConfig.from_dict(meta["config"]).resolved() != cfg.resolved():
         raise UsageError("the checkpoint was written with other settings; resume with the same options", meta_path)
     with torch.no_grad():
         for k, v in theta.items():
