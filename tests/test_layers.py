@@ -2,7 +2,7 @@
 
 Bottom to top (a module may import from its own layer and the layers below, never above):
 
-    base         _version, _io, _assets, errors, types        no project imports beyond the base
+    base         _version, _io, _assets, _config, errors, types   stdlib only
     data         decode, preprocess, MedMNIST, lesions        numpy + Pillow only
     runtime      export.runtime                               numpy + onnxruntime: the torch-free first guess
     classifiers  architectures, frozen, bundles, training    torch
@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("base", ("medcam_fast._version", "medcam_fast._io", "medcam_fast._assets", "medcam_fast.errors",
+    ("base", ("medcam_fast._version", "medcam_fast._io", "medcam_fast._assets", "medcam_fast._config", "medcam_fast.errors",
               "medcam_fast.types")),
     ("data", ("medcam_fast.data",)),
     ("runtime", ("medcam_fast.export.runtime",)),

@@ -9,14 +9,15 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._config import Config
 from ..errors import UsageError
 from .architectures import ARCHITECTURES, build_classifier
 from .frozen import ClassifierBundle
@@ -33,7 +34,7 @@ EpochCallback = Callable[[int, int, dict[str, float]], None]
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(Config):
     """Settings of :func:`train_classifier`.
 
     Args:
@@ -63,10 +64,6 @@ class TrainConfig:
             raise UsageError(f"batch_size must be an integer ≥ 2, got {self.batch_size!r}")
         if not self.lr > 0:
             raise UsageError(f"lr must be positive, got {self.lr!r}")
-
-    def with_(self, **changes: Any) -> TrainConfig:
-        """A copy with some fields changed."""
-        return replace(self, **changes)
 
 
 def _augment(x: Tensor, g: torch.Generator) -> Tensor:

@@ -38,9 +38,8 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -48,6 +47,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 from torch.func import functional_call
 
+from .._config import Config
 from .._io import atomic_write, atomic_write_json
 from ..classifiers.frozen import ClassifierBundle, FrozenClassifier
 from ..errors import ModelError, UsageError
@@ -63,7 +63,7 @@ __all__ = ["MetaConfig", "meta_train"]
 
 
 @dataclass(frozen=True)
-class MetaConfig:
+class MetaConfig(Config):
     """Settings of meta-training.
 
     Args:
@@ -123,25 +123,6 @@ class MetaConfig:
     def resolved(self) -> MetaConfig:
         """The same settings with ``inner_lr`` filled in (what the run actually uses)."""
         return replace(self, inner_lr=self.step_size)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-safe dictionary (weights nested, enums as their values)."""
-        d = asdict(self)
-        d["weights"] = self.weights.to_dict()
-        d["inner_mode"] = self.inner_mode.value
-        d["baseline"] = self.baseline.value
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> MetaConfig:
-        """Inverse of :meth:`to_dict`."""
-        d = dict(d)
-        w = LossWeights.from_dict(d.pop("weights", {}))
-        return cls(**d, weights=w)
-
-    def with_(self, **changes: Any) -> MetaConfig:
-        """A copy with some fields changed."""
-        return replace(self, **changes)
 
 
 def _sample(n_images: int, step: int, cfg: MetaConfig) -> np.ndarray:

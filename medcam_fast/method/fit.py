@@ -16,12 +16,12 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
+from .._config import Config
 from ..types import BaselineKind, Classifier, choice
 from .inner import HARD_AFTER
 from .losses import TERMS, LossWeights, Reference
@@ -33,7 +33,7 @@ __all__ = ["FitConfig", "fit_masks", "fit_objective", "UNetEnsemble"]
 
 
 @dataclass(frozen=True)
-class FitConfig:
+class FitConfig(Config):
     """Settings of the per-image fit.
 
     Args:
@@ -60,24 +60,6 @@ class FitConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "baseline", choice(BaselineKind, self.baseline, "baseline"))
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-safe dictionary (weights nested)."""
-        d = asdict(self)
-        d["weights"] = self.weights.to_dict()
-        d["baseline"] = self.baseline.value
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> FitConfig:
-        """Inverse of :meth:`to_dict`."""
-        d = dict(d)
-        w = LossWeights.from_dict(d.pop("weights", {}))
-        return cls(**d, weights=w)
-
-    def with_(self, **changes: Any) -> FitConfig:
-        """A copy with some fields changed."""
-        return replace(self, **changes)
 
 
 class UNetEnsemble(nn.Module):

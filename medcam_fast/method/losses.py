@@ -14,13 +14,14 @@ is :func:`composite_loss`, with the weights in :class:`LossWeights`.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
-from typing import Any, NamedTuple
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .._config import Config
 from ..types import Classifier
 from .masking import keep, perturb, remove
 
@@ -46,7 +47,7 @@ _EPS = 1e-8
 
 
 @dataclass(frozen=True)
-class LossWeights:
+class LossWeights(Config):
     """Weights ``w_k`` of the composite loss and the robustness settings.
 
     The defaults were tuned on the four shared MedMNIST sets with ``medcam-fast bench per-image``
@@ -79,15 +80,6 @@ class LossWeights:
     noise: float = 0.1
     shift: int = 2
     flip: bool = True
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-safe dictionary of the fields."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> LossWeights:
-        """Inverse of :meth:`to_dict`."""
-        return cls(**d)
 
 
 def activation_matching(acts: Mapping[str, Tensor], ref: Mapping[str, Tensor]) -> Tensor:

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 from torch.func import functional_call
 
+from .._config import Config
 from ..types import InnerMode, RefineMode, choice
 from .fit import FitConfig, fit_objective
 from .inner import HARD_AFTER, START_CLIP, InnerLoop, adapt, adapt_logits, step_size
@@ -34,7 +34,7 @@ __all__ = ["RefineConfig", "refine"]
 
 
 @dataclass(frozen=True)
-class RefineConfig:
+class RefineConfig(Config):
     """Settings of refinement.
 
     Args:
@@ -62,10 +62,6 @@ class RefineConfig:
         object.__setattr__(self, "mode", choice(RefineMode, self.mode, "refinement mode"))
         if not isinstance(self.steps, int) or self.steps < 0:
             raise ValueError(f"refinement steps must be an integer ≥ 0, got {self.steps!r}")
-
-    def with_(self, **changes: Any) -> RefineConfig:
-        """A copy with some fields changed."""
-        return replace(self, **changes)
 
 
 def refine(
