@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from ..explain import Explanation, MedCAM
 from ..explainer.bundle import ExplainerBundle, load_explainer
 from ..explainer.meta import MetaConfig, meta_train
 from ..types import RefineMode
+from .console import escape, print_error
 from .writers import FORMATS, output_paths, write_explanation, write_summary
 
 __all__ = [
@@ -66,9 +68,9 @@ def _writable_folder(out: Path) -> None:
     """Create ``out`` if needed and check that files can be written in it (UsageError otherwise)."""
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".medcam-write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
+        fd, probe = tempfile.mkstemp(prefix=".medcam-write-test-", dir=out)  # O_EXCL: never follows a link
+        os.close(fd)
+        os.unlink(probe)
     except OSError as e:
         raise UsageError(f"cannot write to the output folder: {e.strerror or e}", out) from None
 
@@ -167,7 +169,7 @@ def _summary_table(rows: list[dict[str, Any]], title: str) -> Table:
         table.add_column(col, justify="right", no_wrap=True)
     for r in rows:
         table.add_row(
-            r["image"], r["predicted_name"], r["target_name"], f"{r['p_original']:.3f}", f"{r['p_kept']:.3f}",
+            escape(r["image"]), escape(r["predicted_name"]), escape(r["target_name"]), f"{r['p_original']:.3f}", f"{r['p_kept']:.3f}",
             f"{r['p_removed']:.3f}", f"{r['area']:.3f}", f"{r['seconds']:.2f}",
         )
     return table
@@ -228,7 +230,7 @@ def explain_inputs(
         if len(failures) == 1:
             raise failures[0][1]
         for _, err in failures:
-            err_console.print(f"[red]error:[/] {err}", highlight=False, soft_wrap=True)
+            print_error(err, on=err_console)
         raise DataError("no readable images among the inputs", ", ".join(inputs))
     _writable_folder(out)
     rows: list[dict[str, Any]] = []
@@ -258,9 +260,9 @@ def explain_inputs(
     if rows:
         write_summary(out, rows, facts)
         console.print(_summary_table(rows, title))
-    console.print(f"{len(rows)} explained, {len(todo) - len(pending)} skipped (complete), {len(failures)} failed → {out}")
+    console.print(f"{len(rows)} explained, {len(todo) - len(pending)} skipped (complete), {len(failures)} failed → {escape(str(out))}")
     for _, err in failures:
-        err_console.print(f"[red]failed:[/] {err}", highlight=False, soft_wrap=True)
+        print_error(err, "failed", on=err_console)
     return 5 if failures else 0
 
 

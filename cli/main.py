@@ -14,13 +14,10 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import typer
-from rich.console import Console
 
+from medcam_fast.cli.console import console, err_console, escape, print_error
 from medcam_fast.errors import EXIT_CODES, MedCamError
 from medcam_fast.types import InnerMode, RefineMode
-
-err_console = Console(stderr=True, soft_wrap=True)  # one error, one line, whatever the width
-console = Console()
 
 _EXIT_HELP = "Exit codes: " + "; ".join(f"{k} {v}" for k, v in EXIT_CODES.items()) + "."
 
@@ -45,10 +42,10 @@ def handle_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except MedCamError as e:
-            err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            print_error(e)
             raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt:
-            err_console.print("[bold red]interrupted[/]")
+            print_error("stopped by the user", "interrupted")
             raise typer.Exit(130) from None
 
     return cast(F, wrapper)
@@ -117,7 +114,7 @@ def import_classifier_cmd(
         out, classes=classes, size=size, channels=channels, mean=mean, std=std, factory=factory,
         weights=weights, program=program, timm_name=timm_name, overwrite=overwrite,
     )
-    console.print(f"wrote {path}")
+    console.print(f"wrote {escape(str(path))}")
 
 
 @app.command("explain")
@@ -213,7 +210,7 @@ def export_cmd(
     from medcam_fast.cli.jobs import export_bundle
 
     path = export_bundle(explainer, out, combined=combined, overwrite=overwrite)
-    console.print(f"wrote {path}")
+    console.print(f"wrote {escape(str(path))}")
 
 
 @app.command("demo")

@@ -18,7 +18,10 @@ from PIL import Image
 
 from .._io import atomic_write, atomic_write_bytes, atomic_write_json
 
-__all__ = ["FORMATS", "png_bytes", "outline", "overlay", "write_explanation", "write_summary", "output_paths"]
+__all__ = [
+    "FORMATS", "png_bytes", "outline", "overlay", "write_explanation", "write_summary", "output_paths",
+    "spreadsheet_safe",
+]
 
 #: Output kinds ``--format`` accepts.
 FORMATS = ("png", "npy", "json")
@@ -125,8 +128,21 @@ def write_explanation(
     return paths
 
 
+#: A cell starting with one of these is a formula to Excel, LibreOffice and Google Sheets (OWASP, "CSV
+#: injection"); a file named ``=HYPERLINK(…).png`` must not become one.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value: Any) -> Any:
+    """A CSV cell that a spreadsheet shows as text: strings starting like a formula get a leading ``'``."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
 def write_summary(out_dir: Path, rows: Iterable[Mapping[str, Any]], extra: Mapping[str, Any]) -> None:
-    """``summary.csv`` (one row per image) and ``summary.json`` (rows plus ``extra`` facts)."""
+    """``summary.csv`` (one row per image, cells made :func:`spreadsheet_safe`) and ``summary.json`` (rows plus
+    ``extra`` facts, values as they are)."""
     rows = list(rows)
     keys: list[str] = []
     for r in rows:
@@ -137,7 +153,8 @@ def write_summary(out_dir: Path, rows: Iterable[Mapping[str, Any]], extra: Mappi
             w = csv.DictWriter(f, fieldnames=keys)
             w.writeheader()
             for r in rows:
-                w.writerow({k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in r.items()})
+                w.writerow({k: spreadsheet_safe(json.dumps(v) if isinstance(v, (list, dict)) else v)
+                            for k, v in r.items()})
 
     atomic_write(out_dir / "summary.csv", write_csv)
     atomic_write_json(out_dir / "summary.json", {**extra, "images": rows})

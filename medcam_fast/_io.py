@@ -1,4 +1,9 @@
-"""Small file helpers: atomic writes and hashing. Nothing here imports torch."""
+"""Small file helpers: atomic writes and hashing. Nothing here imports torch.
+
+Files are created beside their target with ``mkstemp`` (``O_CREAT | O_EXCL``: a planted symlink is never
+followed) and get the permissions the user's umask gives a new file (``mkstemp`` alone would leave 0600,
+so colleagues could not read the results), then replace the target in one ``os.replace``.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +11,23 @@ import hashlib
 import json
 import os
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_json", "sha256_file"]
+__all__ = ["new_file_mode", "atomic_write", "atomic_write_bytes", "atomic_write_json", "sha256_file"]
+
+
+_UMASK_LOCK = threading.Lock()
+
+
+def new_file_mode() -> int:
+    """The mode ``open()`` would give a new file under the current umask (``0o666 & ~umask``)."""
+    with _UMASK_LOCK:  # reading the umask means setting it: keep other threads out meanwhile
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return 0o666 & ~mask
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
@@ -25,6 +42,7 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) ->
     tmp = Path(tmp_name)
     try:
         write(tmp)
+        os.chmod(tmp, new_file_mode())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
