@@ -27,6 +27,7 @@ from rich.progress import (
 from rich.table import Table
 
 from .._assets import DEMO_DIR
+from .._io import sha256_file
 from ..classifiers.bundle import load_classifier, save_classifier
 from ..classifiers.frozen import ClassifierBundle
 from ..classifiers.training import TrainConfig, train_classifier
@@ -39,6 +40,7 @@ from ..explainer.bundle import ExplainerBundle, load_explainer
 from ..explainer.meta import MetaConfig, meta_train
 from ..types import RefineMode
 from .console import escape, print_error
+from .runfolder import RunFolder, output_stems
 from .writers import FORMATS, output_paths, write_explanation, write_summary
 
 __all__ = [
@@ -114,8 +116,10 @@ def train_classifier_bundle(
 @dataclass
 class _Item:
     stem: str
+    source: str
     image: np.ndarray | None
     error: DataError | None = None
+    sha256: str | None = None
 
 
 def _parse_index(spec: str | None, n: int, where: str) -> list[int]:
@@ -141,22 +145,19 @@ def _gather(inputs: Sequence[str], split: str, index: str | None, fail_fast: boo
         p = Path(spec)
         if p.suffix.lower() == ".npz" and p.is_file():
             ds = load_npz(p, split)
+            digest = sha256_file(p)
             for i in _parse_index(index, len(ds), spec):
-                items.append(_Item(f"{p.stem}_{split}_{i:05d}", ds.images[i]))
+                items.append(_Item(f"{p.stem}_{split}_{i:05d}", f"{p}#{split}/{i}", ds.images[i], sha256=digest))
             continue
         for f in list_images(spec):
             try:
-                items.append(_Item(f.stem, load_image(f, max_pixels=max_pixels)))
+                items.append(_Item(f.stem, str(f), load_image(f, max_pixels=max_pixels), sha256=sha256_file(f)))
             except DataError as e:
                 if fail_fast:
                     raise
-                items.append(_Item(f.stem, None, e))
-    seen: dict[str, int] = {}
-    for it in items:  # distinct output names for equal stems from different folders
-        k = seen.get(it.stem, 0)
-        seen[it.stem] = k + 1
-        if k:
-            it.stem = f"{it.stem}-{k}"
+                items.append(_Item(f.stem, str(f), None, e))
+    for it, stem in zip(items, output_stems([it.stem for it in items], [it.source for it in items]), strict=True):
+        it.stem = stem
     return items
 
 
@@ -175,15 +176,16 @@ def _summary_table(rows: list[dict[str, Any]], title: str) -> Table:
     return table
 
 
-def _write_batch(out: Path, stems: list[str], ex: Explanation, formats: Sequence[str]) -> list[dict[str, Any]]:
-    rows = []
-    for i, stem in enumerate(stems):
-        rec = {"image": stem, **ex.record(i)}
-        write_explanation(
-            out, stem, ex.images[i], ex.soft[i], ex.binary[i], ex.kept[i], rec, formats
+def _write_batch(run: RunFolder, items: Sequence[_Item], ex: Explanation, formats: Sequence[str]) -> None:
+    """Write one batch's outputs, then list them in the run's manifest."""
+    written, rows = {}, {}
+    for i, it in enumerate(items):
+        rec = {"image": it.stem, "source": it.source, "source_sha256": it.sha256, **ex.record(i)}
+        written[it.stem] = write_explanation(
+            run.out, it.stem, ex.images[i], ex.soft[i], ex.binary[i], ex.kept[i], rec, formats
         )
-        rows.append(rec)
-    return rows
+        rows[it.stem] = rec
+    run.record(written, rows)
 
 
 def explain_inputs(
@@ -233,34 +235,32 @@ def explain_inputs(
             print_error(err, on=err_console)
         raise DataError("no readable images among the inputs", ", ".join(inputs))
     _writable_folder(out)
-    rows: list[dict[str, Any]] = []
-    pending = []
-    for it in todo:
-        paths = output_paths(out, it.stem, fmts)
-        done = all(p.exists() for p in paths.values())
-        if done and resume:
-            continue
-        if any(p.exists() for p in paths.values()) and not overwrite and not resume:
-            raise UsageError(f"outputs for {it.stem} already exist; pass --overwrite or --resume", out)
-        pending.append(it)
-    with MedCAM(bundle, explainer, mode=mode, refine_steps=steps, allow_mismatch=allow_mismatch,
-                device=device) as explain, Progress(
-        TextColumn("[bold]explain"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console,
-        transient=True,
-    ) as bar:
-        task = bar.add_task("explain", total=len(pending))
-        for start in range(0, len(pending), batch_size):
-            chunk = pending[start : start + batch_size]
-            ex = explain([it.image for it in chunk], targets=target)
-            rows.extend(_write_batch(out, [it.stem for it in chunk], ex, fmts))
-            bar.advance(task, len(chunk))
-    facts = {"classifier": str(classifier or "embedded demo"), "classifier_sha256": bundle.sha256,
-             "explainer": None if explainer is None else str(explainer),
-             "failures": [{"image": s, "error": str(e)} for s, e in failures]}
-    if rows:
-        write_summary(out, rows, facts)
-        console.print(_summary_table(rows, title))
-    console.print(f"{len(rows)} explained, {len(todo) - len(pending)} skipped (complete), {len(failures)} failed → {escape(str(out))}")
+    with RunFolder(out) as run:
+        run.plan("summary", {"csv": out / "summary.csv", "json": out / "summary.json"}, overwrite=True,
+                 resume=True)
+        pending = [it for it in todo
+                   if run.plan(it.stem, output_paths(out, it.stem, fmts), overwrite=overwrite, resume=resume)]
+        with MedCAM(bundle, explainer, mode=mode, refine_steps=steps, allow_mismatch=allow_mismatch,
+                    device=device) as explain, Progress(
+            TextColumn("[bold]explain"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console,
+            transient=True,
+        ) as bar:
+            task = bar.add_task("explain", total=len(pending))
+            for start in range(0, len(pending), batch_size):
+                chunk = pending[start : start + batch_size]
+                _write_batch(run, chunk, explain([it.image for it in chunk], targets=target), fmts)
+                bar.advance(task, len(chunk))
+        facts = {"classifier": str(classifier or "embedded demo"), "classifier_sha256": bundle.sha256,
+                 "explainer": None if explainer is None else str(explainer),
+                 "failures": [{"image": it.stem, "source": it.source, "error": str(it.error)}
+                              for it in items if it.error]}
+        rows = run.rows([it.stem for it in todo])
+        if rows:
+            write_summary(out, rows, facts)
+            run.record({"summary": {"csv": out / "summary.csv", "json": out / "summary.json"}}, {})
+            console.print(_summary_table(rows, title))
+    console.print(f"{len(pending)} explained, {len(todo) - len(pending)} skipped (complete), {len(failures)} failed "
+                  f"→ {escape(str(out))}")
     for _, err in failures:
         print_error(err, "failed", on=err_console)
     return 5 if failures else 0

@@ -87,7 +87,7 @@ def test_each_bad_input(kind, code, tmp_path, lesion_bundle_dir):
         assert len(lines) == 1 and lines[0].startswith("error:") and src.name in lines[0], r.output
         assert not any(out.glob("*.json")) if out.exists() else True
     else:
-        assert len([p for p in out.glob("*.json") if p.name != "summary.json"]) == 1
+        assert len([p for p in out.glob("*.json") if p.name not in ("summary.json", "manifest.json")]) == 1
 
 
 def test_model_and_output_errors(tmp_path, lesion_bundle_dir):

@@ -95,7 +95,7 @@ def test_npz_input_with_index(lesion_bundle_dir, tmp_path):
     r = _explain([str(npz), "--split", "all", "--index", "1-2", "--classifier", str(lesion_bundle_dir),
                   "--steps", "2", "--out", str(out)])
     assert r.exit_code == 0, r.output
-    assert sorted(p.name for p in out.glob("*.json") if p.name != "summary.json") == [
+    assert sorted(p.name for p in out.glob("*.json") if p.name not in ("summary.json", "manifest.json")) == [
         "set_all_00001.json", "set_all_00002.json"]
 
 

@@ -82,3 +82,90 @@ def test_the_write_check_never_follows_a_planted_link(tmp_path):
     _writable_folder(out)
     assert victim.read_text() == "precious"
     assert sorted(p.name for p in out.iterdir() if not p.is_symlink()) == []
+
+
+# ------------------------------------------------------------------------------------ nothing lost
+
+def _pngs(folder: Path, names: list[str], seed: int = 0) -> list[Path]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for name in names:
+        p = folder / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((rng.random((48, 48)) * 255).astype(np.uint8)).save(p)
+        out.append(p)
+    return out
+
+
+def _records(out: Path) -> dict[str, dict]:
+    import json
+
+    return {p.stem: json.loads(p.read_text()) for p in out.glob("*.json")
+            if p.name not in ("summary.json", "manifest.json")}
+
+
+def test_equal_stems_never_share_outputs_and_each_record_names_its_source(tmp_path):
+    """a-1.png, a.jpg and a.png once gave stems a-1, a, a-1: one explanation was overwritten."""
+    import hashlib
+
+    files = _pngs(tmp_path / "in", ["a-1.png", "a.jpg", "a.png", "sub/a.png", "B.png", "b.png", "summary.png",
+                                    "manifest.png"])
+    r = _explain(str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--steps", "0")
+    assert r.returncode == 0, r.stderr
+    recs = _records(tmp_path / "out")
+    assert len(recs) == len(files) and sorted(r["source"] for r in recs.values()) == sorted(map(str, files))
+    for rec in recs.values():
+        assert rec["source_sha256"] == hashlib.sha256(Path(rec["source"]).read_bytes()).hexdigest()
+    assert "a-1" in recs  # a unique stem keeps its name
+    assert not {"summary", "manifest"} & set(recs)  # the run's own names are never an image's
+    with open(tmp_path / "out" / "summary.csv", newline="") as f:
+        assert len({row["image"] for row in csv.DictReader(f)}) == len(files)
+
+
+def test_a_name_at_the_file_system_limit_is_capped(tmp_path):
+    long = "x" * 245 + ".png"  # 249 characters, legal; its outputs would not be
+    _pngs(tmp_path / "in", [long])
+    r = _explain(str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--steps", "0")
+    assert r.returncode == 0, r.stderr
+    (stem,) = _records(tmp_path / "out")
+    assert len(stem) <= 100 and stem.startswith("x" * 80)
+
+
+def test_resume_and_overwrite_never_replace_a_file_medcam_fast_did_not_write(tmp_path):
+    _pngs(tmp_path / "in", ["a.png"])
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a_mask.png").write_bytes(b"the user's own file")
+    for flag in ("--resume", "--overwrite"):
+        r = _explain(str(tmp_path / "in"), "--out", str(out), "--steps", "0", flag)
+        assert r.returncode == 2 and "a_mask.png" in r.stderr and "not written by medcam-fast" in r.stderr
+        assert (out / "a_mask.png").read_bytes() == b"the user's own file"
+
+
+def test_a_second_run_into_the_same_folder_is_refused(tmp_path):
+    from medcam_fast.cli.runfolder import RunFolder
+
+    _pngs(tmp_path / "in", ["a.png"])
+    with RunFolder(tmp_path / "out"):  # a run in progress
+        r = _explain(str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--steps", "0")
+    assert r.returncode == 2 and "another medcam-fast run" in r.stderr
+    assert not (tmp_path / "out" / "a.json").exists()
+    r = _explain(str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--steps", "0")
+    assert r.returncode == 0, r.stderr  # the lock dies with its holder
+
+
+def test_the_summary_after_resume_describes_the_whole_run(tmp_path):
+    _pngs(tmp_path / "in", ["a.png", "b.png"])
+    out = tmp_path / "out"
+    assert _explain(str(tmp_path / "in"), "--out", str(out), "--steps", "0").returncode == 0
+    first = (out / "a_mask.png").read_bytes()
+    _pngs(tmp_path / "in", ["c.png", "d.png"], seed=1)
+    r = _explain(str(tmp_path / "in"), "--out", str(out), "--steps", "0", "--resume")
+    assert r.returncode == 0, r.stderr
+    assert "2 explained, 2 skipped" in " ".join(r.stdout.split())
+    with open(out / "summary.csv", newline="") as f:
+        assert sorted(row["image"] for row in csv.DictReader(f)) == ["a", "b", "c", "d"]
+    assert (out / "a_mask.png").read_bytes() == first
+    (out / "b_mask.png").write_bytes(b"damaged")  # a listed file whose hash no longer matches is redone
+    r = _explain(str(tmp_path / "in"), "--out", str(out), "--steps", "0", "--resume")
+    assert "1 explained, 3 skipped" in " ".join(r.stdout.split())
