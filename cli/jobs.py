@@ -223,6 +223,9 @@ def explain_inputs(
         raise UsageError("--overwrite and --resume exclude each other")
     bundle = load_classifier(classifier if classifier is not None else DEMO_DIR / "classifier",
                              allow_import=allow_import)
+    if target is not None and not 0 <= target < bundle.num_classes:
+        raise UsageError(f"--target {target} is out of range: the classifier has {bundle.num_classes} classes "
+                         f"(0..{bundle.num_classes - 1})", classifier)
     if explainer is None and classifier is None and (DEMO_DIR / "explainer" / "explainer.json").exists():
         explainer = DEMO_DIR / "explainer"
     items = _gather(inputs, split, index, fail_fast, max_pixels)
@@ -234,14 +237,14 @@ def explain_inputs(
         for _, err in failures:
             print_error(err, on=err_console)
         raise DataError("no readable images among the inputs", ", ".join(inputs))
-    _writable_folder(out)
+    medcam = MedCAM(bundle, explainer, mode=mode, refine_steps=steps, allow_mismatch=allow_mismatch, device=device)
     with RunFolder(out) as run:
+        _writable_folder(out)
         run.plan("summary", {"csv": out / "summary.csv", "json": out / "summary.json"}, overwrite=True,
                  resume=True)
         pending = [it for it in todo
                    if run.plan(it.stem, output_paths(out, it.stem, fmts), overwrite=overwrite, resume=resume)]
-        with MedCAM(bundle, explainer, mode=mode, refine_steps=steps, allow_mismatch=allow_mismatch,
-                    device=device) as explain, Progress(
+        with medcam as explain, Progress(
             TextColumn("[bold]explain"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console,
             transient=True,
         ) as bar:

@@ -75,7 +75,7 @@ def train_classifier_cmd(
     lr: float | None = typer.Option(None, help="Peak learning rate (default: 0.002)."),
     seed: int | None = typer.Option(None, help="Random seed (default: 0)."),
     data_dir: Path | None = typer.Option(None, envvar="MEDCAM_DATA_DIR", help="Folder of the shared .npz data sets."),
-    threads: int | None = typer.Option(None, help="CPU threads for torch."),
+    threads: int | None = typer.Option(None, min=1, help="CPU threads for torch."),
     overwrite: bool = typer.Option(False, help="Replace an existing bundle in OUT."),
 ) -> None:
     """Train a built-in classifier and write a classifier bundle (safetensors + JSON)."""
@@ -131,7 +131,7 @@ def explain_cmd(
     allow_mismatch: bool = typer.Option(False, help="Use an explainer trained for another classifier."),
     allow_import: bool = typer.Option(False, help="Let a bundle made by import-classifier --import run its factory."),
     out: Path = typer.Option(Path("medcam-out"), help="Output folder."),
-    target: int | None = typer.Option(None, help="Class to explain (default: the predicted class)."),
+    target: int | None = typer.Option(None, min=0, help="Class to explain (default: the predicted class)."),
     batch_size: int = typer.Option(16, min=1, help="Images explained together."),
     device: str = typer.Option("cpu", help="torch device: cpu or cuda (onnxruntime picks CUDA itself when it can)."),
     fmt: str = typer.Option("png,npy,json", "--format", help="Outputs: any of png, npy, json (comma-separated)."),
@@ -141,7 +141,7 @@ def explain_cmd(
     resume: bool = typer.Option(False, help="Skip images whose outputs are complete."),
     fail_fast: bool = typer.Option(False, help="Stop at the first input that cannot be read."),
     max_pixels: int = typer.Option(50_000_000, min=1, help="Refuse image files with more pixels (checked before decoding)."),
-    threads: int | None = typer.Option(None, help="CPU threads for torch."),
+    threads: int | None = typer.Option(None, min=1, help="CPU threads for torch."),
 ) -> None:
     """Explain images: binary mask, soft mask, overlay and JSON per image; summary.csv/json per run."""
     from medcam_fast.cli.jobs import explain_inputs
@@ -184,7 +184,7 @@ def meta_train_cmd(
     resume: bool = typer.Option(False, help="Continue from the checkpoint in OUT."),
     overwrite: bool = typer.Option(False, help="Start afresh even if OUT holds a checkpoint or bundle."),
     data_dir: Path | None = typer.Option(None, envvar="MEDCAM_DATA_DIR", help="Folder of the shared .npz data sets."),
-    threads: int | None = typer.Option(None, help="CPU threads for torch."),
+    threads: int | None = typer.Option(None, min=1, help="CPU threads for torch."),
 ) -> None:
     """Meta-train a shared U-Net explainer for a classifier (MAML on the composite loss)."""
     from medcam_fast.cli.jobs import meta_train_bundle
@@ -220,7 +220,7 @@ def demo_cmd(
     n: int = typer.Option(8, min=1, max=256, help="Number of generated sample images."),
     steps: int | None = typer.Option(None, min=0, help="Optimization steps per image."),
     overwrite: bool = typer.Option(True, help="Replace earlier demo outputs."),
-    threads: int | None = typer.Option(None, help="CPU threads for torch."),
+    threads: int | None = typer.Option(None, min=1, help="CPU threads for torch."),
 ) -> None:
     """Generate lesion images, explain them with the shipped demo bundle, print the summary."""
     from medcam_fast.cli.jobs import run_demo
@@ -255,7 +255,7 @@ def evaluate_cmd(
     resume: bool = typer.Option(False, help="Reuse the methods an earlier run in OUT finished with the same settings."),
     overwrite: bool = typer.Option(False, help="Replace an earlier evaluation in OUT."),
     data_dir: Path | None = typer.Option(None, envvar="MEDCAM_DATA_DIR", help="Folder of the shared .npz data sets."),
-    threads: int | None = typer.Option(None, help="CPU threads for torch."),
+    threads: int | None = typer.Option(None, min=1, help="CPU threads for torch."),
 ) -> None:
     """Faithfulness, localization, sanity and speed of medcam-fast against Grad-CAM, RISE, … on the same images."""
     from medcam_fast.cli.jobs import evaluate_job
@@ -284,7 +284,7 @@ def bench_per_image_cmd(
     batch_size: int = typer.Option(16, min=1, help="Images fitted together."),
     out: Path = typer.Option(Path("benchmarks/results"), help="Folder of the result files."),
     data_dir: Path | None = typer.Option(None, envvar="MEDCAM_DATA_DIR", help="Folder of the shared .npz data sets."),
-    threads: int | None = typer.Option(None, help="CPU threads for torch."),
+    threads: int | None = typer.Option(None, min=1, help="CPU threads for torch."),
 ) -> None:
     """The paper's per-image fit on the shared data sets: confidence kept, area, complement, seconds."""
     from medcam_fast.evaluation.bench import bench_per_image
@@ -309,7 +309,7 @@ def bench_quality_cmd(
     explainers: str = typer.Option("explainer,amortized", help="Explainer folders under <models>/<dataset>."),
     out: Path = typer.Option(Path("benchmarks/results"), help="Folder of the result files."),
     data_dir: Path | None = typer.Option(None, envvar="MEDCAM_DATA_DIR", help="Folder of the shared .npz data sets."),
-    threads: int | None = typer.Option(None, help="CPU threads for torch."),
+    threads: int | None = typer.Option(None, min=1, help="CPU threads for torch."),
 ) -> None:
     """Composite loss, confidence and area against seconds per image: meta-trained, amortized, per-image fit."""
     from medcam_fast.evaluation.bench import bench_quality

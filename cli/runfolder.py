@@ -17,6 +17,7 @@ Nothing a user put in ``--out`` is lost:
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -71,15 +72,17 @@ class RunFolder:
     def __init__(self, out: Path) -> None:
         self.out = out
         self._fd: int | None = None
+        self._created = False
         self.files: dict[str, str] = {}
         self.images: dict[str, dict[str, Any]] = {}
 
     def __enter__(self) -> RunFolder:
-        self.out.mkdir(parents=True, exist_ok=True)
+        self._created = not self.out.exists()
         try:
+            self.out.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.out / _LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         except OSError as e:
-            raise UsageError(f"cannot lock the output folder: {e.strerror or e}", self.out) from None
+            raise UsageError(f"cannot write to the output folder: {e.strerror or e}", self.out) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -95,6 +98,10 @@ class RunFolder:
         if self._fd is not None:
             os.close(self._fd)  # closing releases the flock
             self._fd = None
+            if self._created and not self.files:  # nothing written: leave no empty folder behind
+                (self.out / _LOCK).unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    self.out.rmdir()
 
     def _load(self) -> None:
         path = self.out / _MANIFEST

@@ -175,12 +175,7 @@ class MedCAM:
             classifier = classifier_from_module(classifier, preprocess, list(classes))
         if not isinstance(classifier, ClassifierBundle):
             raise UsageError(f"classifier must be a bundle, a path or an nn.Module, not {type(classifier).__name__}")
-        try:
-            self.device = torch.device(device)
-        except RuntimeError as e:
-            raise UsageError(f"unknown device {device!r}: {e}") from None
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise UsageError("device 'cuda' requested but this torch has no CUDA GPU available")
+        self.device = _device(device)
         self.bundle = classifier
         self.classifier = classifier.frozen(layers).to(self.device)
         self.settings, self.explainer, self.onnx = _load_explainer(explainer, use_onnx)
@@ -207,6 +202,8 @@ class MedCAM:
             self.refine_config = self.refine_config.with_(steps=refine_steps)
             self.fit_config = self.fit_config.with_(steps=refine_steps)
         if threads is not None:
+            if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+                raise UsageError(f"threads must be a positive integer, got {threads!r}")
             torch.set_num_threads(threads)
 
     def __enter__(self) -> MedCAM:
@@ -258,9 +255,12 @@ class MedCAM:
         k = len(self.bundle.classes)
         t = None
         if targets is not None:
-            t = torch.as_tensor(np.asarray(targets), dtype=torch.long).reshape(-1).to(self.device)
-            if (t < 0).any() or (t >= k).any():
+            arr = np.asarray(targets.cpu() if isinstance(targets, Tensor) else targets)
+            if arr.dtype.kind not in "iu":
+                raise UsageError(f"targets must be class indices (integers), got {arr.dtype} values")
+            if arr.size and (arr.min() < 0 or arr.max() >= k):
                 raise UsageError(f"target class out of range: the classifier has {k} classes (0..{k - 1})")
+            t = torch.as_tensor(arr, dtype=torch.long).reshape(-1).to(self.device)
             if t.numel() not in (1, x.shape[0]):
                 raise UsageError(f"got {t.numel()} targets for {x.shape[0]} images")
         if refine_steps is not None:
@@ -324,6 +324,23 @@ class MedCAM:
         if self.warnings:
             facts["warnings"] = list(self.warnings)
         return facts
+
+
+def _device(name: str) -> torch.device:
+    """``cpu`` or ``cuda[:N]`` when this torch has that GPU; anything else is a one-line usage error."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as e:
+        raise UsageError(f"unknown device {name!r}: choose cpu or cuda[:N] ({e})") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UsageError(f"device {name!r} is not supported: choose cpu or cuda[:N]")
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise UsageError(f"device {name!r} requested but this torch has no CUDA GPU available")
+        if device.index is not None and device.index >= count:
+            raise UsageError(f"device {name!r} requested but this machine has {count} CUDA GPU(s)")
+    return device
 
 
 def _load_explainer(

@@ -144,6 +144,36 @@ def test_every_command_reports_bad_input_in_one_line(args, code, needle, tmp_pat
     assert "Traceback" not in r.output and needle in r.output
 
 
+@pytest.mark.parametrize(("option", "value", "needle"), [
+    ("--device", "meta", "meta"), ("--device", "mps", "mps"), ("--device", "xla", "xla"),
+    ("--device", "cuda:9", "cuda"), ("--device", "gpu", "gpu"), ("--threads", "-1", "--threads"),
+    ("--threads", "0", "--threads"), ("--target", "99999999999999999999", "--target"), ("--target", "-1", "--target"),
+    ("--target", "7", "--target"),
+])
+def test_a_bad_option_is_one_usage_line_before_any_work(option, value, needle, tmp_path, lesion_bundle_dir):
+    """These crashed with a traceback (exit 1) or started the batch before failing."""
+    img = _make("palette", tmp_path)
+    out = tmp_path / "o"
+    r = runner.invoke(app, ["explain", str(img), "--classifier", str(lesion_bundle_dir), "--steps", "0",
+                            "--out", str(out), option, value])
+    assert r.exit_code == 2, r.output
+    assert "Traceback" not in r.output and needle in r.output and r.exception is None or isinstance(
+        r.exception, SystemExit)
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_api_targets_that_are_not_class_indices_are_refused(lesion_bundle):
+    from medcam_fast import MedCAM, UsageError, make_lesions
+
+    images = make_lesions(2, size=32, seed=0).images
+    with MedCAM(lesion_bundle) as explain:
+        for bad in (2**70, [0.5, 1.0], ["a", "b"], [0, 2]):
+            with pytest.raises(UsageError):
+                explain(images, targets=bad, refine_steps=1)
+    with pytest.raises(UsageError, match="threads"):
+        MedCAM(lesion_bundle, threads=0)
+
+
 def test_a_20000_pixel_square_image_is_refused_not_decoded(tmp_path, lesion_bundle_dir):
     huge = tmp_path / "huge.png"
     Image.new("1", (20000, 20000)).save(huge)  # 49 kB on disk, 400 Mpx decoded
