@@ -5,6 +5,7 @@ They print with rich (a console is passed in) and return exit codes, so the Type
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tempfile
@@ -27,7 +28,7 @@ from rich.progress import (
 from rich.table import Table
 
 from .._assets import DEMO_DIR
-from .._io import sha256_file
+from .._io import SEAL_KEY, atomic_write_json, seal, sha256_file
 from ..classifiers.bundle import load_classifier, save_classifier
 from ..classifiers.frozen import ClassifierBundle
 from ..classifiers.training import TrainConfig, train_classifier
@@ -197,6 +198,7 @@ def explain_inputs(
     mode: RefineMode | None = None,
     allow_mismatch: bool = False,
     allow_import: bool = False,
+    allow_unsealed: bool = False,
     device: str = "cpu",
     steps: int | None = None,
     target: int | None = None,
@@ -222,7 +224,7 @@ def explain_inputs(
     if overwrite and resume:
         raise UsageError("--overwrite and --resume exclude each other")
     bundle = load_classifier(classifier if classifier is not None else DEMO_DIR / "classifier",
-                             allow_import=allow_import)
+                             allow_import=allow_import, allow_unsealed=allow_unsealed)
     if target is not None and not 0 <= target < bundle.num_classes:
         raise UsageError(f"--target {target} is out of range: the classifier has {bundle.num_classes} classes "
                          f"(0..{bundle.num_classes - 1})", classifier)
@@ -237,7 +239,8 @@ def explain_inputs(
         for _, err in failures:
             print_error(err, on=err_console)
         raise DataError("no readable images among the inputs", ", ".join(inputs))
-    medcam = MedCAM(bundle, explainer, mode=mode, refine_steps=steps, allow_mismatch=allow_mismatch, device=device)
+    medcam = MedCAM(bundle, explainer, mode=mode, refine_steps=steps, allow_mismatch=allow_mismatch,
+                    allow_unsealed=allow_unsealed, device=device)
     with RunFolder(out) as run:
         _writable_folder(out)
         run.plan("summary", {"csv": out / "summary.csv", "json": out / "summary.json"}, overwrite=True,
@@ -397,17 +400,50 @@ def meta_train_bundle(
 
 
 def export_bundle(explainer: str | Path, out: str | Path | None, *, combined: str | Path | None = None,
-                  overwrite: bool = False) -> Path:
-    """Export an explainer bundle to ONNX (optionally with its classifier as an explain-and-verify graph)."""
+                  overwrite: bool = False, allow_unsealed: bool = False) -> Path:
+    """Export an explainer bundle to ONNX (optionally with its classifier as an explain-and-verify graph).
+    The bundle's own ``explainer.onnx`` (the default target) is recorded in its sealed ``explainer.json``."""
     from ..export.onnx_export import export_combined, export_explainer
 
-    bundle = load_explainer(explainer)
-    target = Path(out) if out is not None else Path(explainer) / "explainer.onnx"
+    bundle = load_explainer(explainer, allow_unsealed=allow_unsealed)
+    folder = Path(explainer).parent if Path(explainer).suffix == ".json" else Path(explainer)
+    target = Path(out) if out is not None else folder / "explainer.onnx"
     if target.exists() and not overwrite:
         raise UsageError("already exists; pass --overwrite to replace it", target)
     if combined is not None:
-        return export_combined(bundle, load_classifier(combined).model, target)
-    return export_explainer(bundle, target)
+        return export_combined(bundle, load_classifier(combined, allow_unsealed=allow_unsealed).model, target)
+    return export_explainer(bundle, target)  # into the bundle's folder: recorded in its explainer.json
+
+
+def seal_bundles(folders: Sequence[str | Path]) -> list[Path]:
+    """Seal bundles written by 0.1.0 (``classifier.json`` / ``explainer.json`` without a content hash) after
+    checking what can be checked: the weights' (and program's) sha256, and that the bundle loads. Returns the
+    JSON files sealed; an already sealed bundle is checked and left as it is.
+
+    Raises:
+        ModelError: a bundle that does not load even unsealed (its weights changed, say).
+    """
+    sealed = []
+    for folder in map(Path, folders):
+        if (folder / "classifier.json").is_file():
+            path = folder / "classifier.json"
+            load_classifier(folder, allow_unsealed=True, allow_import=False)
+        else:
+            path = folder / "explainer.json"
+            bundle = load_explainer(folder, allow_unsealed=True)
+            onnx_file = folder / "explainer.onnx"
+            if onnx_file.is_file() and bundle.onnx_sha256 is None:
+                from ..export.runtime import OnnxExplainer
+
+                OnnxExplainer(onnx_file)  # a medcam-fast explainer graph, or a ModelError
+        meta = json.loads(path.read_text(encoding="utf-8"))
+        if meta.get(SEAL_KEY):
+            continue
+        if path.name == "explainer.json" and (folder / "explainer.onnx").is_file():
+            meta["onnx_sha256"] = sha256_file(folder / "explainer.onnx")
+        atomic_write_json(path, seal(meta))
+        sealed.append(path)
+    return sealed
 
 
 def evaluate_specs(

@@ -57,6 +57,12 @@ def _given(**options: Any) -> dict[str, Any]:
     return {k: v for k, v in options.items() if v is not None}
 
 
+def _warn_unsealed(allowed: bool) -> None:
+    if allowed:
+        print_error("bundles without a content hash are accepted (--allow-unsealed): their JSON is not checked",
+                    "warning")
+
+
 def _threads(n: int | None) -> None:
     import torch
 
@@ -130,6 +136,8 @@ def explain_cmd(
     steps: int | None = typer.Option(None, min=0, help="Refinement steps per image (default: 10; full mode 300)."),
     allow_mismatch: bool = typer.Option(False, help="Use an explainer trained for another classifier."),
     allow_import: bool = typer.Option(False, help="Let a bundle made by import-classifier --import run its factory."),
+    allow_unsealed: bool = typer.Option(False, help="Accept bundles without a content hash (made by 0.1.0; "
+                                        "`medcam-fast seal` adds one)."),
     out: Path = typer.Option(Path("medcam-out"), help="Output folder."),
     target: int | None = typer.Option(None, min=0, help="Class to explain (default: the predicted class)."),
     batch_size: int = typer.Option(16, min=1, help="Images explained together."),
@@ -147,11 +155,12 @@ def explain_cmd(
     from medcam_fast.cli.jobs import explain_inputs
 
     _threads(threads)
+    _warn_unsealed(allow_unsealed)
     if not refine and steps:
         raise typer.BadParameter("--no-refine and --steps exclude each other")
     code = explain_inputs(
         inputs, classifier=classifier, explainer=explainer, mode=mode, allow_mismatch=allow_mismatch,
-        allow_import=allow_import, device=device, out=out,
+        allow_import=allow_import, allow_unsealed=allow_unsealed, device=device, out=out,
         steps=0 if not refine else steps, target=target, batch_size=batch_size,
         formats=fmt, split=split, index=index, overwrite=overwrite, resume=resume, fail_fast=fail_fast,
         max_pixels=max_pixels,
@@ -205,12 +214,28 @@ def export_cmd(
     out: Path | None = typer.Option(None, help="ONNX file to write (default: explainer.onnx in the bundle)."),
     combined: Path | None = typer.Option(None, help="Also embed this classifier bundle: an explain-and-verify graph."),
     overwrite: bool = typer.Option(False, help="Replace an existing file."),
+    allow_unsealed: bool = typer.Option(False, help="Accept bundles without a content hash (made by 0.1.0)."),
 ) -> None:
     """Export an explainer to one self-contained ONNX file (metadata included, parity-checked)."""
     from medcam_fast.cli.jobs import export_bundle
 
-    path = export_bundle(explainer, out, combined=combined, overwrite=overwrite)
+    _warn_unsealed(allow_unsealed)
+    path = export_bundle(explainer, out, combined=combined, overwrite=overwrite, allow_unsealed=allow_unsealed)
     console.print(f"wrote {escape(str(path))}")
+
+
+@app.command("seal")
+@handle_errors
+def seal_cmd(
+    bundles: list[Path] = typer.Argument(..., help="Classifier or explainer bundle folders made by 0.1.0."),
+) -> None:
+    """Add a content hash to bundles made by 0.1.0, after checking their weights (and ONNX file) load."""
+    from medcam_fast.cli.jobs import seal_bundles
+
+    sealed = seal_bundles(bundles)
+    for path in sealed:
+        console.print(f"sealed {escape(str(path))}")
+    console.print(f"{len(sealed)} sealed, {len(bundles) - len(sealed)} already sealed")
 
 
 @app.command("demo")

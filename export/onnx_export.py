@@ -46,12 +46,12 @@ import onnx
 import torch
 from torch import Tensor, nn
 
-from medcam_fast._io import atomic_write
+from medcam_fast._io import SEAL_KEY, atomic_write
 from medcam_fast._version import __version__
 from medcam_fast.classifiers.frozen import FrozenClassifier, _as_logits
 from medcam_fast.classifiers.weights import state_sha256
 from medcam_fast.errors import ModelError, UsageError, one_line
-from medcam_fast.explainer.bundle import ExplainerBundle
+from medcam_fast.explainer.bundle import ExplainerBundle, record_onnx
 from medcam_fast.method.masking import keep, make_baseline, remove
 from medcam_fast.types import BaselineKind
 
@@ -218,6 +218,7 @@ def onnx_metadata(bundle: ExplainerBundle, graph: str = "core") -> dict[str, str
         key → string value: ``medcam_fast`` (JSON facts) and the flat convenience keys.
     """
     facts = bundle.facts()
+    facts.pop("onnx_sha256", None)  # the file's own hash cannot be inside it
     facts["medcam_fast_version"] = __version__
     facts["graph"] = graph
     pre = bundle.preprocess
@@ -375,7 +376,23 @@ def export_explainer(bundle: ExplainerBundle, out: str | os.PathLike[str], opset
                 raise ModelError(f"onnxruntime disagrees with torch at {n}x{size[0]}x{size[1]}: max |Δm| = "
                                  f"{diff:.3g} > {PARITY_TOLERANCE:g}", out)
 
-    return _write(proto, out, check if verify else None)
+    path = _write(proto, out, check if verify else None)
+    _record_in_bundle(bundle, path)
+    return path
+
+
+def _record_in_bundle(bundle: ExplainerBundle, path: Path) -> None:
+    """A core graph written as ``explainer.onnx`` beside the bundle's own (sealed) ``explainer.json`` is
+    recorded there, so the bundle's seal covers it and :class:`~medcam_fast.explain.MedCAM` uses it."""
+    meta_path = path.parent / "explainer.json"
+    if path.name != "explainer.onnx" or not meta_path.is_file():
+        return
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    if isinstance(meta, dict) and meta.get("sha256") == bundle.sha256 and meta.get(SEAL_KEY):
+        record_onnx(path.parent)
 
 
 def export_combined(bundle: ExplainerBundle, classifier_module: nn.Module, out: str | os.PathLike[str],

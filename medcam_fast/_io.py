@@ -12,11 +12,13 @@ import json
 import os
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["new_file_mode", "atomic_write", "atomic_write_bytes", "atomic_write_json", "sha256_file"]
+from .errors import ModelError
+
+__all__ = ["SEAL_KEY", "seal", "check_seal", "new_file_mode", "atomic_write", "atomic_write_bytes", "atomic_write_json", "sha256_file"]
 
 
 _UMASK_LOCK = threading.Lock()
@@ -68,3 +70,38 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+#: The key of a bundle's JSON that holds the hash of everything else in it.
+SEAL_KEY = "content_sha256"
+
+
+def _content_sha256(meta: Mapping[str, Any]) -> str:
+    body = {k: v for k, v in meta.items() if k != SEAL_KEY}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def seal(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """``meta`` plus :data:`SEAL_KEY`: the sha256 of its canonical JSON (sorted keys, no spaces) without that
+    key. A bundle's JSON records the sha256 of its weights (and ONNX file), so the seal covers every file."""
+    return {**{k: v for k, v in meta.items() if k != SEAL_KEY}, SEAL_KEY: _content_sha256(meta)}
+
+
+def check_seal(meta: Mapping[str, Any], path: Path, allow_unsealed: bool = False) -> bool:
+    """Check the seal of a bundle's JSON ``meta`` read from ``path``; returns whether it was sealed.
+
+    Raises:
+        ModelError: the seal does not match (the file was edited after it was written), or there is none
+            and ``allow_unsealed`` is False.
+    """
+    recorded = meta.get(SEAL_KEY)
+    if not recorded:
+        if allow_unsealed:
+            return False
+        raise ModelError(f"{path.name} carries no content hash (written by medcam-fast 0.1.0, or edited): "
+                         "reseal it with `medcam-fast seal` after checking it, or allow unsealed bundles", path)
+    if recorded != _content_sha256(meta):
+        raise ModelError(f"{path.name} was changed after it was written (content hash mismatch): its classes, "
+                         "preprocessing or other facts no longer match what was trained", path)
+    return True

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ._io import sha256_file
 from ._version import __version__
 from .classifiers.bundle import load_classifier
 from .classifiers.frozen import ClassifierBundle
@@ -139,6 +140,8 @@ class MedCAM:
         layers: classifier layers for activation matching; None picks the documented default.
         threads: torch CPU threads to use (None leaves torch's setting).
         allow_mismatch: accept an explainer trained for another classifier (records carry a warning).
+        allow_unsealed: accept bundles whose JSON has no content hash (written by 0.1.0); records carry a
+            warning. A broken seal is never accepted.
         use_onnx: take the first guess from ``explainer.onnx`` with onnxruntime when the bundle has one.
         device: torch device for the classifier, refinement and the per-image fit (``"cpu"``, ``"cuda"``).
             onnxruntime picks its own provider (CUDA with onnxruntime-gpu and a GPU).
@@ -164,11 +167,12 @@ class MedCAM:
         layers: Sequence[str] | None = None,
         threads: int | None = None,
         allow_mismatch: bool = False,
+        allow_unsealed: bool = False,
         use_onnx: bool = True,
         device: str = "cpu",
     ) -> None:
         if isinstance(classifier, (str, Path)):
-            classifier = load_classifier(classifier)
+            classifier = load_classifier(classifier, allow_unsealed=allow_unsealed)
         elif isinstance(classifier, nn.Module):
             if preprocess is None or classes is None:
                 raise UsageError("a plain nn.Module classifier needs preprocess= and classes=")
@@ -178,7 +182,7 @@ class MedCAM:
         self.device = _device(device)
         self.bundle = classifier
         self.classifier = classifier.frozen(layers).to(self.device)
-        self.settings, self.explainer, self.onnx = _load_explainer(explainer, use_onnx)
+        self.settings, self.explainer, self.onnx = _load_explainer(explainer, use_onnx, allow_unsealed)
         if self.explainer is not None:
             self.explainer.unet.to(self.device)
         self.mode = choice(RefineMode, mode or (RefineMode.FULL if explainer is None else RefineMode.LOGITS),
@@ -188,6 +192,8 @@ class MedCAM:
         if self.mode is RefineMode.WEIGHTS and self.explainer is None:
             raise UsageError("mode 'weights' needs the explainer's torch weights (its bundle folder), not only ONNX")
         self.warnings: list[str] = []
+        if not classifier.sealed or (self.explainer is not None and not self.explainer.sealed):
+            self.warnings.append("loaded without a content hash check (unsealed bundle allowed)")
         trained_for = None if self.settings is None else self.settings.classifier_sha256
         if trained_for is not None and trained_for != classifier.sha256:
             msg = (f"explainer was trained for classifier {trained_for[:12]}…, not this one "
@@ -344,10 +350,11 @@ def _device(name: str) -> torch.device:
 
 
 def _load_explainer(
-    explainer: ExplainerBundle | str | Path | None, use_onnx: bool
+    explainer: ExplainerBundle | str | Path | None, use_onnx: bool, allow_unsealed: bool = False
 ) -> tuple[ExplainerSettings | None, ExplainerBundle | None, OnnxExplainer | None]:
     """(settings, torch bundle or None, onnxruntime explainer or None) from a bundle, a bundle folder or an
-    ``.onnx`` file. An ONNX file alone gives the settings from its metadata: no U-Net is built."""
+    ``.onnx`` file. An ONNX file alone gives the settings from its metadata: no U-Net is built. A bundle's
+    own ``explainer.onnx`` is used only when its sha256 is the one the sealed ``explainer.json`` records."""
     if explainer is None:
         return None, None, None
     if isinstance(explainer, ExplainerBundle):
@@ -358,11 +365,15 @@ def _load_explainer(
 
         onnx = OnnxExplainer(path)
         return ExplainerSettings.from_facts(onnx.facts, path), None, onnx
-    bundle = load_explainer(path)
+    bundle = load_explainer(path, allow_unsealed=allow_unsealed)
     folder = path.parent if path.suffix == ".json" else path
     onnx_file = folder / "explainer.onnx"
     if use_onnx and onnx_file.exists():
         from .export.runtime import OnnxExplainer
 
+        if bundle.onnx_sha256 is None and bundle.sealed:
+            raise ModelError("explainer.onnx is not covered by explainer.json's seal: export it again", onnx_file)
+        if bundle.onnx_sha256 is not None and sha256_file(onnx_file) != bundle.onnx_sha256:
+            raise ModelError("explainer.onnx changed after it was exported (sha256 mismatch)", onnx_file)
         return bundle, bundle, OnnxExplainer(onnx_file)
     return bundle, bundle, None

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from torch import Tensor, nn
 
-from .._io import atomic_write, atomic_write_bytes, atomic_write_json, sha256_file
+from .._io import atomic_write, atomic_write_bytes, atomic_write_json, check_seal, seal, sha256_file
 from .._version import __version__
 from ..errors import ModelError, UsageError, one_line
 from .architectures import ARCHITECTURES, _rebuild_builtin
@@ -114,7 +114,7 @@ def save_classifier(bundle: ClassifierBundle, out_dir: str | os.PathLike[str]) -
         "weights": _WEIGHTS_NAME,
         "sha256": digest,
     }
-    atomic_write_json(out / _JSON_NAME, meta)
+    atomic_write_json(out / _JSON_NAME, seal(meta))
     return out
 
 
@@ -181,16 +181,20 @@ def _preprocess_from_dict(d: Mapping[str, Any], path: Path) -> Preprocess:
         raise ModelError(f"invalid preprocessing in the metadata: {one_line(e, typed=True)}", path) from e
 
 
-def load_classifier(path: str | os.PathLike[str], *, allow_import: bool = False) -> ClassifierBundle:
+def load_classifier(path: str | os.PathLike[str], *, allow_import: bool = False,
+                    allow_unsealed: bool = False) -> ClassifierBundle:
     """Load a bundle written by :func:`save_classifier`.
 
-    The weights file's sha256 is checked against the metadata before it is read, and weights are read with
-    ``safetensors`` only (no pickle), strictly (no missing, extra or mis-shaped tensor).
+    ``classifier.json`` is checked against its seal (:func:`~medcam_fast._io.check_seal`: editing its classes
+    or preprocessing is caught), the weights file's sha256 against the metadata before it is read, and
+    weights are read with ``safetensors`` only (no pickle), strictly (no missing, extra or mis-shaped tensor).
 
     Args:
         path: the bundle folder or its ``classifier.json``.
         allow_import: bundles of ``source="import"`` name a Python factory (``package.module:function``);
             it is imported and called only when this is True (importing runs that package's code).
+        allow_unsealed: accept a ``classifier.json`` without a seal (written by 0.1.0); the bundle's
+            ``sealed`` is then False.
 
     Raises:
         ModelError: missing files, bad JSON, sha256 mismatch, weights that do not fit the architecture,
@@ -200,6 +204,7 @@ def load_classifier(path: str | os.PathLike[str], *, allow_import: bool = False)
     json_path = p / _JSON_NAME if p.is_dir() else p
     folder = json_path.parent
     meta = _read_meta(json_path)
+    sealed = check_seal(meta, json_path, allow_unsealed)
     weights = _bundle_file(folder, meta.get("weights", _WEIGHTS_NAME), json_path)
     if not weights.is_file():
         raise ModelError("weights file not found", weights)
@@ -269,4 +274,5 @@ def load_classifier(path: str | os.PathLike[str], *, allow_import: bool = False)
         metrics=dict(meta.get("metrics") or {}),
         sha256=digest,
         source=source,
+        sealed=sealed,
     )

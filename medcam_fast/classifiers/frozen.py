@@ -355,6 +355,7 @@ class ClassifierBundle:
         metrics: training results (``val_accuracy``, ``test_accuracy``, ``epochs``, ``seconds``, ``n_train``).
         sha256: sha256 of the weights as written to ``weights.safetensors`` (see :func:`state_sha256`).
         source: ``"builtin"``, ``"import"``, ``"export"`` or ``"timm"``.
+        sealed: False when it was loaded from a ``classifier.json`` without a content hash (by request).
     """
 
     model: nn.Module
@@ -365,6 +366,7 @@ class ClassifierBundle:
     metrics: dict[str, Any] = field(default_factory=dict)
     sha256: str = ""
     source: str = "builtin"
+    sealed: bool = True
 
     @property
     def num_classes(self) -> int:

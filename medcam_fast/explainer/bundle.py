@@ -25,7 +25,7 @@ from typing import Any
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from .._io import atomic_write, atomic_write_json, sha256_file
+from .._io import atomic_write, atomic_write_json, check_seal, seal, sha256_file
 from ..data.preprocess import Preprocess
 from ..errors import ModelError
 from ..method.inner import InnerLoop, step_size
@@ -34,7 +34,9 @@ from ..method.objective import Objective
 from ..method.unet import UNet, UNetConfig
 from ..types import BaselineKind, Classifier, InnerMode, RefineMode, choice
 
-__all__ = ["ExplainerSettings", "ExplainerBundle", "save_explainer", "load_explainer", "EXPLAINER_FORMAT"]
+__all__ = [
+    "ExplainerSettings", "ExplainerBundle", "save_explainer", "load_explainer", "record_onnx", "EXPLAINER_FORMAT",
+]
 
 EXPLAINER_FORMAT = "medcam-fast-explainer/1"
 
@@ -148,10 +150,14 @@ class ExplainerBundle(ExplainerSettings):
     Args:
         unet: the U-Net (meta-learned initialization); its config must equal ``unet_config``.
         sha256: sha256 of ``weights.safetensors`` once saved or loaded.
+        onnx_sha256: sha256 of the bundle's ``explainer.onnx`` once exported (None: no ONNX file).
+        sealed: False when it was loaded from an ``explainer.json`` without a content hash (by request).
     """
 
     unet: UNet
     sha256: str = ""
+    onnx_sha256: str | None = None
+    sealed: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -159,10 +165,10 @@ class ExplainerBundle(ExplainerSettings):
             raise ValueError(f"the U-Net has config {self.unet.config}, the settings say {self.unet_config}")
 
     @classmethod
-    def of(cls, unet: UNet, settings: ExplainerSettings, sha256: str = "") -> ExplainerBundle:
+    def of(cls, unet: UNet, settings: ExplainerSettings, sha256: str = "", **extra: Any) -> ExplainerBundle:
         """A bundle of ``unet`` with ``settings`` (whose ``unet_config`` must match)."""
         fields = {k: getattr(settings, k) for k in ExplainerSettings.__dataclass_fields__}
-        return cls(unet=unet, sha256=sha256, **fields)
+        return cls(unet=unet, sha256=sha256, **fields, **extra)
 
     @property
     def settings(self) -> ExplainerSettings:
@@ -170,8 +176,9 @@ class ExplainerBundle(ExplainerSettings):
         return ExplainerSettings(**{k: getattr(self, k) for k in ExplainerSettings.__dataclass_fields__})
 
     def facts(self) -> dict[str, Any]:
-        """The settings' facts plus the weights' ``sha256``."""
-        return {**super().facts(), "sha256": self.sha256}
+        """The settings' facts plus the weights' ``sha256`` (and the ONNX file's, once exported)."""
+        extra = {} if self.onnx_sha256 is None else {"onnx_sha256": self.onnx_sha256}
+        return {**super().facts(), "sha256": self.sha256, **extra}
 
 
 def save_explainer(bundle: ExplainerBundle, out_dir: str | Path) -> Path:
@@ -181,15 +188,45 @@ def save_explainer(bundle: ExplainerBundle, out_dir: str | Path) -> Path:
     state = {k: v.detach().contiguous().cpu() for k, v in bundle.unet.state_dict().items()}
     wpath = atomic_write(out / "weights.safetensors", lambda tmp: save_file(state, str(tmp)))
     bundle.sha256 = sha256_file(wpath)
-    atomic_write_json(out / "explainer.json", bundle.facts())
+    onnx_file = out / "explainer.onnx"
+    bundle.onnx_sha256 = sha256_file(onnx_file) if onnx_file.is_file() else None
+    atomic_write_json(out / "explainer.json", seal(bundle.facts()))
     return out
 
 
-def load_explainer(path: str | Path) -> ExplainerBundle:
-    """Load a bundle from its folder (or its ``explainer.json``); checks the weights' sha256.
+def record_onnx(folder: str | Path) -> Path:
+    """Record the sha256 of ``folder/explainer.onnx`` in its (checked) ``explainer.json`` and seal it again:
+    the seal then covers the ONNX file too. Returns the JSON's path."""
+    meta_path = Path(folder) / "explainer.json"
+    meta = _read_json(meta_path)
+    check_seal(meta, meta_path)
+    meta["onnx_sha256"] = sha256_file(Path(folder) / "explainer.onnx")
+    atomic_write_json(meta_path, seal(meta))
+    return meta_path
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ModelError(f"cannot read {path.name}: {e}", path) from None
+    if not isinstance(meta, dict):
+        raise ModelError(f"{path.name} is not a JSON object", path)
+    return meta
+
+
+def load_explainer(path: str | Path, *, allow_unsealed: bool = False) -> ExplainerBundle:
+    """Load a bundle from its folder (or its ``explainer.json``): checks the JSON's seal
+    (:func:`~medcam_fast._io.check_seal`), then the weights' sha256 (required).
+
+    Args:
+        path: the bundle folder or its ``explainer.json``.
+        allow_unsealed: accept an ``explainer.json`` without a seal (written by 0.1.0); ``sealed`` is then
+            False.
 
     Raises:
-        ModelError: missing or malformed files, a sha256 mismatch, or weights that do not fit the config.
+        ModelError: missing or malformed files, no or a broken seal, a missing or mismatched sha256, or weights
+            that do not fit the config.
     """
     p = Path(path)
     folder = p.parent if p.suffix == ".json" else p
@@ -197,19 +234,21 @@ def load_explainer(path: str | Path) -> ExplainerBundle:
     wpath = folder / "weights.safetensors"
     if not meta_path.is_file():
         raise ModelError("not an explainer bundle (no explainer.json)", folder)
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise ModelError(f"cannot read explainer.json: {e}", meta_path) from None
+    meta = _read_json(meta_path)
     settings = ExplainerSettings.from_facts(meta, meta_path)
+    sealed = check_seal(meta, meta_path, allow_unsealed)
     if not wpath.is_file():
         raise ModelError("weights.safetensors is missing", folder)
     digest = sha256_file(wpath)
-    if meta.get("sha256") and meta["sha256"] != digest:
+    if not meta.get("sha256"):
+        raise ModelError("explainer.json records no sha256 of its weights", meta_path)
+    if meta["sha256"] != digest:
         raise ModelError("weights do not match the sha256 recorded in explainer.json", wpath)
     try:
         unet = UNet(settings.unet_config)
         unet.load_state_dict(load_file(str(wpath)), strict=True)
     except Exception as e:  # noqa: BLE001 — weights that do not fit are a model error for the user
         raise ModelError(f"invalid explainer weights: {type(e).__name__}: {e}".splitlines()[0], wpath) from e
-    return ExplainerBundle.of(unet.eval(), settings, digest)
+    onnx_sha256 = meta.get("onnx_sha256")
+    return ExplainerBundle.of(unet.eval(), settings, digest, onnx_sha256=None if onnx_sha256 is None else str(onnx_sha256),
+                              sealed=sealed)

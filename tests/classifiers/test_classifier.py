@@ -17,7 +17,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from medcam_fast._io import sha256_file
+from medcam_fast._io import seal, sha256_file
 from medcam_fast.classifiers.architectures import build_classifier
 from medcam_fast.classifiers.bundle import load_classifier, save_classifier
 from medcam_fast.classifiers.frozen import (
@@ -270,7 +270,7 @@ def test_tampered_and_broken_bundles(tmp_path: Path) -> None:
 
     meta = json.loads(good_meta)
     meta["config"]["width"] = 8  # same (valid) weights, different architecture: shape mismatch
-    meta_path.write_text(json.dumps(meta))
+    meta_path.write_text(json.dumps(seal(meta)))  # resealed: the deeper check
     with pytest.raises(ModelError, match="shape") as e:
         load_classifier(out)
     assert e.value.path == str(weights)
@@ -281,12 +281,12 @@ def test_tampered_and_broken_bundles(tmp_path: Path) -> None:
     assert e.value.path == str(meta_path)
     meta = json.loads(good_meta)
     del meta["sha256"]
-    meta_path.write_text(json.dumps(meta))
+    meta_path.write_text(json.dumps(seal(meta)))  # resealed: the deeper check
     with pytest.raises(ModelError, match="sha256"):
         load_classifier(out)
     meta = json.loads(good_meta)
     meta["weights"] = "../elsewhere.safetensors"
-    meta_path.write_text(json.dumps(meta))
+    meta_path.write_text(json.dumps(seal(meta)))  # resealed: the deeper check
     with pytest.raises(ModelError, match="invalid file name"):
         load_classifier(out)
     meta_path.write_text(good_meta)
@@ -310,7 +310,7 @@ def test_pickle_weights_are_refused(tmp_path: Path) -> None:
         load_classifier(out)
     meta = json.loads((out / "classifier.json").read_text())
     meta["sha256"] = sha256_file(out / "weights.safetensors")  # an attacker also rewrote the hash
-    (out / "classifier.json").write_text(json.dumps(meta))
+    (out / "classifier.json").write_text(json.dumps(seal(meta)))  # and resealed it
     with pytest.raises(ModelError, match="safetensors"):
         load_classifier(out)
     with pytest.raises(ModelError, match="safetensors"):
@@ -498,3 +498,27 @@ def test_train_classifier_deterministic_and_imbalanced() -> None:
         TrainConfig(arch="lenet")
     with pytest.raises(UsageError):
         TrainConfig(epochs=0)
+
+
+@pytest.mark.parametrize("edit", ["classes", "mean", "unsealed"])
+def test_an_edited_or_unsealed_classifier_json_is_refused(tmp_path, edit):
+    """The weights' sha256 alone let a changed class list or normalization run silently with wrong labels or
+    inputs; the JSON's own seal catches it, and an unsealed (0.1.0) file loads only when allowed."""
+    out = save_classifier(classifier_from_module(_tiny("resnet18"), _preprocess(), ["a", "b", "c"]), tmp_path)
+    path = out / "classifier.json"
+    meta = json.loads(path.read_text())
+    if edit == "classes":
+        meta["classes"] = ["c", "b", "a"]
+    elif edit == "mean":
+        meta["preprocess"]["mean"] = [0.9]
+    else:
+        del meta["content_sha256"]
+    path.write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match="content hash") as e:
+        load_classifier(out)
+    assert e.value.path == str(path)
+    if edit == "unsealed":
+        assert load_classifier(out, allow_unsealed=True).sealed is False
+    else:
+        with pytest.raises(ModelError, match="content hash"):
+            load_classifier(out, allow_unsealed=True)  # a broken seal is never accepted
