@@ -13,9 +13,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
+import torch
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -32,7 +33,7 @@ from .._io import SEAL_KEY, atomic_write_json, seal, sha256_file
 from ..classifiers.bundle import load_classifier, save_classifier
 from ..classifiers.frozen import ClassifierBundle
 from ..classifiers.training import TrainConfig, train_classifier
-from ..data.images import ImageSet, list_images, load_folder, load_image
+from ..data.images import ImageSet, list_images, load_folder, load_image, probe_image
 from ..data.lesions import make_lesions
 from ..data.medmnist import load_npz, resolve_data, stratified_split
 from ..errors import DataError, MedCamError, UsageError
@@ -116,11 +117,22 @@ def train_classifier_bundle(
 
 @dataclass
 class _Item:
+    """One input: a file decoded only when its batch comes (``path``), or an array from an ``.npz``."""
+
     stem: str
     source: str
-    image: np.ndarray | None
+    path: Path | None = None
+    array: np.ndarray | None = None
     error: DataError | None = None
     sha256: str | None = None
+
+    def load(self, max_pixels: int) -> np.ndarray:
+        """The image's pixels (decoded now, for a file; its sha256 recorded)."""
+        if self.array is not None:
+            return self.array
+        assert self.path is not None
+        self.sha256 = sha256_file(self.path)
+        return load_image(self.path, max_pixels=max_pixels)
 
 
 def _parse_index(spec: str | None, n: int, where: str) -> list[int]:
@@ -148,15 +160,17 @@ def _gather(inputs: Sequence[str], split: str, index: str | None, fail_fast: boo
             ds = load_npz(p, split)
             digest = sha256_file(p)
             for i in _parse_index(index, len(ds), spec):
-                items.append(_Item(f"{p.stem}_{split}_{i:05d}", f"{p}#{split}/{i}", ds.images[i], sha256=digest))
+                items.append(_Item(f"{p.stem}_{split}_{i:05d}", f"{p}#{split}/{i}", array=ds.images[i],
+                                   sha256=digest))
             continue
         for f in list_images(spec):
             try:
-                items.append(_Item(f.stem, str(f), load_image(f, max_pixels=max_pixels), sha256=sha256_file(f)))
+                probe_image(f, max_pixels=max_pixels)  # the header only: pixels are decoded batch by batch
+                items.append(_Item(f.stem, str(f), path=f))
             except DataError as e:
                 if fail_fast:
                     raise
-                items.append(_Item(f.stem, str(f), None, e))
+                items.append(_Item(f.stem, str(f), path=f, error=e))
     for it, stem in zip(items, output_stems([it.stem for it in items], [it.source for it in items]), strict=True):
         it.stem = stem
     return items
@@ -231,14 +245,10 @@ def explain_inputs(
     if explainer is None and classifier is None and (DEMO_DIR / "explainer" / "explainer.json").exists():
         explainer = DEMO_DIR / "explainer"
     items = _gather(inputs, split, index, fail_fast, max_pixels)
-    failures = [(it.stem, it.error) for it in items if it.error]
-    todo = [it for it in items if it.image is not None]
+    failures = [it for it in items if it.error]
+    todo = [it for it in items if not it.error]
     if not todo:
-        if len(failures) == 1:
-            raise failures[0][1]
-        for _, err in failures:
-            print_error(err, on=err_console)
-        raise DataError("no readable images among the inputs", ", ".join(inputs))
+        _no_readable_image(failures, inputs, err_console)
     medcam = MedCAM(bundle, explainer, mode=mode, refine_steps=steps, allow_mismatch=allow_mismatch,
                     allow_unsealed=allow_unsealed, device=device)
     with RunFolder(out) as run:
@@ -253,9 +263,22 @@ def explain_inputs(
         ) as bar:
             task = bar.add_task("explain", total=len(pending))
             for start in range(0, len(pending), batch_size):
-                chunk = pending[start : start + batch_size]
-                _write_batch(run, chunk, explain([it.image for it in chunk], targets=target), fmts)
-                bar.advance(task, len(chunk))
+                chunk, xs = [], []
+                for it in pending[start : start + batch_size]:  # at most one batch of pixels in memory
+                    try:
+                        xs.append(bundle.preprocess(it.load(max_pixels)))
+                        chunk.append(it)
+                    except DataError as e:
+                        if fail_fast:
+                            raise
+                        it.error = e
+                        failures.append(it)
+                if chunk:
+                    x = torch.from_numpy(np.concatenate(xs))
+                    _write_batch(run, chunk, explain(x, targets=target), fmts)
+                bar.advance(task, len(pending[start : start + batch_size]))
+        if failures and not any(it.stem in run.images for it in todo):
+            _no_readable_image(failures, inputs, err_console)
         facts = {"classifier": str(classifier or "embedded demo"), "classifier_sha256": bundle.sha256,
                  "explainer": None if explainer is None else str(explainer),
                  "failures": [{"image": it.stem, "source": it.source, "error": str(it.error)}
@@ -265,11 +288,21 @@ def explain_inputs(
             write_summary(out, rows, facts)
             run.record({"summary": {"csv": out / "summary.csv", "json": out / "summary.json"}}, {})
             console.print(_summary_table(rows, title))
-    console.print(f"{len(pending)} explained, {len(todo) - len(pending)} skipped (complete), {len(failures)} failed "
+    explained = len(pending) - sum(1 for it in pending if it.error)
+    console.print(f"{explained} explained, {len(todo) - len(pending)} skipped (complete), {len(failures)} failed "
                   f"→ {escape(str(out))}")
-    for _, err in failures:
-        print_error(err, "failed", on=err_console)
+    for it in failures:
+        print_error(it.error, "failed", on=err_console)
     return 5 if failures else 0
+
+
+def _no_readable_image(failures: Sequence[_Item], inputs: Sequence[str], err_console: Console) -> NoReturn:
+    """No input could be read: the one error as it is, or each on a line and a summary error."""
+    if len(failures) == 1 and failures[0].error is not None:
+        raise failures[0].error
+    for it in failures:
+        print_error(it.error, on=err_console)
+    raise DataError("no readable images among the inputs", ", ".join(inputs))
 
 
 def run_demo(
@@ -488,10 +521,14 @@ def evaluate_job(
     resume: bool = False,
     overwrite: bool = False,
     console: Console | None = None,
-) -> dict[str, Any]:
-    """Run ``medcam-fast evaluate`` with a progress bar; refuses to replace an earlier report unless asked."""
+) -> Any:
+    """Run ``medcam-fast evaluate`` with a progress bar, then write its report (results.json, report.md,
+    figures/) and print its table; refuses to replace an earlier report unless asked. Returns the
+    :class:`~medcam_fast.evaluation.harness.Evaluation`."""
     from ..evaluation.baselines import available_peers
-    from ..evaluation.harness import MEDCAM_METHODS, evaluate_suite
+    from ..evaluation.harness import EXPLAINER_METHODS, evaluate_suite
+    from ..evaluation.report import write_report
+    from .reports import evaluate_table
 
     console = console or Console()
     out = Path(out)
@@ -501,20 +538,23 @@ def evaluate_job(
         import shutil
 
         shutil.rmtree(out / "datasets", ignore_errors=True)
-    if any(m in MEDCAM_METHODS for m in config.methods) and explainer is None and classifier is not None:
-        raise UsageError("medcam-fast's methods need --explainer (a bundle folder or explainer.onnx)")
+    if any(m in EXPLAINER_METHODS for m in config.methods) and explainer is None and classifier is not None:
+        raise UsageError("medcam-fast's first guess and refinement need --explainer (a bundle folder or explainer.onnx)")
     _writable_folder(out)
     specs = evaluate_specs(datasets, classifier=classifier, explainer=explainer, models=models, data_dir=data_dir)
     missing = {m: why for m, why in available_peers().items() if why is not None and m in config.methods}
     for m, why in missing.items():
-        console.print(f"[yellow]skipping {m}[/]: {why}")
+        console.print(f"[yellow]skipping {escape(m)}[/]: {escape(why)}")
     live = [m for m in config.methods if m not in missing]
     units = len(specs) * (len(config.methods) + len(live) * (config.sanity_stages if config.sanity_n else 0))
     columns = (TextColumn("[bold]evaluate"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                TimeRemainingColumn())
     with Progress(*columns, console=console) as bar:
         task = bar.add_task("evaluate", total=units, info="")
-        results = evaluate_suite(specs, config, out, resume=resume,
-                                 progress=lambda label: bar.update(task, advance=1, info=label))
-    console.print(f"wrote {out / 'report.md'}, {out / 'results.json'} and {out / 'figures'}")
-    return results
+        evaluation = evaluate_suite(specs, config, out, resume=resume,
+                                    progress=lambda label: bar.update(task, advance=1, info=escape(label)))
+    write_report(evaluation, out)
+    console.print(evaluate_table(evaluation.results))
+    console.print(f"wrote {escape(str(out / 'report.md'))}, {escape(str(out / 'results.json'))} and "
+                  f"{escape(str(out / 'figures'))}")
+    return evaluation

@@ -25,7 +25,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from ..errors import DataError, one_line
 from .preprocess import _LUMA, PathLike, _pil_to_array
 
-__all__ = ["IMAGE_SUFFIXES", "ImageSet", "load_image", "list_images", "load_folder"]
+__all__ = ["IMAGE_SUFFIXES", "ImageSet", "load_image", "probe_image", "list_images", "load_folder"]
 
 
 #: File suffixes (lower case) that :func:`list_images` treats as images.
@@ -113,6 +113,49 @@ def _open_image(path: Path, max_pixels: int) -> Image.Image:
             Image.MAX_IMAGE_PIXELS = old
 
 
+def _open_checked(path: Path, max_pixels: int) -> Image.Image:
+    """The image's header, opened and checked (exists, not empty, an image, within ``max_pixels``, not
+    0 pixels); no pixel is decoded. Raises DataError naming ``path``."""
+    if not path.exists():
+        raise DataError("file not found", path)
+    if path.is_dir():
+        raise DataError("is a folder, expected an image file", path)
+    try:
+        if path.stat().st_size == 0:
+            raise DataError("empty file (0 bytes), not an image", path)
+        img = _open_image(path, max_pixels)
+    except DataError:
+        raise
+    except Image.DecompressionBombError:
+        raise DataError(f"image has more pixels than the limit of {max_pixels} (max_pixels), refused "
+                        "before decoding", path) from None
+    except UnidentifiedImageError:
+        raise DataError("not an image file (Pillow cannot identify its format)", path) from None
+    except PermissionError:
+        raise DataError("permission denied", path) from None
+    except Exception as e:
+        raise DataError(f"cannot open image: {one_line(e)}", path) from None
+    w, h = img.size
+    problem = (f"image is {w}x{h} = {w * h} pixels, more than the limit of {max_pixels} (max_pixels), refused "
+               "before decoding" if w * h > max_pixels else
+               f"image has no pixels ({w}x{h})" if w == 0 or h == 0 else None)
+    if problem:
+        img.close()
+        raise DataError(problem, path)
+    return img
+
+
+def probe_image(path: PathLike, *, max_pixels: int = _DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+    """``(width, height)`` of an image file from its header alone — every check of :func:`load_image` that
+    needs no pixel: a folder of large images is validated without holding any of them.
+
+    Raises:
+        DataError: missing file, folder, empty file, not an image, too many pixels.
+    """
+    with _open_checked(Path(path), max_pixels) as img:
+        return img.size
+
+
 def load_image(path: PathLike, *, max_pixels: int = _DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Read one image file (PNG, JPEG, TIFF, BMP or anything Pillow opens; the first frame of a stack).
 
@@ -133,32 +176,7 @@ def load_image(path: PathLike, *, max_pixels: int = _DEFAULT_MAX_PIXELS) -> np.n
         DataError: missing file, folder, empty file, not an image, too many pixels, truncated or corrupt data.
     """
     path = Path(path)
-    if not path.exists():
-        raise DataError("file not found", path)
-    if path.is_dir():
-        raise DataError("is a folder, expected an image file", path)
-    try:
-        if path.stat().st_size == 0:
-            raise DataError("empty file (0 bytes), not an image", path)
-        img = _open_image(path, max_pixels)
-    except DataError:
-        raise
-    except Image.DecompressionBombError:
-        raise DataError(f"image has more pixels than the limit of {max_pixels} (max_pixels), refused "
-                        "before decoding", path) from None
-    except UnidentifiedImageError:
-        raise DataError("not an image file (Pillow cannot identify its format)", path) from None
-    except PermissionError:
-        raise DataError("permission denied", path) from None
-    except Exception as e:
-        raise DataError(f"cannot open image: {one_line(e)}", path) from None
-    with img:
-        w, h = img.size
-        if w * h > max_pixels:
-            raise DataError(f"image is {w}x{h} = {w * h} pixels, more than the limit of {max_pixels} "
-                            "(max_pixels), refused before decoding", path)
-        if w == 0 or h == 0:
-            raise DataError(f"image has no pixels ({w}x{h})", path)
+    with _open_checked(path, max_pixels) as img:
         try:
             img.load()
         except Exception as e:

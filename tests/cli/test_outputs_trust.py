@@ -169,3 +169,35 @@ def test_the_summary_after_resume_describes_the_whole_run(tmp_path):
     (out / "b_mask.png").write_bytes(b"damaged")  # a listed file whose hash no longer matches is redone
     r = _explain(str(tmp_path / "in"), "--out", str(out), "--steps", "0", "--resume")
     assert "1 explained, 3 skipped" in " ".join(r.stdout.split())
+
+
+def test_images_are_decoded_batch_by_batch_not_all_before_the_first(tmp_path, monkeypatch):
+    """Ten 7000x7000 PNGs reached 2.7 GB because every input was decoded and held before the first was
+    explained; now only headers are read up front and each batch decodes its own images."""
+    from typer.testing import CliRunner
+
+    import medcam_fast.cli.jobs as jobs
+    from medcam_fast.cli.main import app
+    from medcam_fast.explain import MedCAM
+
+    _pngs(tmp_path / "in", [f"i{k}.png" for k in range(5)])
+    events: list[str] = []
+    decode, call = jobs.load_image, MedCAM.__call__
+    monkeypatch.setattr(jobs, "load_image", lambda *a, **k: (events.append("decode"), decode(*a, **k))[1])
+    monkeypatch.setattr(MedCAM, "__call__", lambda self, x, **k: (events.append(f"explain {len(x)}"),
+                                                                  call(self, x, **k))[1])
+    r = CliRunner().invoke(app, ["explain", str(tmp_path / "in"), "--out", str(tmp_path / "o"), "--steps", "0",
+                                 "--batch-size", "2"])
+    assert r.exit_code == 0, r.output
+    assert events == ["decode", "decode", "explain 2", "decode", "decode", "explain 2", "decode", "explain 1"]
+
+
+def test_an_image_that_fails_to_decode_mid_run_is_reported_and_the_rest_written(tmp_path):
+    files = _pngs(tmp_path / "in", ["a.png", "b.png", "c.png"])
+    data = files[1].read_bytes()
+    files[1].write_bytes(data[: len(data) // 2])  # a valid header, truncated pixels: found only when decoded
+    r = _explain(str(tmp_path / "in"), "--out", str(tmp_path / "o"), "--steps", "0", "--batch-size", "1")
+    assert r.returncode == 5 and "b.png" in r.stderr and "Traceback" not in r.stderr
+    assert sorted(_records(tmp_path / "o")) == ["a", "c"]
+    r = _explain(str(files[1]), "--out", str(tmp_path / "o2"), "--steps", "0")
+    assert r.returncode == 3 and len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "o2").exists()
