@@ -192,15 +192,22 @@ def _summary_table(rows: list[dict[str, Any]], title: str) -> Table:
 
 
 def _write_batch(run: RunFolder, items: Sequence[_Item], ex: Explanation, formats: Sequence[str]) -> None:
-    """Write one batch's outputs, then list them in the run's manifest."""
+    """Write one batch's outputs, then list them in the run's manifest. If a write fails (a full disk), the
+    batch's files are removed again, so nothing half-written or unlisted stays behind."""
     written, rows = {}, {}
-    for i, it in enumerate(items):
-        rec = {"image": it.stem, "source": it.source, "source_sha256": it.sha256, **ex.record(i)}
-        written[it.stem] = write_explanation(
-            run.out, it.stem, ex.images[i], ex.soft[i], ex.binary[i], ex.kept[i], rec, formats
-        )
-        rows[it.stem] = rec
-    run.record(written, rows)
+    try:
+        for i, it in enumerate(items):
+            rec = {"image": it.stem, "source": it.source, "source_sha256": it.sha256, **ex.record(i)}
+            written[it.stem] = write_explanation(
+                run.out, it.stem, ex.images[i], ex.soft[i], ex.binary[i], ex.kept[i], rec, formats
+            )
+            rows[it.stem] = rec
+        run.record(written, rows)
+    except OSError:
+        for it in items:
+            for path in output_paths(run.out, it.stem, formats).values():
+                path.unlink(missing_ok=True)
+        raise
 
 
 def explain_inputs(
@@ -275,25 +282,45 @@ def explain_inputs(
                         failures.append(it)
                 if chunk:
                     x = torch.from_numpy(np.concatenate(xs))
-                    _write_batch(run, chunk, explain(x, targets=target), fmts)
+                    ex = explain(x, targets=target)
+                    try:
+                        _write_batch(run, chunk, ex, fmts)
+                    except OSError as e:  # a full disk, a quota, a file-size limit: stop, keep what is whole
+                        _finish(run, out, todo, items, bundle, classifier, explainer, console, title)
+                        raise DataError(f"cannot write the outputs of {chunk[0].stem}: {e.strerror or e}; the "
+                                        "images before it are complete (--resume goes on)", out) from None
                 bar.advance(task, len(pending[start : start + batch_size]))
         if failures and not any(it.stem in run.images for it in todo):
             _no_readable_image(failures, inputs, err_console)
-        facts = {"classifier": str(classifier or "embedded demo"), "classifier_sha256": bundle.sha256,
-                 "explainer": None if explainer is None else str(explainer),
-                 "failures": [{"image": it.stem, "source": it.source, "error": str(it.error)}
-                              for it in items if it.error]}
-        rows = run.rows([it.stem for it in todo])
-        if rows:
-            write_summary(out, rows, facts)
-            run.record({"summary": {"csv": out / "summary.csv", "json": out / "summary.json"}}, {})
-            console.print(_summary_table(rows, title))
+        _finish(run, out, todo, items, bundle, classifier, explainer, console, title)
     explained = len(pending) - sum(1 for it in pending if it.error)
     console.print(f"{explained} explained, {len(todo) - len(pending)} skipped (complete), {len(failures)} failed "
                   f"→ {escape(str(out))}")
     for it in failures:
         print_error(it.error, "failed", on=err_console)
     return 5 if failures else 0
+
+
+def _finish(run: RunFolder, out: Path, todo: Sequence[_Item], items: Sequence[_Item], bundle: ClassifierBundle,
+            classifier: str | Path | None, explainer: str | Path | None, console: Console, title: str) -> None:
+    """Write the run's summary (all of it, resumed or not) and show its table; a summary that cannot be
+    written (the disk is full) is still shown."""
+    facts = {"classifier": str(classifier or "embedded demo"), "classifier_sha256": bundle.sha256,
+             "explainer": None if explainer is None else str(explainer),
+             "failures": [{"image": it.stem, "source": it.source, "error": str(it.error)}
+                          for it in items if it.error]}
+    rows = run.rows([it.stem for it in todo])
+    if not rows:
+        return
+    console.print(_summary_table(rows, title))
+    try:
+        write_summary(out, rows, facts)
+        run.record({"summary": {"csv": out / "summary.csv", "json": out / "summary.json"}}, {})
+    except OSError as e:
+        for name in ("summary.csv", "summary.json"):  # never leave a file the manifest does not list
+            if name not in run.files:
+                (out / name).unlink(missing_ok=True)
+        print_error(f"cannot write the summary: {e.strerror or e}", "warning")
 
 
 def _no_readable_image(failures: Sequence[_Item], inputs: Sequence[str], err_console: Console) -> NoReturn:

@@ -51,7 +51,7 @@ EXIT_CODES: dict[int, str] = {
     0: "success",
     1: "internal error (a bug: please report it)",
     2: "usage error (bad option or argument)",
-    3: "data error (an input image or data set cannot be read)",
+    3: "data error (an input image or data set cannot be read, or an output cannot be written: disk full)",
     4: "model error (a classifier or explainer cannot be loaded, or they do not match)",
     5: "some inputs of a batch failed (the others were written)",
     130: "interrupted",

@@ -201,3 +201,28 @@ def test_an_image_that_fails_to_decode_mid_run_is_reported_and_the_rest_written(
     assert sorted(_records(tmp_path / "o")) == ["a", "c"]
     r = _explain(str(files[1]), "--out", str(tmp_path / "o2"), "--steps", "0")
     assert r.returncode == 3 and len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "o2").exists()
+
+
+def test_a_full_disk_stops_with_one_line_keeps_what_is_whole_and_resume_goes_on(tmp_path):
+    """A file-size limit (EFBIG, as a full disk gives ENOSPC) crashed with a traceback and no summary."""
+    import resource
+    import signal
+
+    files = _pngs(tmp_path / "in", [f"i{k}.png" for k in range(6)])
+    out = tmp_path / "out"
+
+    def small_files() -> None:  # in the child: writes past 3 kB fail with EFBIG instead of killing it
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (3000, 3000))  # the manifest outgrows it after a batch or two
+
+    r = subprocess.run([sys.executable, "-m", "medcam_fast.cli.main", "explain", str(tmp_path / "in"), "--out",
+                        str(out), "--steps", "0", "--batch-size", "2", "--threads", "1", "--format", "json"],
+                       capture_output=True, text=True, timeout=300, preexec_fn=small_files)
+    assert r.returncode == 3, r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "cannot write the outputs" in errors[0] and "Traceback" not in r.stderr
+    assert not list(out.glob(".*.tmp"))  # nothing half-written
+    assert 0 < len(_records(out)) < len(files)  # the first batches are whole
+    r = _explain(str(tmp_path / "in"), "--out", str(out), "--steps", "0", "--resume", "--format", "json")
+    assert r.returncode == 0, r.stderr
+    assert sorted(_records(out)) == sorted(p.stem for p in files)
