@@ -251,6 +251,8 @@ def explain_inputs(
                          f"(0..{bundle.num_classes - 1})", classifier)
     if explainer is None and classifier is None and (DEMO_DIR / "explainer" / "explainer.json").exists():
         explainer = DEMO_DIR / "explainer"
+    if not any(Path(i).suffix.lower() == ".npz" for i in inputs) and (index is not None or split != "test"):
+        raise UsageError("--index and --split select images of .npz inputs; none of the inputs is one")
     items = _gather(inputs, split, index, fail_fast, max_pixels)
     failures = [it for it in items if it.error]
     todo = [it for it in items if not it.error]
@@ -258,6 +260,8 @@ def explain_inputs(
         _no_readable_image(failures, inputs, err_console)
     medcam = MedCAM(bundle, explainer, mode=mode, refine_steps=steps, allow_mismatch=allow_mismatch,
                     allow_unsealed=allow_unsealed, device=device)
+    for warning in medcam.warnings:  # also in every record; said once here, where the user looks
+        print_error(warning, "warning", on=err_console)
     with RunFolder(out) as run:
         _writable_folder(out)
         run.plan("summary", {"csv": out / "summary.csv", "json": out / "summary.json"}, overwrite=True,

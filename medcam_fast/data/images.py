@@ -206,11 +206,13 @@ def list_images(path: PathLike) -> list[Path]:
             files skipped, sorted), or a glob pattern such as ``"scans/**/*.png"`` (sorted matching image files).
 
     Raises:
-        DataError: nothing found (``no images found in ...``).
+        DataError: nothing found (``no images found in ...``), or a path that is not a regular file or folder.
     """
     p = Path(path).expanduser()
     if p.is_file():
         return [p]
+    if p.exists() and not p.is_dir():  # a FIFO, a device, a socket: reading could block or never end
+        raise DataError("not a regular file (a pipe, device or socket), expected an image file", path)
     if p.is_dir():
         found = sorted(f for f in p.rglob("*") if _is_image_file(f))
     elif glob.has_magic(str(path)):
