@@ -263,20 +263,23 @@ def evaluate_cmd(
                                    "name, an .npz file or a class-per-folder tree (repeat the option for several)."),
     models: Path = typer.Option(Path("models"), help="Folder with <dataset>/classifier and <dataset>/explainer."),
     methods: str | None = typer.Option(None, help="Comma-separated subset of the methods (default: all)."),
-    n: int = typer.Option(64, min=1, help="Test images per data set."),
+    n: int | None = typer.Option(None, min=1, help="Test images per data set (default: 64)."),
     out: Path = typer.Option(Path("evaluate-out"), help="Output folder: report.md, results.json, figures/."),
-    sanity_n: int = typer.Option(16, min=0, help="Images of the cascading-randomization check (0 skips it)."),
-    sanity_stages: int = typer.Option(4, min=1, help="Randomization stages reported."),
-    road_n: int = typer.Option(16, min=0, help="Images of the ROAD cross-check (needs grad-cam; 0 skips it)."),
+    sanity_n: int | None = typer.Option(None, min=0, help="Images of the cascading-randomization check (0 skips "
+                                        "it) (default: 16)."),
+    sanity_stages: int | None = typer.Option(None, min=1, help="Randomization stages reported (default: 4)."),
+    road_n: int | None = typer.Option(None, min=0, help="Images of the ROAD cross-check (needs grad-cam; 0 skips "
+                                      "it) (default: 16)."),
     refine_steps: int | None = typer.Option(None, min=0, help="Refinement steps of the refined method (default: 10)."),
     start_clip: float | None = typer.Option(None, min=0.0, help="The refined method's first guess is clipped to ± "
                                             "this before its steps (default: 3)."),
-    fit_steps: int = typer.Option(300, min=1, help="Steps of the per-image fit."),
-    rise_masks: int = typer.Option(4000, min=1, help="Random masks per image for RISE."),
-    extremal_steps: int = typer.Option(300, min=1, help="Steps per area for Extremal Perturbations."),
-    batch_size: int = typer.Option(16, min=1, help="Images per method call."),
-    device: str = typer.Option("cpu", help="torch device, e.g. cpu or cuda."),
-    seed: int = typer.Option(0, help="Picks the images and seeds the random methods."),
+    fit_steps: int | None = typer.Option(None, min=1, help="Steps of the per-image fit (default: 300)."),
+    rise_masks: int | None = typer.Option(None, min=1, help="Random masks per image for RISE (default: 4000)."),
+    extremal_steps: int | None = typer.Option(None, min=1, help="Steps per area for Extremal Perturbations "
+                                              "(default: 300)."),
+    batch_size: int | None = typer.Option(None, min=1, help="Images per method call (default: 16)."),
+    device: str | None = typer.Option(None, help="torch device, e.g. cpu or cuda (default: cpu)."),
+    seed: int | None = typer.Option(None, help="Picks the images and seeds the random methods (default: 0)."),
     resume: bool = typer.Option(False, help="Reuse the methods an earlier run in OUT finished with the same settings."),
     overwrite: bool = typer.Option(False, help="Replace an earlier evaluation in OUT."),
     data_dir: Path | None = typer.Option(None, envvar="MEDCAM_DATA_DIR", help="Folder of the shared .npz data sets."),
@@ -284,19 +287,38 @@ def evaluate_cmd(
 ) -> None:
     """Faithfulness, localization, sanity and speed of medcam-fast against Grad-CAM, RISE, … on the same images."""
     from medcam_fast.cli.jobs import evaluate_job
-    from medcam_fast.evaluation.harness import ALL_METHODS, EvalConfig
-    from medcam_fast.explain import DEFAULT_STEPS
-    from medcam_fast.method.inner import START_CLIP
+    from medcam_fast.evaluation.harness import EvalConfig
 
     _threads(threads)
-    chosen = tuple(m.strip() for m in methods.split(",") if m.strip()) if methods else ALL_METHODS
-    cfg = EvalConfig(methods=chosen, n=n, sanity_n=sanity_n, sanity_stages=sanity_stages, road_n=road_n,
-                     refine_steps=DEFAULT_STEPS if refine_steps is None else refine_steps,
-                     start_clip=START_CLIP if start_clip is None else start_clip, fit_steps=fit_steps,
-                     rise_masks=rise_masks, extremal_steps=extremal_steps, batch_size=batch_size, device=device,
-                     seed=seed)
+    chosen = tuple(m.strip() for m in methods.split(",") if m.strip()) if methods else None
+    cfg = EvalConfig(**_given(methods=chosen, n=n, sanity_n=sanity_n, sanity_stages=sanity_stages, road_n=road_n,
+                              refine_steps=refine_steps, start_clip=start_clip, fit_steps=fit_steps,
+                              rise_masks=rise_masks, extremal_steps=extremal_steps, batch_size=batch_size,
+                              device=device, seed=seed))
     evaluate_job(data, out, cfg, classifier=classifier, explainer=explainer, models=models, data_dir=data_dir,
                  resume=resume, overwrite=overwrite, console=console)
+
+
+def _csv(text: str) -> list[str]:
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
+def _bench_sets(models: Path, datasets: list[str], data_dir: Path | None) -> dict[str, Any]:
+    """Test images of each data set whose classifier bundle ``models/<d>/classifier`` loads (checked first:
+    a missing bundle fails before any data is read)."""
+    from medcam_fast.classifiers.bundle import load_classifier
+    from medcam_fast.cli.jobs import load_splits
+
+    for d in datasets:
+        load_classifier(models / d / "classifier")
+    return {d: load_splits(d, data_dir)["test"] for d in datasets}
+
+
+def _ints(text: str, option: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in _csv(text))
+    except ValueError:
+        raise typer.BadParameter(f"{option} must be comma-separated integers, got {text!r}") from None
 
 
 @bench_app.command("per-image")
@@ -305,20 +327,21 @@ def bench_per_image_cmd(
     models: Path = typer.Option(Path("models"), help="Folder with one classifier bundle per data set."),
     datasets: str = typer.Option("breast,pneumonia,blood,path", help="Data sets (comma-separated)."),
     n: int = typer.Option(32, min=1, help="Test images per data set."),
-    steps: int = typer.Option(300, min=1, help="Steps of the per-image fit."),
+    steps: int | None = typer.Option(None, min=1, help="Steps of the per-image fit (default: 300)."),
     batch_size: int = typer.Option(16, min=1, help="Images fitted together."),
     out: Path = typer.Option(Path("benchmarks/results"), help="Folder of the result files."),
     data_dir: Path | None = typer.Option(None, envvar="MEDCAM_DATA_DIR", help="Folder of the shared .npz data sets."),
     threads: int | None = typer.Option(None, min=1, help="CPU threads for torch."),
 ) -> None:
-    """The paper's per-image fit on the shared data sets: confidence kept, area, complement, seconds."""
+    """The paper's per-image fit on the shared data sets: p_kept, p_removed, area, seconds."""
+    from medcam_fast.cli.reports import per_image_table
     from medcam_fast.evaluation.bench import bench_per_image
 
     _threads(threads)
-    bench_per_image(
-        models, [d.strip() for d in datasets.split(",") if d.strip()], n=n, steps=steps, batch_size=batch_size,
-        out_dir=out, data_dir=data_dir, console=console,
-    )
+    sets = _bench_sets(models, _csv(datasets), data_dir)
+    results = bench_per_image(models, sets, n=n, steps=steps, batch_size=batch_size, out_dir=out,
+                              progress=lambda line: console.print("  " + escape(line)))
+    console.print(per_image_table(results))
 
 
 @bench_app.command("quality")
@@ -336,16 +359,18 @@ def bench_quality_cmd(
     data_dir: Path | None = typer.Option(None, envvar="MEDCAM_DATA_DIR", help="Folder of the shared .npz data sets."),
     threads: int | None = typer.Option(None, min=1, help="CPU threads for torch."),
 ) -> None:
-    """Composite loss, confidence and area against seconds per image: meta-trained, amortized, per-image fit."""
+    """Composite loss, p_kept and area against seconds per image: meta-trained, amortized, per-image fit."""
+    from medcam_fast.cli.reports import quality_table
     from medcam_fast.evaluation.bench import bench_quality
 
     _threads(threads)
-    ints = lambda text: tuple(int(v) for v in text.split(","))  # noqa: E731
-    bench_quality(models, [d.strip() for d in datasets.split(",") if d.strip()], n=n, ks=ints(ks),
-                  fit_steps=ints(fit_steps), modes=tuple(m.strip() for m in modes.split(",")),
-                  weights_ks=None if weights_ks is None else ints(weights_ks),
-                  folders=tuple(f.strip() for f in explainers.split(",") if f.strip()), out_dir=out,
-                  data_dir=data_dir, console=console)
+    sets = _bench_sets(models, _csv(datasets), data_dir)
+    results = bench_quality(models, sets, n=n, ks=_ints(ks, "--ks"), fit_steps=_ints(fit_steps, "--fit-steps"),
+                            modes=tuple(_csv(modes)),
+                            weights_ks=None if weights_ks is None else _ints(weights_ks, "--weights-ks"),
+                            folders=tuple(_csv(explainers)), out_dir=out,
+                            progress=lambda line: console.print("  " + escape(line)))
+    console.print(quality_table(results))
 
 
 @bench_app.command("speed")
@@ -355,9 +380,11 @@ def bench_speed_cmd(
     repeats: int = typer.Option(7, min=1, help="Repeats per measurement (medians are reported)."),
 ) -> None:
     """Milliseconds per image: ONNX/torch first guess, + K steps, per-image fit, Grad-CAM; ratios to Grad-CAM."""
+    from medcam_fast.cli.reports import speed_table
     from medcam_fast.evaluation.bench import bench_speed
 
-    bench_speed(out_dir=out, repeats=repeats, console=console)
+    results = bench_speed(out_dir=out, repeats=repeats, progress=lambda line: console.print("  " + escape(line)))
+    console.print(speed_table(results))
 
 
 def main() -> None:

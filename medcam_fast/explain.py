@@ -124,9 +124,10 @@ class MedCAM:
         classifier: a :class:`~medcam_fast.classifiers.frozen.ClassifierBundle`, the path of a classifier
             bundle, or any ``nn.Module`` mapping normalized images to logits (then ``preprocess`` and
             ``classes`` are required).
-        explainer: an :class:`~medcam_fast.explainer.bundle.ExplainerBundle`, its folder, or an exported
-            ``.onnx`` file (first guess and ``logits`` refinement only); None uses the per-image fit
-            (``mode="full"``).
+        explainer: an :class:`~medcam_fast.explainer.bundle.ExplainerBundle`, its folder, an exported
+            ``.onnx`` file or an :class:`~medcam_fast.export.runtime.OnnxExplainer` session (its providers and
+            threads as the caller chose; first guess and ``logits`` refinement only); None uses the per-image
+            fit (``mode="full"``).
         mode: ``logits``, ``weights`` or ``full`` (a :class:`~medcam_fast.types.RefineMode` or its value);
             default ``logits`` with an explainer, else ``full``.
         refine_steps: optimization steps per image; default ``refine_config.steps`` with an explainer, else
@@ -156,7 +157,7 @@ class MedCAM:
     def __init__(
         self,
         classifier: ClassifierBundle | str | Path | nn.Module,
-        explainer: ExplainerBundle | str | Path | None = None,
+        explainer: ExplainerBundle | OnnxExplainer | str | Path | None = None,
         *,
         mode: RefineMode | str | None = None,
         refine_steps: int | None = None,
@@ -350,7 +351,7 @@ def _device(name: str) -> torch.device:
 
 
 def _load_explainer(
-    explainer: ExplainerBundle | str | Path | None, use_onnx: bool, allow_unsealed: bool = False
+    explainer: ExplainerBundle | OnnxExplainer | str | Path | None, use_onnx: bool, allow_unsealed: bool = False
 ) -> tuple[ExplainerSettings | None, ExplainerBundle | None, OnnxExplainer | None]:
     """(settings, torch bundle or None, onnxruntime explainer or None) from a bundle, a bundle folder or an
     ``.onnx`` file. An ONNX file alone gives the settings from its metadata: no U-Net is built. A bundle's
@@ -359,6 +360,12 @@ def _load_explainer(
         return None, None, None
     if isinstance(explainer, ExplainerBundle):
         return explainer, explainer, None
+    if not isinstance(explainer, (str, Path)):
+        from .export.runtime import OnnxExplainer
+
+        if not isinstance(explainer, OnnxExplainer):
+            raise UsageError(f"explainer must be a bundle, a path or an OnnxExplainer, not {type(explainer).__name__}")
+        return ExplainerSettings.from_facts(explainer.facts, explainer.path), None, explainer
     path = Path(explainer)
     if path.suffix == ".onnx":
         from .export.runtime import OnnxExplainer

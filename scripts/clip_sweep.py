@@ -44,10 +44,10 @@ def main() -> None:
             cfg = EvalConfig(methods=("refined",), n=args.n, sanity_n=args.sanity_n, sanity_stages=1, road_n=0,
                              start_clip=clip)
             start = time.perf_counter()
-            r = evaluate_dataset(name, clf, epath, images, cfg)["methods"]["refined"]
+            r = evaluate_dataset(name, clf, epath, images, cfg).result["methods"]["refined"]
             rows.append({"dataset": name, "start_clip": clip, "keep_10": r["preservation"]["0.1"],
-                         "insertion_auc": r["insertion_auc"], "kept": r["binary"]["kept"],
-                         "removed": r["binary"]["removed"], "area": r["binary"]["area"], "iou": r.get("iou"),
+                         "insertion_auc": r["insertion_auc"], "p_kept": r["binary"]["p_kept"],
+                         "p_removed": r["binary"]["p_removed"], "area": r["binary"]["area"], "iou": r.get("iou"),
                          "pointing": r.get("pointing"), "rho_full_random": r["sanity"]["final"]})
             print(f"{name} clip {clip}: {time.perf_counter() - start:.0f} s", flush=True)
     atomic_write_json(OUT.with_suffix(".json"), {"n": args.n, "sanity_n": args.sanity_n, "steps": cfg.refine_steps,
@@ -55,10 +55,10 @@ def main() -> None:
     f = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
     lines = [f"Refined masks ({cfg.refine_steps} logit steps) by start clip: {args.n} test images per set, the "
              f"sanity check on {args.sanity_n} (every layer randomized).", "",
-             "| data set | start clip | keep 10% ↑ | insertion AUC ↑ | binary kept ↑ | removed ↓ | area ↓ | "
+             "| data set | start clip | keep 10% ↑ | insertion AUC ↑ | binary p_kept ↑ | p_removed ↓ | area ↓ | "
              "top-k IoU ↑ | pointing ↑ | ρ full random ↓ |", "|" + "---|" * 10]
-    lines += [f"| {r['dataset']} | {r['start_clip']:g} | {f(r['keep_10'])} | {f(r['insertion_auc'])} | {f(r['kept'])} | "
-              f"{f(r['removed'])} | {f(r['area'])} | {f(r['iou'])} | {f(r['pointing'])} | "
+    lines += [f"| {r['dataset']} | {r['start_clip']:g} | {f(r['keep_10'])} | {f(r['insertion_auc'])} | {f(r['p_kept'])} | "
+              f"{f(r['p_removed'])} | {f(r['area'])} | {f(r['iou'])} | {f(r['pointing'])} | "
               f"{f(r['rho_full_random'])} |" for r in rows]
     atomic_write_bytes(OUT.with_suffix(".md"), ("\n".join(lines) + "\n").encode())
     print("\n".join(lines))

@@ -9,9 +9,29 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 SETS = ("breast", "pneumonia", "blood", "path")
+
+#: The verdict's keys in result files written before it had one vocabulary → today's (p_original, p_kept,
+#: p_removed, area). Files are read with them renamed, so old and new result files print the same tables.
+_OLD_KEYS = {"original": "p_original", "masked": "p_kept", "p_masked": "p_kept", "kept": "p_kept",
+             "complement": "p_removed", "removed": "p_removed"}
+
+
+def _renamed(obj: Any) -> Any:
+    """``obj`` with every dict key of :data:`_OLD_KEYS` renamed (recursively)."""
+    if isinstance(obj, dict):
+        return {_OLD_KEYS.get(k, k): _renamed(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_renamed(v) for v in obj]
+    return obj
+
+
+def _load(path: Path) -> dict:
+    """A committed result file, in today's vocabulary."""
+    return _renamed(json.loads(path.read_text(encoding="utf-8")))
 
 
 def _point(curve: list[dict], steps: int) -> dict | None:
@@ -20,14 +40,14 @@ def _point(curve: list[dict], steps: int) -> dict | None:
 
 def quality() -> str:
     """One row per data set: the acceptance figures of the meta-trained explainer against the 300-step fit."""
-    head = ("| data set | fit-300 loss | meta K=10 loss (÷ fit) | meta K=10 p(kept) (fit) | speed-up K=10 | "
-            "meta / amortized loss K=5 | K=10 | first guess p(kept) ÷ fit | other class raised |")
+    head = ("| data set | fit-300 loss | meta K=10 loss (÷ fit) | meta K=10 p_kept (fit) | speed-up K=10 | "
+            "meta / amortized loss K=5 | K=10 | first guess p_kept ÷ fit | other class raised |")
     lines = [head, "|" + "---|" * 9]
     for name in SETS:
         path = ROOT / "benchmarks" / "results" / f"quality_{name}.json"
         if not path.exists():
             continue
-        res = json.loads(path.read_text())["datasets"][name]
+        res = _load(path)["datasets"][name]
         c = res["curves"]
         meta = next(v for k, v in c.items() if k.startswith("maml") and k.endswith("+logits"))
         amort = c["amortized+logits"]
@@ -36,16 +56,16 @@ def quality() -> str:
         a10, a5 = _point(amort, 10), _point(amort, 5)
         lines.append(
             f"| {name} | {fit['loss']:.3f} | {m10['loss']:.3f} ({m10['loss'] / fit['loss']:.3f}) | "
-            f"{m10['masked']:.3f} ({fit['masked']:.3f}) | "
+            f"{m10['p_kept']:.3f} ({fit['p_kept']:.3f}) | "
             f"{fit['seconds_per_image'] / m10['seconds_per_image']:.0f}× | "
             f"{m5['loss']:.3f} / {a5['loss']:.3f} | {m10['loss']:.3f} / {a10['loss']:.3f} | "
-            f"{m0['masked'] / fit['masked']:.3f} | {res['other_class']['raised_fraction']:.0%} |")
+            f"{m0['p_kept'] / fit['p_kept']:.3f} | {res['other_class']['raised_fraction']:.0%} |")
     return "\n".join(lines)
 
 
 def evaluate() -> str:
     """Per data set: the headline metrics of every method."""
-    res = json.loads((ROOT / "benchmarks" / "evaluate" / "results.json").read_text())
+    res = _load(ROOT / "benchmarks" / "evaluate" / "results.json")
     out = []
     for name, ds in res["datasets"].items():
         loc = ds.get("localization")

@@ -95,3 +95,16 @@ def test_same_inputs_give_the_same_masks_and_probabilities(lesion_bundle, explai
     assert np.array_equal(a.binary, b.binary)
     for f in ("soft", "p_original", "p_kept", "p_removed"):
         assert np.abs(getattr(a, f) - getattr(b, f)).max() <= 1e-6
+
+
+def test_an_onnx_session_the_caller_configured_is_used_as_it_is(lesion_bundle, explainer_dir, images):
+    from medcam_fast.export.runtime import OnnxExplainer
+
+    session = OnnxExplainer(explainer_dir / "explainer.onnx", threads=1)
+    with MedCAM(lesion_bundle, session, refine_steps=0) as explain:
+        got = explain(images)
+    assert explain.onnx is session and explain.explainer is None
+    with MedCAM(lesion_bundle, explainer_dir / "explainer.onnx", refine_steps=0) as explain:
+        assert np.array_equal(explain(images).logits, got.logits)
+    with pytest.raises(UsageError, match="OnnxExplainer"):
+        MedCAM(lesion_bundle, 42)

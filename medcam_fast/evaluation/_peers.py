@@ -1,4 +1,11 @@
-"""evaluation._peers: TODO docstring (split from baselines.py)."""
+"""What the peer baselines share: argument checks, the baseline tensor, and importing the optional packages.
+
+``grad-cam`` and ``captum`` are optional (``pip install 'medcam-fast[baselines]'``): they are imported
+when a method needs them, and a failed import becomes :class:`PeerUnavailable`, which carries the install
+command, so ``evaluate`` reports a missing peer as skipped instead of failing or scoring it as zeros.
+:class:`_Logits` adapts a :class:`~medcam_fast.classifiers.frozen.FrozenClassifier` to the plain
+``x ↦ logits`` module both packages expect.
+"""
 
 from __future__ import annotations
 

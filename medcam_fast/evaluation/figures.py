@@ -1,27 +1,38 @@
-"""Figures of ``medcam-fast evaluate``: a grid of maps and bar plots of each metric (matplotlib, Agg)."""
+"""Figures rendered from measured results (matplotlib, Agg backend; files written atomically).
+
+* :func:`grid_figure` — ``evaluate``'s grid: each image, then each method's map scaled between its 1st and
+  99th percentile (maps of different methods live on different scales: logits, probabilities,
+  attributions), with medcam-fast's binary mask (cyan) and the true evidence (green) as contours;
+* :func:`metrics_figure` — ``evaluate``'s headline metrics, one bar per method (medcam-fast's in red);
+* :func:`quality_figure` — ``bench quality``: composite loss of the binary mask against seconds per image,
+  one curve per method.
+
+Nothing here measures: each function takes what the harness or a benchmark returned.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from torch import Tensor
 
 from .._io import atomic_write
-from ..data.images import ImageSet
-from ..data.preprocess import Preprocess
 
-__all__ = ["grid_figure", "metrics_figure"]
+if TYPE_CHECKING:
+    from .harness import Grid
+
+__all__ = ["grid_figure", "metrics_figure", "quality_figure"]
 
 
-def _save(fig: Any, path: Path) -> None:
+def _save(fig: Any, path: Path, dpi: int = 100) -> Path:
     import matplotlib.pyplot as plt
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi))
     plt.close(fig)
+    return path
 
 
 def _pyplot() -> Any:
@@ -41,51 +52,48 @@ def _display(sal: np.ndarray) -> np.ndarray:
     return np.clip((sal - lo) / (hi - lo), 0, 1)
 
 
-def grid_figure(path: Path, name: str, images: ImageSet, preprocess: Preprocess, target: Tensor,
-                maps: Mapping[str, Any], labels: Sequence[str]) -> None:
+def grid_figure(path: Path, grid: Grid) -> Path:
     """Rows: the images; columns: the image, then each method's map.
 
     Args:
         path: PNG to write.
-        name: data set name (title).
-        images: the images shown (raw) with their labels.
-        preprocess: the classifier's preprocessing (to show what the classifier saw).
-        target: class explained per image.
-        maps: method → object with ``saliency`` ``[N,H,W]`` and ``binary`` (or None), one row per image.
-        labels: column titles, one per method (same order as ``maps``).
+        grid: the images, the class explained for each, and each method's maps of them.
+
+    Raises:
+        ValueError: the grid holds no image.
     """
-    plt = _pyplot()
+    images = grid.images
     rows = list(range(len(images.labels)))
     if not rows:
-        return
-    x = preprocess(images.images)
-    shown = np.clip(preprocess.denormalize(x), 0, 1).transpose(0, 2, 3, 1)
-    cols = 1 + len(maps)
+        raise ValueError(f"the grid of {grid.name!r} holds no image")
+    plt = _pyplot()
+    shown = np.clip(grid.preprocess.denormalize(grid.preprocess(images.images)), 0, 1).transpose(0, 2, 3, 1)
+    cols = 1 + len(grid.maps)
     fig, axes = plt.subplots(len(rows), cols, figsize=(1.6 * cols, 1.7 * len(rows)), squeeze=False)
-    for r, i in enumerate(rows):
+    for r in rows:
         img = shown[r]
         ax = axes[r][0]
         ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
-        ax.set_ylabel(f"{images.classes[int(images.labels[i])]}\n→ {images.classes[int(target[i])]}", fontsize=6)
-        for c, mp in enumerate(maps.values(), start=1):
+        ax.set_ylabel(f"{images.classes[int(images.labels[r])]}\n→ {images.classes[int(grid.target[r])]}", fontsize=6)
+        for c, mp in enumerate(grid.maps.values(), start=1):
             ax = axes[r][c]
-            ax.imshow(_display(mp.saliency[i].detach().cpu().numpy()), cmap="inferno", vmin=0, vmax=1)
+            ax.imshow(_display(mp.saliency[r].detach().cpu().numpy()), cmap="inferno", vmin=0, vmax=1)
             if mp.binary is not None:
-                ax.contour(mp.binary[i].detach().cpu().numpy().astype(float), levels=[0.5], colors="cyan",
+                ax.contour(mp.binary[r].detach().cpu().numpy().astype(float), levels=[0.5], colors="cyan",
                            linewidths=0.6)
             if images.masks is not None:
-                ax.contour(images.masks[i].astype(float), levels=[0.5], colors="lime", linewidths=0.6)
-    for c, title in enumerate(["image", *labels]):
+                ax.contour(images.masks[r].astype(float), levels=[0.5], colors="lime", linewidths=0.6)
+    for c, title in enumerate(["image", *grid.labels]):
         axes[0][c].set_title(title, fontsize=6)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle(f"{name}: maps (bright = more important; cyan: binary mask; green: true lesion)", fontsize=7)
+    fig.suptitle(f"{grid.name}: maps (bright = more important; cyan: binary mask; green: true lesion)", fontsize=7)
     fig.tight_layout()
-    _save(fig, path)
+    return _save(fig, path)
 
 
-def metrics_figure(path: Path, result: Mapping[str, Any]) -> None:
+def metrics_figure(path: Path, result: Mapping[str, Any]) -> Path:
     """One bar per method for each headline metric of one data set.
 
     Args:
@@ -117,4 +125,27 @@ def metrics_figure(path: Path, result: Mapping[str, Any]) -> None:
             ax.set_yscale("log")
     fig.suptitle(result["name"], fontsize=9)
     fig.tight_layout()
-    _save(fig, path)
+    return _save(fig, path)
+
+
+def quality_figure(path: Path, results: Mapping[str, Any]) -> Path:
+    """``bench quality``: one panel per data set, composite loss against seconds per image (log), one curve per
+    method (its points are the step counts measured).
+
+    Args:
+        path: PNG to write.
+        results: what :func:`~medcam_fast.evaluation.bench.bench_quality` returned.
+    """
+    plt = _pyplot()
+    names = list(results["datasets"])
+    fig, axes = plt.subplots(1, max(1, len(names)), figsize=(5 * max(1, len(names)), 4), squeeze=False)
+    for ax, name in zip(axes[0], names, strict=False):
+        for method, pts in results["datasets"][name]["curves"].items():
+            ax.plot([p["seconds_per_image"] for p in pts], [p["loss"] for p in pts], marker="o", label=method)
+        ax.set_xscale("log")
+        ax.set_xlabel("seconds per image (log)")
+        ax.set_ylabel("composite loss (binary mask)")
+        ax.set_title(name)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path, dpi=110)

@@ -1,13 +1,40 @@
-"""evaluation.harness: TODO docstring (split from evaluate.py)."""
+"""The measurements behind ``medcam-fast evaluate``: every method's maps on the same images, scored by the
+same metrics; nothing here renders or writes a report (:mod:`.report` and :mod:`.figures` do).
+
+For each data set, ``n`` test images are drawn (seeded) and each explained for the class the classifier
+predicts, by
+
+* medcam-fast, through the public API a user calls (:class:`~medcam_fast.explain.MedCAM`):
+  ``first-guess`` — the explainer with ``refine_steps=0``; ``refined`` — plus ``K`` logit steps from the
+  first guess clipped to ``±start_clip`` (:class:`~medcam_fast.method.refine.RefineConfig`); ``fit`` — the
+  paper's per-image fit, ``MedCAM`` without an explainer (mode ``full``) on the explainer's loss weights
+  and baseline. Their saliency is the mask logits ``u`` (the soft mask ``σ(u/τ)`` ranks pixels the same
+  way without saturating), their binary mask the one ``MedCAM`` reports;
+* every peer of the registry (:data:`medcam_fast.evaluation.baselines.METHODS`), each called the same way
+  with the run's :class:`~medcam_fast.evaluation.baselines.PeerSettings`; one whose package is missing is
+  recorded as skipped with the install command, never scored.
+
+Every map is then scored by :mod:`.metrics` — preservation at fixed areas (Fong & Vedaldi 2017), RISE's
+deletion and insertion AUCs (Petsiuk et al. 2018), pointing game and top-k IoU against known evidence,
+the binary masks' verdict — and checked by cascading randomization (Adebayo et al. 2018): the same method,
+explaining the classifier with its layers re-initialized from the top, through ``MedCAM`` too (the
+randomized classifier is not the one the explainer was trained for: ``allow_mismatch=True``). ROAD
+(:mod:`.road`) cross-checks the deletion metrics, and each medcam-fast method is compared image by image
+with the best peer of each headline metric (paired bootstrap).
+
+Each finished method is cached in ``<out>/datasets/<name>/<method>.{json,npz}`` under a key of exactly
+the settings it depends on, so ``resume`` reruns only what a change touches (a new explainer: the first
+guess and refinement; more RISE masks: RISE). Timings are wall seconds per image of the whole call, the
+classifier's forward passes included, on the run's device; the device is recorded with each method.
+"""
 
 from __future__ import annotations
 
 import json
 import math
-import platform
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -15,27 +42,36 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._io import atomic_write, atomic_write_json
+from .._config import Config
+from .._io import atomic_write, atomic_write_json, sha256_file
 from ..classifiers.bundle import load_classifier
 from ..classifiers.frozen import ClassifierBundle, FrozenClassifier
 from ..data.images import ImageSet
+from ..data.preprocess import Preprocess
 from ..errors import UsageError
-from ..explain import DEFAULT_STEPS, _load_explainer, _onnx_only_bundle
-from ..explainer.bundle import ExplainerBundle
-from ..method.fit import FitConfig, fit_masks
-from ..method.inner import START_CLIP
-from ..method.masking import make_baseline, mask_from_logits
-from ..method.refine import refine
+from ..explain import MedCAM
+from ..method.fit import FitConfig
+from ..method.masking import make_baseline
+from ..method.refine import RefineConfig
+from ..types import BaselineKind
 from . import baselines as peers
 from . import metrics
-from .report import report_markdown
+from ._measure import explain_in_chunks, machine_facts, sync
+from .baselines import PeerSettings
+from .road import road
 
-__all__ = ["MEDCAM_METHODS", "ALL_METHODS", "EvalConfig", "evaluate_dataset", "evaluate_suite"]
+__all__ = [
+    "MEDCAM_METHODS", "EXPLAINER_METHODS", "ALL_METHODS", "EvalConfig", "Maps", "Grid", "DatasetEvaluation",
+    "Evaluation", "evaluate_dataset", "evaluate_suite",
+]
 
 
 #: medcam-fast's own methods, in report order.
 MEDCAM_METHODS: tuple[str, ...] = ("first-guess", "refined", "fit")
 
+#: The methods that need an explainer (the per-image fit needs none; it takes the explainer's loss weights
+#: and baseline when there is one).
+EXPLAINER_METHODS: tuple[str, ...] = ("first-guess", "refined")
 
 #: Every method ``evaluate`` knows, in report order.
 ALL_METHODS: tuple[str, ...] = MEDCAM_METHODS + tuple(peers.METHODS)
@@ -43,10 +79,17 @@ ALL_METHODS: tuple[str, ...] = MEDCAM_METHODS + tuple(peers.METHODS)
 
 _LABELS = {"first-guess": "medcam-fast first guess", "refined": "medcam-fast refined", "fit": "per-image fit"}
 
+_NEEDS_EXPLAINER = "medcam-fast's first guess and refinement need --explainer (a bundle folder or explainer.onnx)"
+
+_REFINE = RefineConfig()
+_PEERS = PeerSettings()
+
 
 @dataclass(frozen=True)
-class EvalConfig:
-    """Settings of an evaluation run.
+class EvalConfig(Config):
+    """Settings of an evaluation run. The methods' own defaults are their owners':
+    :class:`~medcam_fast.method.refine.RefineConfig` (refinement), :class:`~medcam_fast.method.fit.FitConfig`
+    (the per-image fit), :class:`~medcam_fast.evaluation.baselines.PeerSettings` (the peers).
 
     Args:
         methods: methods to run (names from :data:`ALL_METHODS`).
@@ -58,10 +101,9 @@ class EvalConfig:
             and percentile on the CPU).
         sanity_stages: randomization stages reported (evenly spaced, the last is the fully random model).
         refine_steps: refinement steps of the ``refined`` method.
-        start_clip: the ``refined`` method's first guess is clipped to ``±start_clip`` (see
-            :func:`medcam_fast.method.refine.refine`).
-        rise_masks: random masks per image for RISE (the paper: 4000 at 224 px).
-        extremal_steps: optimization steps per area for Extremal Perturbations (the paper: 1600 at 224 px).
+        start_clip: the ``refined`` method's first guess is clipped to ``±start_clip`` before its steps.
+        rise_masks: random masks per image for RISE.
+        extremal_steps: optimization steps per area for Extremal Perturbations.
         fit_steps: steps of the per-image fit.
         batch_size: images per method call.
         grid_per_class: images per class in the figure grid.
@@ -76,17 +118,19 @@ class EvalConfig:
     sanity_n: int = 16
     road_n: int = 16
     sanity_stages: int = 4
-    refine_steps: int = DEFAULT_STEPS
-    start_clip: float = START_CLIP
-    rise_masks: int = 4000
-    extremal_steps: int = 300
-    fit_steps: int = 300
+    refine_steps: int = _REFINE.steps
+    start_clip: float | None = _REFINE.start_clip
+    rise_masks: int = _PEERS.rise_masks
+    extremal_steps: int = _PEERS.extremal_steps
+    fit_steps: int = FitConfig().steps
     batch_size: int = 16
     grid_per_class: int = 2
     device: str = "cpu"
     seed: int = 0
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "methods", tuple(self.methods))
+        object.__setattr__(self, "fractions", tuple(float(f) for f in self.fractions))
         unknown = [m for m in self.methods if m not in ALL_METHODS]
         if unknown:
             raise UsageError(f"unknown method {unknown[0]!r}; choose from {', '.join(ALL_METHODS)}")
@@ -95,89 +139,128 @@ class EvalConfig:
         if self.n < 1 or self.sanity_n < 0 or self.sanity_stages < 1 or self.batch_size < 1:
             raise UsageError("n, sanity-stages and batch-size must be positive, sanity-n non-negative")
 
-    def with_(self, **changes: Any) -> EvalConfig:
-        """A copy with some fields changed."""
-        return replace(self, **changes)
+    def peer_settings(self) -> PeerSettings:
+        """The peers' settings of this run."""
+        return PeerSettings(rise_masks=self.rise_masks, extremal_steps=self.extremal_steps, seed=self.seed)
+
+    def refine_config(self) -> RefineConfig:
+        """The ``refined`` method's refinement settings."""
+        return _REFINE.with_(steps=self.refine_steps, start_clip=self.start_clip, seed=self.seed)
 
 
 @dataclass
-class _Explainers:
-    """Everything medcam-fast's methods need: the torch bundle (or its ONNX-only stand-in) and ONNX."""
+class Maps:
+    """One method's maps of a batch.
 
-    bundle: ExplainerBundle
-    onnx: Any
+    Args:
+        saliency: ``[N,H,W]`` float32, higher = more important.
+        binary: ``[N,H,W]`` bool for the methods with a binary mask (medcam-fast's), else None.
+        seconds: wall seconds per image.
+    """
+
+    saliency: Tensor
+    binary: Tensor | None
+    seconds: float
+
+    def rows(self, rows: Sequence[int]) -> Maps:
+        """These images' maps, on the CPU."""
+        idx = torch.as_tensor(list(rows), dtype=torch.long)
+        return Maps(self.saliency.cpu()[idx], None if self.binary is None else self.binary.cpu()[idx], self.seconds)
 
 
 @dataclass
-class _Maps:
-    saliency: Tensor  # [N,H,W], higher = more important
-    binary: Tensor | None  # [N,H,W] bool for methods with a binary mask
-    seconds: float  # per image
+class Grid:
+    """What the figure grid of one data set shows.
+
+    Args:
+        name: the data set's name.
+        images: the images shown (raw, with labels and true evidence when known).
+        preprocess: the classifier's preprocessing (to show what it saw).
+        target: the class explained per image ``[R]``.
+        maps: method → its maps of these images.
+        labels: the methods' display names, in the order of ``maps``.
+    """
+
+    name: str
+    images: ImageSet
+    preprocess: Preprocess
+    target: np.ndarray
+    maps: dict[str, Maps]
+    labels: list[str]
 
 
 @dataclass
-class _Context:
-    classifier: FrozenClassifier
-    explainers: _Explainers
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
+class DatasetEvaluation:
+    """One data set's evaluation: its JSON-safe ``result`` (an entry of ``results.json``) and its figure grid."""
+
+    result: dict[str, Any]
+    grid: Grid
+
+
+@dataclass
+class Evaluation:
+    """A run over several data sets: ``results`` (what ``results.json`` holds) and the figure grid of each."""
+
+    results: dict[str, Any]
+    grids: dict[str, Grid] = field(default_factory=dict)
+
+
+@dataclass
+class _Run:
+    """One data set's fixed inputs: the images, their targets and baseline, and how medcam-fast is built."""
+
     cfg: EvalConfig
+    bundle: ClassifierBundle
+    clf: FrozenClassifier  # the trained classifier, for the metrics and the peers
+    explainer: str | Path | None
+    medcam: MedCAM | None  # the explainer for the trained classifier (None without an explainer)
+    fit_config: FitConfig
+    x: Tensor
+    target: Tensor
+    baseline: Tensor
+
+    def medcam_for(self, method: str, randomized: ClassifierBundle | None = None) -> MedCAM:
+        """``MedCAM`` as a user builds it for ``method``, explaining the trained classifier or ``randomized``.
+
+        ``first-guess`` and ``refined``: with the explainer (the randomized classifier is not the one it was
+        trained for: allowed); ``fit``: without one, on :attr:`fit_config`.
+        """
+        bundle = self.bundle if randomized is None else randomized
+        if method == "fit":
+            return MedCAM(bundle, fit_config=self.fit_config, device=self.cfg.device)
+        if randomized is None and self.medcam is not None:
+            return self.medcam
+        return _explainer_medcam(bundle, self.explainer, self.cfg, allow_mismatch=randomized is not None)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def _explainer_medcam(bundle: ClassifierBundle, explainer: str | Path | None, cfg: EvalConfig,
+                      allow_mismatch: bool = False) -> MedCAM:
+    if explainer is None:
+        raise UsageError(_NEEDS_EXPLAINER)
+    return MedCAM(bundle, explainer, refine_config=cfg.refine_config(), allow_mismatch=allow_mismatch,
+                  device=cfg.device)
 
 
-def _first_guess(ctx: _Context, x: Tensor, target: Tensor) -> Tensor:
-    ex = ctx.explainers
-    if ex.onnx is not None:
-        u = ex.onnx.logits(x.detach().cpu().numpy(), target.cpu().numpy())
-        return torch.from_numpy(np.asarray(u)).reshape(x.shape[0], 1, *x.shape[-2:]).to(x.device)
-    with torch.no_grad():
-        return ex.bundle.unet(x, target)
-
-
-def _medcam_chunk(method: str, ctx: _Context, clf: FrozenClassifier, x: Tensor, target: Tensor,
-                  seed: int) -> tuple[Tensor, Tensor]:
-    """(saliency = mask logits ``u``, binary mask) of one chunk for a medcam-fast method."""
-    bundle = ctx.explainers.bundle
-    if method == "fit":
-        cfg = FitConfig(steps=ctx.cfg.fit_steps, weights=bundle.weights, baseline=bundle.baseline,  # type: ignore[arg-type]
-                        seed=seed)
-        res = fit_masks(clf, x, target, cfg, normalization=(ctx.mean, ctx.std))
-        return res.logits, res.binary
-    u0 = _first_guess(ctx, x, target)
-    if method == "first-guess":
-        return u0[:, 0], mask_from_logits(u0[:, 0], bundle.tau) > bundle.threshold
-    res = refine(bundle, clf, x, target, steps=ctx.cfg.refine_steps, mode="logits", initial_logits=u0, seed=seed,
-                 start_clip=ctx.cfg.start_clip)
-    return res.logits, res.binary
-
-
-def _maps(method: str, ctx: _Context, clf: FrozenClassifier, x: Tensor, target: Tensor,
-          baseline: Tensor) -> _Maps:
-    """One method's maps for all of ``x`` (in chunks of ``batch_size``), timed."""
-    sal, binary = [], []
-    bs = ctx.cfg.batch_size
-    _sync(x.device)
+def _maps(method: str, run: _Run, x: Tensor, target: Tensor, baseline: Tensor,
+          randomized: ClassifierBundle | None = None) -> Maps:
+    """One method's maps of ``x``, timed; of the trained classifier, or of ``randomized`` for the sanity check."""
+    cfg = run.cfg
+    if method in MEDCAM_METHODS:
+        ex = explain_in_chunks(run.medcam_for(method, randomized), x, target, batch_size=cfg.batch_size,
+                               refine_steps=0 if method == "first-guess" else None)
+        return Maps(torch.from_numpy(ex.logits).to(x.device), torch.from_numpy(ex.binary).to(x.device),
+                    float(ex.seconds.mean()))
+    spec = peers.METHODS[method]
+    clf = run.clf if randomized is None else randomized.frozen().to(x.device)
+    settings = cfg.peer_settings()
+    sal = []
+    sync(x.device)
     start = time.perf_counter()
-    for s in range(0, x.shape[0], bs):
-        xs, ts, bl = x[s : s + bs], target[s : s + bs], baseline[s : s + bs]
-        if method in MEDCAM_METHODS:
-            u, b = _medcam_chunk(method, ctx, clf, xs, ts, ctx.cfg.seed + s)
-            sal.append(u.detach())
-            binary.append(b.detach().bool())
-        elif method == "rise":
-            sal.append(peers.rise(clf, xs, ts, n_masks=ctx.cfg.rise_masks, baseline=bl, seed=ctx.cfg.seed).detach())
-        elif method == "extremal":
-            sal.append(peers.extremal_perturbation(clf, xs, ts, steps=ctx.cfg.extremal_steps, baseline=bl,
-                                                   seed=ctx.cfg.seed).detach())
-        else:
-            sal.append(peers.METHODS[method].fn(clf, xs, ts, bl).detach())
-    _sync(x.device)
-    seconds = (time.perf_counter() - start) / x.shape[0]
-    return _Maps(torch.cat(sal).float(), torch.cat(binary) if binary else None, seconds)
+    for s in range(0, x.shape[0], cfg.batch_size):
+        sl = slice(s, s + cfg.batch_size)
+        sal.append(spec.fn(clf, x[sl], target[sl], baseline[sl], settings).detach())
+    sync(x.device)
+    return Maps(torch.cat(sal).float(), None, (time.perf_counter() - start) / x.shape[0])
 
 
 def _mean(t: Tensor) -> float | None:
@@ -221,10 +304,9 @@ def _evidence(sel: ImageSet, target: Tensor, size: tuple[int, ...]) -> _Evidence
     return _Evidence(rows, masks[rows])
 
 
-def _score_maps(ctx: _Context, x: Tensor, target: Tensor, maps: _Maps, evidence: _Evidence | None,
-                baseline: Tensor, deletion: Tensor, insertion: Tensor) -> dict[str, Any]:
-    clf = ctx.classifier
-    cfg = ctx.cfg
+def _score_maps(run: _Run, maps: Maps, evidence: _Evidence | None, deletion: Tensor,
+                insertion: Tensor) -> dict[str, Any]:
+    clf, cfg, x, target, baseline = run.clf, run.cfg, run.x, run.target, run.baseline
     pres = metrics.preservation_at_area(clf.logits, x, maps.saliency, target, baseline, cfg.fractions)
     d_auc, i_auc, d_curve, i_curve = metrics.deletion_insertion(clf.logits, x, maps.saliency, target, deletion,
                                                                 insertion, steps=cfg.curve_steps)
@@ -255,18 +337,22 @@ def _score_maps(ctx: _Context, x: Tensor, target: Tensor, maps: _Maps, evidence:
     return out
 
 
-def _sanity(ctx: _Context, method: str, x: Tensor, target: Tensor, baseline: Tensor, trained: Tensor,
-            advance: Callable[[], None]) -> dict[str, Any]:
-    """Cascading randomization (Adebayo et al. 2018) of the classifier from the top; Spearman ρ per stage."""
-    clf = ctx.classifier
-    n_mod = len(metrics.parameterized_modules(clf.model))
-    stops = set(metrics.cascade_checkpoints(n_mod, ctx.cfg.sanity_stages))
+def _sanity(run: _Run, method: str, k: int, trained: Tensor, advance: Callable[[], None]) -> dict[str, Any]:
+    """Cascading randomization (Adebayo et al. 2018) of the classifier from the top; Spearman ρ per stage.
+
+    Each stage's classifier is the trained bundle with its model replaced by the randomized copy, explained
+    the way the trained one was (medcam-fast through ``MedCAM``, peers through the registry)."""
+    model = run.bundle.model
+    n_mod = len(metrics.parameterized_modules(model))
+    stops = set(metrics.cascade_checkpoints(n_mod, run.cfg.sanity_stages))
+    x, target, baseline = run.x[:k], run.target[:k], run.baseline[:k]
     stages = []
-    for i, (name, model) in enumerate(metrics.cascading_randomization(clf.model, seed=ctx.cfg.seed), start=1):
+    for i, (name, randomized) in enumerate(metrics.cascading_randomization(model, seed=run.cfg.seed), start=1):
         if i not in stops:
             continue
-        rand = FrozenClassifier(model, layers=clf.layers, num_classes=clf.num_classes)
-        maps = _maps(method, ctx, rand, x, target, baseline)
+        # no weights file hashes to this model: an empty sha256 marks it as not the explainer's classifier
+        bundle = replace(run.bundle, model=randomized, sha256="")
+        maps = _maps(method, run, x, target, baseline, randomized=bundle)
         rho = metrics.spearman(trained, maps.saliency)
         stages.append({"randomized_through": name, "modules": i, "fraction": i / n_mod, "spearman": _mean(rho),
                        "undefined": int(torch.isnan(rho).sum())})
@@ -275,40 +361,39 @@ def _sanity(ctx: _Context, method: str, x: Tensor, target: Tensor, baseline: Ten
 
 
 def _road(clf: FrozenClassifier, x: Tensor, target: Tensor, sal: Tensor) -> dict[str, float | None]:
-    r = peers.road(clf, x, target, sal)
-    return {k: _mean(v) for k, v in r.items()}
+    return {k: _mean(v) for k, v in road(clf, x, target, sal).items()}
 
 
-#: The settings each method depends on beyond the shared ones (images, metrics, sanity check).
-_METHOD_SETTINGS: dict[str, tuple[str, ...]] = {"refined": ("refine_steps", "start_clip"), "fit": ("fit_steps",),
-                                                "rise": ("rise_masks",), "extremal": ("extremal_steps",)}
+#: The settings each medcam-fast method depends on beyond the shared ones (a peer's are in its registry entry).
+_MEDCAM_SETTINGS: dict[str, tuple[str, ...]] = {"first-guess": (), "refined": ("refine_steps", "start_clip"),
+                                                "fit": ("fit_steps",)}
 
 
 _SHARED_SETTINGS = ("n", "fractions", "curve_steps", "sanity_n", "sanity_stages", "seed")
 
 
-def _cache_key(cfg: EvalConfig, name: str, method: str, classifier: ClassifierBundle,
-               explainer: ExplainerBundle | None) -> dict[str, Any]:
+def _cache_key(run: _Run, name: str, method: str, explainer_sha256: str | None) -> dict[str, Any]:
     """What one method's cached result depends on, and nothing else.
 
     Every method depends on the images, the metrics' settings, the classifier and the preservation baseline;
     the first guess and refinement on the explainer's weights (and refinement on its steps and start clip), the
-    per-image fit on the loss weights only, a peer on its own settings only. So a new explainer reruns
+    per-image fit on its loss weights only, a peer on its own settings only. So a new explainer reruns
     ``first-guess`` and ``refined`` and reuses the fit and every peer. Not in the key: the device, the batch
     size, ROAD and the other methods.
     """
-    d = asdict(cfg)
-    key: dict[str, Any] = {k: d[k] for k in _SHARED_SETTINGS + _METHOD_SETTINGS.get(method, ())}
-    key.update(dataset=name, method=method, classifier_sha256=classifier.sha256,
-               baseline=explainer.baseline if explainer is not None else "blur")
-    if method in ("first-guess", "refined") and explainer is not None:
-        key["explainer_sha256"] = explainer.sha256
-    if method == "fit" and explainer is not None:
-        key["loss_weights"] = asdict(explainer.weights)
+    d = run.cfg.to_dict()
+    own = _MEDCAM_SETTINGS[method] if method in MEDCAM_METHODS else peers.METHODS[method].settings
+    key: dict[str, Any] = {k: d[k] for k in _SHARED_SETTINGS + own}
+    key.update(dataset=name, method=method, classifier_sha256=run.bundle.sha256,
+               baseline=str(run.fit_config.baseline))
+    if method in EXPLAINER_METHODS and explainer_sha256 is not None:
+        key["explainer_sha256"] = explainer_sha256
+    if method == "fit":
+        key["loss_weights"] = run.fit_config.weights.to_dict()
     return key
 
 
-def _load_cached(folder: Path, method: str, key: dict[str, Any]) -> tuple[dict[str, Any], _Maps] | None:
+def _load_cached(folder: Path, method: str, key: dict[str, Any]) -> tuple[dict[str, Any], Maps] | None:
     jpath, npath = folder / f"{_slug(method)}.json", folder / f"{_slug(method)}.npz"
     if not (jpath.is_file() and npath.is_file()):
         return None
@@ -317,11 +402,11 @@ def _load_cached(folder: Path, method: str, key: dict[str, Any]) -> tuple[dict[s
         return None
     with np.load(npath, allow_pickle=False) as z:
         binary = torch.from_numpy(z["binary"]) if "binary" in z.files else None
-        maps = _Maps(torch.from_numpy(z["saliency"].astype(np.float32)), binary, saved["result"]["seconds_per_image"])
+        maps = Maps(torch.from_numpy(z["saliency"].astype(np.float32)), binary, saved["result"]["seconds_per_image"])
     return saved["result"], maps
 
 
-def _save_cached(folder: Path, method: str, key: dict[str, Any], result: dict[str, Any], maps: _Maps) -> None:
+def _save_cached(folder: Path, method: str, key: dict[str, Any], result: dict[str, Any], maps: Maps) -> None:
     """The result and every map (saliency in float32, so a resumed run ranks pixels exactly as this one)."""
     arrays = {"saliency": maps.saliency.cpu().numpy().astype(np.float32)}
     if maps.binary is not None:
@@ -350,12 +435,11 @@ def _pick(images: ImageSet, n: int, seed: int) -> ImageSet:
     return images.subset(idx)
 
 
-def _load_explainers(path: str | Path, device: torch.device) -> _Explainers:
-    bundle, onnx = _load_explainer(path, use_onnx=True)
-    if bundle is None:
-        return _Explainers(_onnx_only_bundle(onnx, FitConfig()), onnx)
-    bundle.unet.to(device)
-    return _Explainers(bundle, onnx)
+def _explainer_sha256(medcam: MedCAM) -> str | None:
+    """The sha256 of the explainer's weights: the torch bundle's, or the ONNX file's when that is all there is."""
+    if medcam.explainer is not None:
+        return medcam.explainer.sha256
+    return sha256_file(medcam.onnx.path) if medcam.onnx is not None else None
 
 
 def evaluate_dataset(
@@ -367,27 +451,33 @@ def evaluate_dataset(
     out_dir: Path | None = None,
     progress: Callable[[str], None] | None = None,
     resume: bool = False,
-) -> dict[str, Any]:
+) -> DatasetEvaluation:
     """Evaluate every method of ``config`` on ``config.n`` images of ``images``.
 
     Args:
         name: the data set's name in the report.
         classifier: the frozen classifier's bundle.
         explainer: the explainer bundle folder or ``.onnx`` file for medcam-fast's methods (None when only
-            peers are evaluated).
+            peers and the per-image fit are evaluated; the fit then takes
+            :class:`~medcam_fast.method.fit.FitConfig`'s loss weights and baseline).
         images: test images (raw, as the classifier's preprocessing takes them); ``masks`` when the true
             evidence is known.
         config: evaluation settings.
-        out_dir: where the figures go (``figures/grid_<name>.png``, ``figures/metrics_<name>.png``).
+        out_dir: the run folder: ``datasets/<name>/`` there caches each finished method (None: no cache).
         progress: called with a short label after each unit of work.
         resume: reuse methods finished by an earlier run into ``out_dir`` with the same settings.
 
     Returns:
-        The JSON-safe results of this data set.
+        The data set's JSON-safe result and its figure grid.
+
+    Raises:
+        UsageError: the first guess or refinement without an explainer.
     """
     cfg = config
-    device = torch.device(cfg.device)
     tick = progress or (lambda _label: None)
+    if explainer is None and any(m in EXPLAINER_METHODS for m in cfg.methods):
+        raise UsageError(_NEEDS_EXPLAINER)
+    device = torch.device(cfg.device)
     sel = _pick(images, cfg.n, cfg.seed)
     pre = classifier.preprocess
     clf = classifier.frozen().to(device)
@@ -395,64 +485,65 @@ def evaluate_dataset(
     with torch.no_grad():
         logits = torch.cat([clf.logits(x[s : s + 256]) for s in range(0, len(x), 256)])
     target = logits.argmax(1)
-    needs_explainer = any(m in MEDCAM_METHODS for m in cfg.methods)
-    if needs_explainer and explainer is None:
-        raise UsageError("medcam-fast's methods need --explainer (a bundle folder or explainer.onnx)")
-    ex = _load_explainers(explainer, device) if needs_explainer and explainer is not None else None
-    baseline_kind = ex.bundle.baseline if ex is not None else "blur"
-    ctx = _Context(clf, ex, tuple(pre.mean), tuple(pre.std), cfg)  # type: ignore[arg-type]
-    baseline = make_baseline(x, baseline_kind, pre.mean, pre.std)  # type: ignore[arg-type]
-    deletion = make_baseline(x, "zero", pre.mean, pre.std)
-    insertion = make_baseline(x, "blur", pre.mean, pre.std)
+    fit_config = FitConfig(steps=cfg.fit_steps, seed=cfg.seed)
+    medcam = explainer_sha256 = None
+    if explainer is not None:  # the fit optimizes the explainer's objective; every method shares its baseline
+        medcam = _explainer_medcam(classifier, explainer, cfg)
+        assert medcam.settings is not None  # MedCAM with an explainer always has its settings
+        fit_config = fit_config.with_(weights=medcam.settings.weights, baseline=medcam.settings.baseline)
+        explainer_sha256 = _explainer_sha256(medcam)
+    baseline = make_baseline(x, fit_config.baseline, pre.mean, pre.std)
+    run = _Run(cfg, classifier, clf, explainer, medcam, fit_config, x, target, baseline)
+    deletion = make_baseline(x, BaselineKind.ZERO, pre.mean, pre.std)
+    insertion = make_baseline(x, BaselineKind.BLUR, pre.mean, pre.std)
     evidence = _evidence(sel, target, tuple(x.shape[-2:]))
 
     skipped: dict[str, str] = {}
     available = peers.available_peers()
+    road_ok = available.get("road") is None
     cache = out_dir / "datasets" / name if out_dir is not None else None
     rows = _grid_rows(sel.labels, cfg.grid_per_class)
     k = min(cfg.sanity_n, x.shape[0])
     r = min(cfg.road_n, x.shape[0])
-    grid: dict[str, _Maps] = {}
+    grid: dict[str, Maps] = {}
     results: dict[str, Any] = {}
     for m in cfg.methods:
-        key = _cache_key(cfg, name, m, classifier, ex.bundle if ex is not None else None)
+        key = _cache_key(run, name, m, explainer_sha256)
         cached = _load_cached(cache, m, key) if cache is not None and resume else None
         if cached is not None:
             res, maps = cached
+            maps = Maps(maps.saliency.to(device), None if maps.binary is None else maps.binary.to(device),
+                        maps.seconds)
             changed = False
             stale = evidence is not None and res.get("localization_n") != int(evidence.rows.numel())
             if "per_image" not in res or stale:  # scored by an older version: score its cached maps again
-                res.update(_score_maps(ctx, x, target, _Maps(maps.saliency.to(device), None if maps.binary is None
-                                                             else maps.binary.to(device), maps.seconds),
-                                       evidence, baseline, deletion, insertion))
+                res.update(_score_maps(run, maps, evidence, deletion, insertion))
                 changed = True
-            if "road" not in res and available.get("road") is None and r > 0:  # e.g. first run had no grad-cam
-                res["road"] = _road(clf, x[:r], target[:r], maps.saliency[:r].to(device))
+            if "road" not in res and road_ok and r > 0:  # e.g. the first run had no grad-cam
+                res["road"] = _road(clf, x[:r], target[:r], maps.saliency[:r])
                 changed = True
-            if changed:
-                _save_cached(cache, m, key, res, maps)  # type: ignore[arg-type]
+            if changed and cache is not None:
+                _save_cached(cache, m, key, res, maps)
             results[m] = res
-            grid[m] = _Maps(maps.saliency[rows], None if maps.binary is None else maps.binary[rows], maps.seconds)
+            grid[m] = maps.rows(rows)
             tick(f"{name}: {m} reused")
             continue
         if m in peers.METHODS and available.get(m) is not None:
             skipped[m] = str(available[m])
             tick(f"{name}: {m} skipped")
             continue
-        maps = _maps(m, ctx, clf, x, target, baseline)
+        maps = _maps(m, run, x, target, run.baseline)
         res: dict[str, Any] = {"label": _LABELS.get(m) or peers.METHODS[m].label, "device": str(device),
-                               **_score_maps(ctx, x, target, maps, evidence, baseline, deletion, insertion)}
-        if m == "first-guess" and ex is not None:
-            res["runtime"] = "onnxruntime" if ex.onnx is not None else "torch"
+                               **_score_maps(run, maps, evidence, deletion, insertion)}
+        if m == "first-guess":
+            res["runtime"] = "onnxruntime" if run.medcam_for(m).onnx is not None else "torch"
         tick(f"{name}: {m}")
-        if available.get("road") is None and r > 0:
+        if road_ok and r > 0:
             res["road"] = _road(clf, x[:r], target[:r], maps.saliency[:r])
         if k > 0:
-            res["sanity"] = _sanity(ctx, m, x[:k], target[:k], baseline[:k], maps.saliency[:k],
-                                    lambda m=m: tick(f"{name}: {m} sanity"))
+            res["sanity"] = _sanity(run, m, k, maps.saliency[:k], lambda m=m: tick(f"{name}: {m} sanity"))
         results[m] = res
-        grid[m] = _Maps(maps.saliency[rows].cpu(), None if maps.binary is None else maps.binary[rows].cpu(),
-                        maps.seconds)
+        grid[m] = maps.rows(rows)
         if cache is not None:
             _save_cached(cache, m, key, res, maps)
 
@@ -460,11 +551,11 @@ def evaluate_dataset(
         "name": name,
         "n": int(x.shape[0]),
         "sanity_n": int(k),
-        "road_n": int(r) if available.get("road") is None else 0,
+        "road_n": int(r) if road_ok else 0,
         "classes": list(classifier.classes),
         "classifier_sha256": classifier.sha256,
-        "explainer": str(explainer) if needs_explainer else None,
-        "explainer_sha256": ex.bundle.sha256 if ex is not None else None,
+        "explainer": None if explainer is None else str(explainer),
+        "explainer_sha256": explainer_sha256,
         "accuracy": float((target.cpu().numpy() == sel.labels).mean()),
         "localization": evidence is not None,
         "localization_n": int(evidence.rows.numel()) if evidence is not None else 0,
@@ -474,13 +565,8 @@ def evaluate_dataset(
         "skipped": skipped,
         "paired": _paired(results, cfg),
     }
-    if out_dir is not None and results:
-        from .figures import grid_figure, metrics_figure
-
-        grid_figure(out_dir / "figures" / f"grid_{name}.png", name, sel.subset(rows), pre, target[rows].cpu(),
-                    grid, [results[m]["label"] for m in grid])
-        metrics_figure(out_dir / "figures" / f"metrics_{name}.png", out)
-    return out
+    shown = Grid(name, sel.subset(rows), pre, target.cpu().numpy()[rows], grid, [results[m]["label"] for m in grid])
+    return DatasetEvaluation(out, shown)
 
 
 def _paired_metrics(cfg: EvalConfig) -> list[tuple[str, str]]:
@@ -517,45 +603,32 @@ def _paired(results: dict[str, Any], cfg: EvalConfig) -> dict[str, Any]:
     return out
 
 
-def _env(cfg: EvalConfig) -> dict[str, Any]:
-    from .._version import __version__
-
-    dev = torch.device(cfg.device)
-    env = {"medcam_fast": __version__, "torch": torch.__version__, "python": platform.python_version(),
-           "device": str(dev), "threads": torch.get_num_threads()}
-    if dev.type == "cuda":
-        env["gpu"] = torch.cuda.get_device_name(dev)
-    else:
-        env["cpu"] = platform.processor() or platform.machine()
-    return env
-
-
 def evaluate_suite(
     specs: Sequence[tuple[str, str | Path, str | Path | None, ImageSet]],
     config: EvalConfig,
-    out_dir: str | Path,
+    out_dir: str | Path | None = None,
     *,
     resume: bool = False,
     progress: Callable[[str], None] | None = None,
-) -> dict[str, Any]:
-    """Evaluate several data sets and write ``results.json``, ``report.md`` and figures under ``out_dir``.
+) -> Evaluation:
+    """Evaluate several data sets. Measures only: the report is rendered and written by
+    :func:`medcam_fast.evaluation.report.write_report`.
 
     Args:
         specs: ``(name, classifier bundle, explainer, test images)`` per data set.
         config: evaluation settings.
-        out_dir: output folder (``datasets/<name>/<method>.json`` holds each finished method for ``resume``).
+        out_dir: the run folder; ``datasets/<name>/<method>.{json,npz}`` there holds each finished method for
+            ``resume`` (None: nothing is cached).
         resume: reuse finished methods whose settings match ``config`` (a run without a peer package, then
             one with it, completes a report; the device each method ran on is recorded).
         progress: called with a short label after each unit of work.
     """
-    out = Path(out_dir)
-    results: dict[str, Any] = {"config": {**asdict(config), "methods": list(config.methods)}, "env": _env(config),
-                               "datasets": {}}
+    out = None if out_dir is None else Path(out_dir)
+    evaluation = Evaluation({"config": {**config.to_dict(), "methods": list(config.methods)},
+                             "env": machine_facts(config.device), "datasets": {}})
     for name, clf_path, ex_path, images in specs:
         bundle = load_classifier(clf_path)
-        results["datasets"][name] = evaluate_dataset(name, bundle, ex_path, images, config, out, progress,
-                                                     resume=resume)
-    atomic_write_json(out / "results.json", results)
-    text = report_markdown(results)
-    atomic_write(out / "report.md", lambda tmp: tmp.write_text(text, encoding="utf-8"))
-    return results
+        ds = evaluate_dataset(name, bundle, ex_path, images, config, out, progress, resume=resume)
+        evaluation.results["datasets"][name] = ds.result
+        evaluation.grids[name] = ds.grid
+    return evaluation

@@ -23,8 +23,8 @@ Faithfulness (needs the model):
   scores ``AUC(D)`` (lower is better) and ``AUC(I)`` (higher is better).
 * :func:`auc` — trapezoid rule on ``T+1`` evenly spaced points of ``[0,1]``:
   ``AUC(c) = (1/T)·(c_0/2 + c_1 + … + c_{T−1} + c_T/2)``.
-* :func:`binary_evidence` — a binary mask's sufficiency and necessity: ``kept = p_y(m⊙x + (1−m)⊙b)``,
-  ``removed = p_y((1−m)⊙x + m⊙b)``, ``area = mean(m)``.
+* :func:`binary_evidence` — a binary mask's sufficiency and necessity: ``p_kept = p_y(m⊙x + (1−m)⊙b)``,
+  ``p_removed = p_y((1−m)⊙x + m⊙b)``, ``area = mean(m)`` (the verdict's names everywhere in medcam-fast).
 
 Localization (needs a ground-truth region):
 
@@ -331,8 +331,8 @@ def binary_evidence(
 ) -> dict[str, Tensor]:
     """Sufficiency and necessity of a binary mask.
 
-    ``kept = p_y(m⊙x + (1−m)⊙b)``, ``removed = p_y((1−m)⊙x + m⊙b)``, ``area = mean(m)``. A faithful mask has
-    a high ``kept`` and a low ``removed`` at a small ``area``.
+    ``p_kept = p_y(m⊙x + (1−m)⊙b)``, ``p_removed = p_y((1−m)⊙x + m⊙b)``, ``area = mean(m)``. A faithful mask
+    has a high ``p_kept`` and a low ``p_removed`` at a small ``area``.
 
     Args:
         logits_fn: the model, ``[n,C,H,W] -> [n,K]`` logits.
@@ -342,7 +342,7 @@ def binary_evidence(
         baseline: the image ``b`` that replaces removed pixels, shaped like (or broadcastable to) ``x``.
 
     Returns:
-        ``{"kept": [B], "removed": [B], "area": [B]}``, float32 on ``x``'s device.
+        ``{"p_kept": [B], "p_removed": [B], "area": [B]}``, float32 on ``x``'s device.
     """
     if mask.dtype != torch.bool:
         raise ValueError(f"mask must be a bool tensor, got {mask.dtype}")
@@ -350,9 +350,9 @@ def binary_evidence(
     m = mask.to(x.device)[:, None]
     b = _as_substrate(baseline, x, "baseline")
     y = target.to(x.device)
-    kept = _target_probs(logits_fn, torch.where(m, x, b), y)
-    removed = _target_probs(logits_fn, torch.where(m, b, x), y)
-    return {"kept": kept, "removed": removed, "area": m.flatten(1).float().mean(1)}
+    p_kept = _target_probs(logits_fn, torch.where(m, x, b), y)
+    p_removed = _target_probs(logits_fn, torch.where(m, b, x), y)
+    return {"p_kept": p_kept, "p_removed": p_removed, "area": m.flatten(1).float().mean(1)}
 
 
 def _dilate(region: Tensor, tolerance: int) -> Tensor:

@@ -1,12 +1,27 @@
-"""evaluation.report: TODO docstring (split from evaluate.py)."""
+"""The report of ``medcam-fast evaluate``: Markdown rendered from the measured results, and the one function
+that writes a run's files.
+
+:func:`report_markdown` turns ``results.json``'s content into ``report.md``: how the run was made, one
+table per data set (the best value of each column in bold), the paired comparison against the best peer,
+ROAD, the cascading-randomization stages and what was skipped and why. It reads only the results, so a
+report can be rendered again from a saved ``results.json``. :func:`write_report` writes ``results.json``,
+``report.md`` and the figures (:mod:`.figures`) of an :class:`~medcam_fast.evaluation.harness.Evaluation`;
+the harness itself never writes them, the CLI job calls this after measuring.
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["paired_table", "dataset_table", "report_markdown"]
+from .._io import atomic_write, atomic_write_json
+
+if TYPE_CHECKING:
+    from .harness import Evaluation
+
+__all__ = ["paired_table", "dataset_table", "report_markdown", "write_report"]
 
 
 def paired_table(res: dict[str, Any]) -> str:
@@ -47,6 +62,15 @@ def _mark(v: float | None, best: float | None) -> str:
     return s
 
 
+#: The verdict's keys in results written before the vocabulary was unified (read, never written).
+_OLD_VERDICT = {"p_kept": "kept", "p_removed": "removed"}
+
+
+def _verdict(binary: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """``(p_kept, p_removed, area)`` of a method's binary-mask entry, also from results with the old keys."""
+    return (*(binary.get(k, binary.get(_OLD_VERDICT[k])) for k in ("p_kept", "p_removed")), binary.get("area"))
+
+
 def dataset_table(res: dict[str, Any], fractions: Sequence[float]) -> str:
     """The Markdown table of one data set's results (best value of each column in bold)."""
     ms = res["methods"]
@@ -59,7 +83,7 @@ def dataset_table(res: dict[str, Any], fractions: Sequence[float]) -> str:
         cols += [("pointing ↑", lambda r: r.get("pointing"), True), ("top-k IoU ↑", lambda r: r.get("iou"), True)]
     cols += [("ρ after full randomization ↓", lambda r: (r.get("sanity") or {}).get("final"), False)]
     devices = {r.get("device") for r in ms.values()}
-    header = ["method", *(c[0] for c in cols), "binary: kept / removed / area", "s/image"]
+    header = ["method", *(c[0] for c in cols), "binary: p_kept / p_removed / area", "s/image"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     bests = {c[0]: _best({m: c[1](r) for m, r in ms.items()}, c[2]) for c in cols}
     for r in ms.values():
@@ -67,7 +91,7 @@ def dataset_table(res: dict[str, Any], fractions: Sequence[float]) -> str:
         for title, get, _higher in cols:
             cells.append(_mark(get(r), bests[title]))
         b = r.get("binary")
-        cells.append(f"{_fmt(b['kept'])} / {_fmt(b['removed'])} / {_fmt(b['area'])}" if b else "–")
+        cells.append(" / ".join(_fmt(v) for v in _verdict(b)) if b else "–")
         cells.append(f"{r['seconds_per_image']:.4f}" + (f" ({r.get('device')})" if len(devices) > 1 else ""))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -103,7 +127,8 @@ def report_markdown(results: dict[str, Any]) -> str:
         "*pointing* and *top-k IoU* — against the true lesion (k = lesion area); *ρ after full randomization* — "
         "Spearman correlation between the map of the trained classifier and of the classifier with every layer "
         "re-initialized (Adebayo et al. 2018; low = the map depends on what the classifier learned); *binary* — "
-        "medcam-fast's binary masks: probability with the evidence kept alone, with it removed, and its area. "
+        "medcam-fast's binary masks: p_kept, the probability with the evidence kept alone, p_removed, with it "
+        "removed, and its area. "
         "Best of each column in bold.",
         "",
     ]
@@ -147,3 +172,29 @@ def report_markdown(results: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def write_report(evaluation: Evaluation, out_dir: str | Path) -> list[Path]:
+    """Write a run's ``results.json``, ``report.md`` and ``figures/{grid,metrics}_<name>.png`` under ``out_dir``.
+
+    Args:
+        evaluation: what :func:`~medcam_fast.evaluation.harness.evaluate_suite` measured.
+        out_dir: the run folder.
+
+    Returns:
+        The files written (a data set without any evaluated method gets no figures).
+    """
+    from .figures import grid_figure, metrics_figure
+
+    out = Path(out_dir)
+    written = [atomic_write_json(out / "results.json", evaluation.results)]
+    text = report_markdown(evaluation.results)
+    written.append(atomic_write(out / "report.md", lambda tmp: tmp.write_text(text, encoding="utf-8")))
+    for name, result in evaluation.results["datasets"].items():
+        grid = evaluation.grids.get(name)
+        if not result["methods"]:
+            continue
+        if grid is not None and len(grid.images):
+            written.append(grid_figure(out / "figures" / f"grid_{name}.png", grid))
+        written.append(metrics_figure(out / "figures" / f"metrics_{name}.png", result))
+    return written

@@ -1,4 +1,15 @@
-"""evaluation.road: TODO docstring (split from baselines.py)."""
+"""ROAD, RemOve And Debias (Rong, Leemann, Borisov, Kasneci & Kasneci, ICML 2022, "A consistent and
+efficient evaluation strategy for attribution methods"): a cross-check of the deletion metrics.
+
+Deleting pixels by replacing them with a constant leaks the mask's shape to the classifier; ROAD replaces
+them by noisy linear imputation from their neighbours instead, then measures the drop of the target
+probability when the most (MoRF) or least (LeRF) relevant pixels are imputed, averaged over percentiles.
+
+``grad-cam``'s implementation runs unchanged (it needs the package). What differs from calling its
+``ROADCombined``: ``combined = (LeRF − MoRF)/2`` is computed from one LeRF and one MoRF run instead of two
+of each (the same numbers under the same seed, half the imputations), and the imputation noise is seeded
+without touching the caller's random state.
+"""
 
 from __future__ import annotations
 

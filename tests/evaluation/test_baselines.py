@@ -17,7 +17,7 @@ from medcam_fast.classifiers.frozen import FrozenClassifier
 from medcam_fast.data.lesions import make_lesions
 from medcam_fast.errors import UsageError
 from medcam_fast.evaluation._peers import INSTALL_HINT, PeerUnavailable
-from medcam_fast.evaluation.baselines import METHODS, MethodSpec, available_peers
+from medcam_fast.evaluation.baselines import METHODS, MethodSpec, PeerSettings, available_peers
 from medcam_fast.evaluation.baselines.attributions import captum_attr
 from medcam_fast.evaluation.baselines.cam import grad_cam
 from medcam_fast.evaluation.baselines.extremal import extremal_perturbation
@@ -192,10 +192,30 @@ def test_registry():
     assert list(METHODS) == ["rise", "extremal", "gradcam", "gradcam++", "scorecam", "occlusion", "ig"]
     for name, spec in METHODS.items():
         assert isinstance(spec, MethodSpec) and spec.name == name and spec.label and callable(spec.fn)
+        assert set(spec.settings) <= set(PeerSettings().to_dict())
     assert {k for k, s in METHODS.items() if s.peer is None} == {"rise", "extremal"}
     assert {s.peer for s in METHODS.values()} == {None, "grad-cam", "captum"}
     with pytest.raises(AttributeError):
         METHODS["rise"].label = "x"  # type: ignore[misc]
+
+
+def test_peer_settings_default_to_the_functions_own_defaults():
+    import inspect
+
+    defaults = PeerSettings()
+    assert defaults.rise_masks == inspect.signature(rise).parameters["n_masks"].default
+    assert defaults.extremal_steps == inspect.signature(extremal_perturbation).parameters["steps"].default
+    assert defaults.seed == inspect.signature(rise).parameters["seed"].default
+
+
+def test_registry_passes_the_settings_to_rise_and_extremal(top_left):
+    clf, x, t = top_left
+    b = torch.zeros_like(x)
+    few = PeerSettings(rise_masks=16, extremal_steps=2, seed=3)
+    assert torch.equal(METHODS["rise"].fn(clf, x, t, b, few), rise(clf, x, t, n_masks=16, baseline=b, seed=3))
+    assert not torch.equal(METHODS["rise"].fn(clf, x, t, b, few), METHODS["rise"].fn(clf, x, t, b, few.with_(seed=4)))
+    assert torch.equal(METHODS["extremal"].fn(clf, x, t, b, few),
+                       extremal_perturbation(clf, x, t, steps=2, baseline=b, seed=3))
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -220,7 +240,7 @@ def test_grad_cam_variants_find_the_lesions(lesions, variant):
     fine = grad_cam(clf, x, t, variant=variant, layer="layer3")  # 8×8
     _check_maps(fine, x)
     assert pointing(fine, masks) >= 0.6
-    assert torch.equal(METHODS[variant].fn(clf, x[:2], t[:2], torch.zeros_like(x[:2])), s[:2])
+    assert torch.equal(METHODS[variant].fn(clf, x[:2], t[:2], torch.zeros_like(x[:2]), PeerSettings()), s[:2])
 
 
 def test_grad_cam_rejects_unknown_layers_and_variants(lesions):
@@ -241,7 +261,8 @@ def test_captum_methods_find_the_lesions(lesions, method):
     assert pointing(s, masks) >= 0.6
     assert float(concentration(s, masks).mean()) > 2
     key = "occlusion" if method == "occlusion" else "ig"
-    assert torch.allclose(METHODS[key].fn(clf, x[:2], t[:2], torch.zeros_like(x[:2])), s[:2], atol=1e-5)
+    assert torch.allclose(METHODS[key].fn(clf, x[:2], t[:2], torch.zeros_like(x[:2]), PeerSettings()), s[:2],
+                          atol=1e-5)
 
 
 def test_occlusion_with_the_image_as_baseline_is_zero(lesions):

@@ -218,15 +218,15 @@ def test_binary_evidence_all_ones_keeps_the_image_and_removes_it_all():
     ev = binary_evidence(square_logits, x, ones, target, baseline)
     p = torch.softmax(square_logits(x), 1).gather(1, target[:, None])[:, 0]
     p_b = torch.softmax(square_logits(baseline), 1).gather(1, target[:, None])[:, 0]
-    assert torch.allclose(ev["kept"], p) and torch.allclose(ev["removed"], p_b)
+    assert torch.allclose(ev["p_kept"], p) and torch.allclose(ev["p_removed"], p_b)
     assert ev["area"].tolist() == [1.0] * 3
     ev0 = binary_evidence(square_logits, x, ~ones, target, baseline)
-    assert torch.allclose(ev0["kept"], p_b) and torch.allclose(ev0["removed"], p)
+    assert torch.allclose(ev0["p_kept"], p_b) and torch.allclose(ev0["p_removed"], p)
     assert ev0["area"].tolist() == [0.0] * 3
     square = binary_evidence(mean_probe_logits, torch.ones(3, 1, SIZE, SIZE), square_region(3),
                              torch.zeros(3, dtype=torch.long), torch.zeros(1, 1, 1, 1))
-    assert torch.allclose(square["kept"], torch.full((3,), 16 / 256))
-    assert torch.allclose(square["removed"], torch.full((3,), 240 / 256))
+    assert torch.allclose(square["p_kept"], torch.full((3,), 16 / 256))
+    assert torch.allclose(square["p_removed"], torch.full((3,), 240 / 256))
     with pytest.raises(ValueError):
         binary_evidence(square_logits, x, ones.float(), target, baseline)
 

@@ -1,4 +1,15 @@
-"""evaluation.baselines.attributions: TODO docstring (split from baselines.py)."""
+"""Pixel attributions from ``captum`` (Kokhlikyan et al. 2020): occlusion (Zeiler & Fergus, ECCV 2014) and
+integrated gradients (Sundararajan, Taly & Yan, ICML 2017).
+
+Occlusion slides a window that replaces ``x`` by the baseline ``b`` and records the drop of the target
+logit; integrated gradients integrates the gradient of the target logit along the straight path from ``b``
+to ``x`` and multiplies by ``x − b``. Both are summed over channels and returned signed (positive =
+evidence for the class).
+
+captum's implementations run unchanged; what is chosen here: the baseline is the one every method of a run
+shares (the explainer's), not captum's zeros, and the default occlusion window is an eighth of the image
+side, so it covers a comparable fraction of a 28-px and a 224-px image.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,16 @@
-"""evaluation.baselines.cam: TODO docstring (split from baselines.py)."""
+"""Class activation maps from the ``grad-cam`` package (Gildenblat et al., ``pytorch-grad-cam``): Grad-CAM
+(Selvaraju et al., ICCV 2017), Grad-CAM++ (Chattopadhay et al., WACV 2018) and Score-CAM (Wang et al., CVPR
+workshops 2020).
+
+Each weights the channels ``A^k`` of one layer (the last of the classifier's matched layers by default) and
+takes ``ReLU(Σ_k w_k A^k)``, resized to the image and min-max normalized: Grad-CAM's ``w_k`` is the mean
+gradient of the target logit, Grad-CAM++'s a positively weighted gradient sum, Score-CAM's the softmax of
+the target logit with the image masked by each upsampled channel.
+
+The package's own code runs unchanged; the wrapper only adapts the frozen classifier to it: the logits
+become a module (models returning tuples or dicts work), and since the classifier's parameters do not
+require grad, the input does, so the hooked layer still receives a gradient.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,19 @@
-"""evaluation.baselines.extremal: TODO docstring (split from baselines.py)."""
+"""Extremal Perturbations (Fong, Patrick & Vedaldi, ICCV 2019, "Understanding deep networks via extremal
+perturbations and smooth masks"), preservation game: for each area ``a``, the smooth mask of that area that
+keeps the target score highest; the saliency is the sum of the masks over the areas.
+
+Each mask maximizes ``Φ_c(m⊙x + (1−m)⊙b) − λ·‖vecsort(m) − r_a‖²/(H·W)`` by Adam on low-resolution
+parameters, ``λ`` growing geometrically so that the area is enforced ever more strictly. Written here,
+batched over images and areas (TorchRay, the authors' package, runs one image at a time and pins old torch
+versions).
+
+Differs from the reference on purpose (each reason in :func:`extremal_perturbation`): the ``λ`` schedule
+starts at 1 instead of 300 (started high, the area term placed the masks before the score could, and the
+10 % masks missed the lesion on every image of the 32-px lesion set); the mask is a blurred, upsampled
+sigmoid instead of a smooth max-convolution; removed pixels take a fixed blurred image instead of a
+per-pixel blur; the score is the target logit rescaled per image; the soft optimal masks are summed
+without binarization.
+"""
 
 from __future__ import annotations
 

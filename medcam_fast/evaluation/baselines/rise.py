@@ -1,4 +1,16 @@
-"""evaluation.baselines.rise: TODO docstring (split from baselines.py)."""
+"""RISE (Petsiuk, Das & Saenko, BMVC 2018, "RISE: Randomized input sampling for explanation of black-box
+models"): saliency as the classifier's confidence averaged over random masks.
+
+``N`` coarse binary grids are upsampled to smooth masks ``M_i`` at random sub-cell offsets; each image is
+shown to the classifier with only ``M_i`` kept, and ``S = 1/(N·p) Σ_i p_c(M_i⊙x + (1−M_i)⊙b)·M_i``, a
+Monte-Carlo estimate of ``E[p_c | pixel kept]``. Written here (no package offers a batched, seeded,
+device-agnostic version) and checked against a model that only sees one quadrant.
+
+Differs from the reference on purpose: inputs are normalized, so a removed pixel takes the baseline ``b``
+(the data set's mean colour by default, the explainer's baseline in ``evaluate``) instead of the paper's
+black in pixel space; the masks are drawn on the CPU from one seeded generator and shared by every image,
+so a map does not depend on the batch it was computed in.
+"""
 
 from __future__ import annotations
 
