@@ -491,10 +491,9 @@ def _randomize_module(module: nn.Module, seed: int) -> None:
     own = dict(module.named_parameters(recurse=False))
     with torch.random.fork_rng(devices=[]):
         torch.random.default_generator.manual_seed(seed)
-        reset = getattr(module, "reset_parameters", None)
-        if callable(reset):
+        if callable(getattr(module, "reset_parameters", None)):
             scratch = copy.deepcopy(module).to("cpu")
-            scratch.reset_parameters()  # type: ignore[operator]
+            getattr(scratch, "reset_parameters")()  # noqa: B009 — nn.Module does not declare it
             fresh = dict(scratch.named_parameters(recurse=False))
         else:
             generator = torch.Generator().manual_seed(seed)
