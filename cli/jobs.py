@@ -29,6 +29,7 @@ from rich.progress import (
 from rich.table import Table
 
 from .._assets import DEMO_DIR
+from .._cpu import default_threads
 from .._io import SEAL_KEY, atomic_write_json, seal, sha256_file
 from ..classifiers.bundle import load_classifier, save_classifier
 from ..classifiers.frozen import ClassifierBundle
@@ -231,6 +232,7 @@ def explain_inputs(
     resume: bool = False,
     fail_fast: bool = False,
     max_pixels: int = 50_000_000,
+    threads: int | None = None,
     console: Console | None = None,
     err_console: Console | None = None,
     title: str = "medcam-fast",
@@ -259,7 +261,8 @@ def explain_inputs(
     if not todo:
         _no_readable_image(failures, inputs, err_console)
     medcam = MedCAM(bundle, explainer, mode=mode, refine_steps=steps, allow_mismatch=allow_mismatch,
-                    allow_unsealed=allow_unsealed, device=device)
+                    allow_unsealed=allow_unsealed, device=device,
+                    threads=threads or default_threads(max(bundle.preprocess.size)))
     for warning in medcam.warnings:  # also in every record; said once here, where the user looks
         print_error(warning, "warning", on=err_console)
     with RunFolder(out) as run:
@@ -341,6 +344,7 @@ def run_demo(
     n: int = 8,
     steps: int | None = None,
     overwrite: bool = True,
+    threads: int | None = None,
     console: Console | None = None,
     err_console: Console | None = None,
 ) -> int:
@@ -357,7 +361,7 @@ def run_demo(
         atomic_write_bytes(inputs_dir / f"lesion_{i:03d}_{ds.classes[ds.labels[i]]}.png", png_bytes(img))
     t0 = time.perf_counter()
     code = explain_inputs(
-        [str(inputs_dir)], classifier=None, out=out / "explanations", steps=steps, overwrite=overwrite,
+        [str(inputs_dir)], classifier=None, out=out / "explanations", steps=steps, overwrite=overwrite, threads=threads,
         console=console, err_console=err_console, title="medcam-fast demo (embedded bundle)",
     )
     overlays = sorted((out / "explanations").glob("*_overlay.png"))[:4]

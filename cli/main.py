@@ -7,7 +7,6 @@ Exit codes: 0 success · 1 internal error (a bug) · 2 usage error · 3 data err
 from __future__ import annotations
 
 import functools
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -64,9 +63,12 @@ def _warn_unsealed(allowed: bool) -> None:
 
 
 def _threads(n: int | None) -> None:
+    """``--threads``, or the free cores (:func:`medcam_fast._cpu.default_threads`)."""
     import torch
 
-    torch.set_num_threads(n or max(1, min(4, os.cpu_count() or 1)))
+    from medcam_fast._cpu import default_threads
+
+    torch.set_num_threads(n or default_threads())
 
 
 @app.command("train-classifier")
@@ -149,12 +151,12 @@ def explain_cmd(
     resume: bool = typer.Option(False, help="Skip images whose outputs are complete."),
     fail_fast: bool = typer.Option(False, help="Stop at the first input that cannot be read."),
     max_pixels: int = typer.Option(50_000_000, min=1, help="Refuse image files with more pixels (checked before decoding)."),
-    threads: int | None = typer.Option(None, min=1, help="CPU threads for torch."),
+    threads: int | None = typer.Option(None, min=1, help="CPU threads for torch and onnxruntime (default: 1 for "
+                                       "images up to 96 px, else the cores not busy with other work)."),
 ) -> None:
     """Explain images: binary mask, soft mask, overlay and JSON per image; summary.csv/json per run."""
     from medcam_fast.cli.jobs import explain_inputs
 
-    _threads(threads)
     _warn_unsealed(allow_unsealed)
     if not refine and steps:
         raise typer.BadParameter("--no-refine and --steps exclude each other")
@@ -163,7 +165,7 @@ def explain_cmd(
         allow_import=allow_import, allow_unsealed=allow_unsealed, device=device, out=out,
         steps=0 if not refine else steps, target=target, batch_size=batch_size,
         formats=fmt, split=split, index=index, overwrite=overwrite, resume=resume, fail_fast=fail_fast,
-        max_pixels=max_pixels,
+        max_pixels=max_pixels, threads=threads,
         console=console, err_console=err_console,
     )
     raise typer.Exit(code)
@@ -250,8 +252,8 @@ def demo_cmd(
     """Generate lesion images, explain them with the shipped demo bundle, print the summary."""
     from medcam_fast.cli.jobs import run_demo
 
-    _threads(threads)
-    raise typer.Exit(run_demo(out, n=n, steps=steps, overwrite=overwrite, console=console, err_console=err_console))
+    raise typer.Exit(run_demo(out, n=n, steps=steps, overwrite=overwrite, threads=threads, console=console,
+                              err_console=err_console))
 
 
 @app.command("evaluate")

@@ -139,7 +139,8 @@ class MedCAM:
         preprocess: preprocessing for a plain ``nn.Module`` classifier.
         classes: class names for a plain ``nn.Module`` classifier.
         layers: classifier layers for activation matching; None picks the documented default.
-        threads: torch CPU threads to use (None leaves torch's setting).
+        threads: CPU threads for torch and onnxruntime (None leaves torch's setting, and gives onnxruntime
+            as many as torch has).
         allow_mismatch: accept an explainer trained for another classifier (records carry a warning).
         allow_unsealed: accept bundles whose JSON has no content hash (written by 0.1.0); records carry a
             warning. A broken seal is never accepted.
@@ -183,7 +184,12 @@ class MedCAM:
         self.device = _device(device)
         self.bundle = classifier
         self.classifier = classifier.frozen(layers).to(self.device)
-        self.settings, self.explainer, self.onnx = _load_explainer(explainer, use_onnx, allow_unsealed)
+        if threads is not None:
+            if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+                raise UsageError(f"threads must be a positive integer, got {threads!r}")
+            torch.set_num_threads(threads)
+        self.settings, self.explainer, self.onnx = _load_explainer(explainer, use_onnx, allow_unsealed,
+                                                                    torch.get_num_threads())
         if self.explainer is not None:
             self.explainer.unet.to(self.device)
         self.mode = choice(RefineMode, mode or (RefineMode.FULL if explainer is None else RefineMode.LOGITS),
@@ -208,10 +214,6 @@ class MedCAM:
             self._check_steps(refine_steps)
             self.refine_config = self.refine_config.with_(steps=refine_steps)
             self.fit_config = self.fit_config.with_(steps=refine_steps)
-        if threads is not None:
-            if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
-                raise UsageError(f"threads must be a positive integer, got {threads!r}")
-            torch.set_num_threads(threads)
 
     def __enter__(self) -> MedCAM:
         return self
@@ -351,7 +353,8 @@ def _device(name: str) -> torch.device:
 
 
 def _load_explainer(
-    explainer: ExplainerBundle | OnnxExplainer | str | Path | None, use_onnx: bool, allow_unsealed: bool = False
+    explainer: ExplainerBundle | OnnxExplainer | str | Path | None, use_onnx: bool, allow_unsealed: bool = False,
+    threads: int | None = None,
 ) -> tuple[ExplainerSettings | None, ExplainerBundle | None, OnnxExplainer | None]:
     """(settings, torch bundle or None, onnxruntime explainer or None) from a bundle, a bundle folder or an
     ``.onnx`` file. An ONNX file alone gives the settings from its metadata: no U-Net is built. A bundle's
@@ -370,7 +373,7 @@ def _load_explainer(
     if path.suffix == ".onnx":
         from .export.runtime import OnnxExplainer
 
-        onnx = OnnxExplainer(path)
+        onnx = OnnxExplainer(path, threads=threads)
         return ExplainerSettings.from_facts(onnx.facts, path), None, onnx
     bundle = load_explainer(path, allow_unsealed=allow_unsealed)
     folder = path.parent if path.suffix == ".json" else path
@@ -382,5 +385,5 @@ def _load_explainer(
             raise ModelError("explainer.onnx is not covered by explainer.json's seal: export it again", onnx_file)
         if bundle.onnx_sha256 is not None and sha256_file(onnx_file) != bundle.onnx_sha256:
             raise ModelError("explainer.onnx changed after it was exported (sha256 mismatch)", onnx_file)
-        return bundle, bundle, OnnxExplainer(onnx_file)
+        return bundle, bundle, OnnxExplainer(onnx_file, threads=threads)
     return bundle, bundle, None
