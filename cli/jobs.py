@@ -69,6 +69,19 @@ def load_splits(data: str | Path, data_dir: str | Path | None = None, seed: int 
     return {s: load_npz(path, s, seed) for s in ("train", "val", "test")}
 
 
+def _training_images(sets: dict[str, ImageSet], data: str | Path, splits: Sequence[str],
+                     classes: bool = False) -> None:
+    """Refuse, as a data error naming the data set, empty splits (and with ``classes`` a training split of
+    one class: a classifier would have nothing to tell apart)."""
+    total = sum(len(v) for v in sets.values())
+    for split in splits:
+        if len(sets[split]) == 0:
+            raise DataError(f"the {split} split has no images ({total} in all: too few to split 70/10/20)", data)
+    labels = np.asarray(sets["train"].labels)
+    if classes and labels.size and len(np.unique(labels)) < 2:
+        raise DataError("the training split holds one class only: nothing to tell apart", data)
+
+
 def _writable_folder(out: Path) -> None:
     """Create ``out`` if needed and check that files can be written in it (UsageError otherwise)."""
     try:
@@ -101,6 +114,7 @@ def train_classifier_bundle(
     out = Path(out)
     _check_out(out, "classifier.json", overwrite)
     sets = load_splits(data, data_dir, config.seed)
+    _training_images(sets, data, ("train", "val"), classes=True)
     bar = Progress(TextColumn("{task.description}"), BarColumn(),
                    TextColumn("loss {task.fields[loss]:.3f}  val acc {task.fields[acc]:.3f}"), TimeElapsedColumn(),
                    console=Console(stderr=True), disable=console is None)
@@ -449,7 +463,9 @@ def meta_train_bundle(
         for name in ("checkpoint.json", "checkpoint.safetensors"):
             (out / name).unlink(missing_ok=True)
     bundle = load_classifier(classifier)
-    train = load_splits(data, data_dir)["train"]
+    sets = load_splits(data, data_dir)
+    _training_images(sets, data, ("train",))
+    train = sets["train"]
     columns = (TextColumn("[bold]meta-train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                TimeRemainingColumn())
     with Progress(*columns, console=console) as bar:

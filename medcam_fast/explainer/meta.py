@@ -50,7 +50,7 @@ from torch.func import functional_call
 from .._config import Config
 from .._io import atomic_write, atomic_write_json
 from ..classifiers.frozen import ClassifierBundle, FrozenClassifier
-from ..errors import ModelError, UsageError
+from ..errors import MedCamError, ModelError, UsageError, one_line
 from ..method.inner import HARD_AFTER, STEP_SIZES, InnerLoop, Params, adapt, adapt_logits, task_losses
 from ..method.losses import TERMS, LossWeights
 from ..method.masking import THRESHOLD
@@ -163,11 +163,21 @@ def _load_checkpoint(folder: Path, theta: Params, lrs: Params, opt: torch.optim.
     meta_path = folder / "checkpoint.json"
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        saved = MetaConfig.from_dict(meta["config"]).resolved()
+        step, history, seconds = int(meta["step"]), list(meta["history"]), float(meta["seconds"])
+    except (OSError, ValueError, KeyError, TypeError, MedCamError) as e:
+        raise ModelError(f"damaged checkpoint.json ({one_line(e)}); start afresh instead of resuming", meta_path) from None
+    try:
         tensors = load_file(str(folder / "checkpoint.safetensors"))
-    except (OSError, ValueError) as e:
-        raise ModelError(f"cannot read checkpoint: {e}", folder) from e
-    if MetaConfig.from_dict(meta["config"]).resolved() != cfg.resolved():
+    except Exception as e:  # noqa: BLE001 — safetensors raises its own error type for a damaged file
+        raise ModelError(f"damaged checkpoint ({one_line(e)}); start afresh instead of resuming",
+                         folder / "checkpoint.safetensors") from None
+    if saved != cfg.resolved():
         raise UsageError("the checkpoint was written with other settings; resume with the same options", meta_path)
+    missing = [k for k in [*(f"theta.{k}" for k in theta), *(f"lr.{k}" for k in lrs)] if k not in tensors]
+    if missing or any(tensors[f"theta.{k}"].shape != v.shape for k, v in theta.items() if f"theta.{k}" in tensors):
+        raise ModelError("the checkpoint's tensors do not fit this U-Net; start afresh instead of resuming",
+                         folder / "checkpoint.safetensors")
     with torch.no_grad():
         for k, v in theta.items():
             v.copy_(tensors[f"theta.{k}"])
@@ -181,7 +191,7 @@ def _load_checkpoint(folder: Path, theta: Params, lrs: Params, opt: torch.optim.
                 "exp_avg": tensors[f"adam.exp_avg.{name}"].clone(),
                 "exp_avg_sq": tensors[f"adam.exp_avg_sq.{name}"].clone(),
             }
-    return int(meta["step"]), list(meta["history"]), float(meta["seconds"])
+    return step, history, seconds
 
 
 def meta_train(

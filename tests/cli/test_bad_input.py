@@ -229,3 +229,42 @@ def test_a_mismatched_pair_is_said_on_the_console(tmp_path, lesion_bundle_dir):
     r = runner.invoke(app, ["explain", str(img), "--classifier", str(lesion_bundle_dir), "--explainer",
                             str(DEMO_DIR / "explainer"), "--allow-mismatch", "--steps", "0", "--out", str(tmp_path / "o")])
     assert r.exit_code == 0 and "warning: explainer was trained for classifier" in r.output
+
+
+def _npz(path: Path, n: int, labels: list[int] | None = None) -> Path:
+    labels = labels if labels is not None else [k % 2 for k in range(n)]
+    np.savez(path, images=(RNG.random((n, 28, 28)) * 255).astype(np.uint8), labels=np.array(labels))
+    return path
+
+
+@pytest.mark.parametrize(("command", "kind", "needle"), [
+    ("train-classifier", "empty", "no images"), ("train-classifier", "three", "split has no images"),
+    ("train-classifier", "one-class", "one class"), ("meta-train", "empty", "no images"),
+])
+def test_a_data_set_too_small_to_train_on_is_a_data_error_naming_it(command, kind, needle, tmp_path,
+                                                                    lesion_bundle_dir):
+    """An empty set crashed meta-train with a traceback; 3 images gave a usage error (exit 2) without the
+    file's name; one class trained without a word."""
+    data = _npz(tmp_path / f"{kind}.npz", {"empty": 0, "three": 3, "one-class": 40}[kind],
+                [0] * 40 if kind == "one-class" else None)
+    args = ["--data", str(data), "--out", str(tmp_path / "o"), "--threads", "1"]
+    if command == "meta-train":
+        args += ["--classifier", str(lesion_bundle_dir), "--outer-steps", "1"]
+    else:
+        args += ["--epochs", "1"]
+    r = runner.invoke(app, [command, *args])
+    assert r.exit_code == 3, r.output
+    assert needle in r.output and data.name in r.output and "Traceback" not in r.output
+
+
+@pytest.mark.parametrize("damage", ["tensors", "json"])
+def test_resuming_from_a_damaged_checkpoint_is_one_model_error(damage, tmp_path, lesion_bundle_dir):
+    out = tmp_path / "e"
+    base = ["meta-train", "--classifier", str(lesion_bundle_dir), "--data", "lesions", "--out", str(out),
+            "--inner-steps", "0", "--width", "4", "--checkpoint-every", "1", "--threads", "1"]
+    assert runner.invoke(app, [*base, "--outer-steps", "2"]).exit_code == 0
+    (out / "explainer.json").unlink()
+    victim = out / ("checkpoint.safetensors" if damage == "tensors" else "checkpoint.json")
+    victim.write_bytes(victim.read_bytes()[:100])
+    r = runner.invoke(app, [*base, "--outer-steps", "4", "--resume"])
+    assert r.exit_code == 4 and "damaged checkpoint" in r.output and victim.name in r.output, r.output
