@@ -12,6 +12,7 @@ class from the seed alone; class names come from the file, else from the known M
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -50,8 +51,20 @@ DATASETS: dict[str, str] = {
 }
 
 
-def _read_npz(path: Path) -> dict[str, np.ndarray]:
-    """Read every array of an ``.npz`` file (no pickles), turning any failure into a DataError."""
+#: Largest uncompressed ``.npz`` member :func:`load_npz` reads (bytes), checked from the zip directory before
+#: anything is decompressed: a 2 MB file can hold a 2 GB array of zeros.
+NPZ_MAX_BYTES = 2 * 1024**3
+
+#: The members a MedMNIST-layout file may use; anything else in the archive is never read.
+_NPZ_KEYS = frozenset({"images", "labels", "classes", *(f"{s}_{k}" for s in _SPLITS for k in ("images", "labels"))})
+
+
+def _read_npz(path: Path, max_bytes: int = NPZ_MAX_BYTES) -> tuple[dict[str, np.ndarray], list[str]]:
+    """The arrays of an ``.npz`` file that the MedMNIST layouts use (no pickles), and every member's name.
+
+    Only those members are decompressed, each after its uncompressed size (from the zip directory) is
+    checked against ``max_bytes``. Any failure is a DataError naming the file.
+    """
     if not path.exists():
         raise DataError("file not found", path)
     if path.is_dir():
@@ -65,11 +78,14 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
             raise DataError("a single .npy array, expected a .npz archive", path)
         if not magic.startswith(b"PK"):
             raise DataError("not a .npz file (not a zip archive)", path)
-        loaded = np.load(path, allow_pickle=False)
-        if not hasattr(loaded, "files"):  # a bare .npy array
-            raise DataError("a single .npy array, expected a .npz archive", path)
-        with loaded as npz:  # arrays are read lazily: corrupt members fail here
-            return {k: np.asarray(npz[k]) for k in npz.files}
+        with zipfile.ZipFile(path) as archive:
+            sizes = {i.filename.removesuffix(".npy"): i.file_size for i in archive.infolist()}
+        for key in sorted(_NPZ_KEYS & set(sizes)):
+            if sizes[key] > max_bytes:
+                raise DataError(f"member {key!r} is {sizes[key]} bytes uncompressed, more than the limit of "
+                                f"{max_bytes} (max_bytes), refused before decompressing", path)
+        with np.load(path, allow_pickle=False) as npz:  # members are read lazily: only the wanted ones are
+            return {k: np.asarray(npz[k]) for k in npz.files if k in _NPZ_KEYS}, list(npz.files)
     except DataError:
         raise
     except Exception as e:  # text, truncated, pickled, bad zip or zlib data: all user data problems
@@ -160,7 +176,7 @@ def stratified_split(labels: np.ndarray, seed: int) -> dict[str, np.ndarray]:
     return {s: np.sort(np.concatenate(p)) if p else np.zeros(0, np.int64) for s, p in parts.items()}
 
 
-def load_npz(path: PathLike, split: str = "test", seed: int = 0) -> ImageSet:
+def load_npz(path: PathLike, split: str = "test", seed: int = 0, max_bytes: int = NPZ_MAX_BYTES) -> ImageSet:
     """Load a MedMNIST-style ``.npz`` file.
 
     Two layouts are read: the official one (``train_images``, ``train_labels``, ``val_*``, ``test_*``, labels
@@ -172,6 +188,8 @@ def load_npz(path: PathLike, split: str = "test", seed: int = 0) -> ImageSet:
         split: ``"train"``, ``"val"``, ``"test"`` or ``"all"`` (every image; official splits concatenated in
             train, val, test order).
         seed: seed (>= 0) of the flat layout's split (ignored for the official layout).
+        max_bytes: refuse a layout member larger than this uncompressed (checked before decompressing);
+            members the layouts do not use are never read.
 
     Returns:
         an :class:`ImageSet` named after the file (e.g. ``"breastmnist_64"``), classes from the ``classes``
@@ -179,7 +197,7 @@ def load_npz(path: PathLike, split: str = "test", seed: int = 0) -> ImageSet:
 
     Raises:
         DataError: missing or invalid file, neither layout, an unknown or absent split, NaN/Inf pixels,
-            mismatched lengths, or labels outside [0, number of classes).
+            mismatched lengths, labels outside [0, number of classes), or a member over ``max_bytes``.
         UsageError: a negative seed.
     """
     path = Path(path)
@@ -187,7 +205,7 @@ def load_npz(path: PathLike, split: str = "test", seed: int = 0) -> ImageSet:
         raise DataError(f"unknown split {split!r}: choose train, val, test or all", path)
     if seed < 0:
         raise UsageError(f"the split seed must be >= 0, got {seed}")
-    arrays = _read_npz(path)
+    arrays, members = _read_npz(path, max_bytes)
     name = path.name[:-4] if path.name.lower().endswith(".npz") else path.name
     official = [s for s in _SPLITS if f"{s}_images" in arrays and f"{s}_labels" in arrays]
     if official:
@@ -206,7 +224,7 @@ def load_npz(path: PathLike, split: str = "test", seed: int = 0) -> ImageSet:
             raise DataError(f"'images' has {len(imgs)} images but 'labels' {len(labs)} labels", path)
         all_labels = labs
     else:
-        found = ", ".join(sorted(arrays)) or "none"
+        found = ", ".join(sorted(members)) or "none"
         raise DataError(f"not a MedMNIST layout: expected train_images/train_labels/… or images/labels, "
                         f"found keys: {found}", path)
 

@@ -541,3 +541,32 @@ def test_lesion_label_is_learnable_only_from_the_candidate():
     print(f"held-out accuracy: with candidate {normal:.3f}, candidate erased {erased:.3f}")
     assert normal > 0.85
     assert erased < 0.65
+
+
+def test_an_unused_npz_member_is_never_decompressed(tmp_path):
+    """A 2 MB .npz holding a large unused array of zeros was decompressed whole (2.3 GB RSS)."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "bomb.npz"
+    np.savez_compressed(path, images=np.zeros((4, 8, 8), np.uint8), labels=np.array([0, 1, 0, 1]),
+                        padding=np.zeros(400 * 1024**2, np.uint8))  # 400 MB of zeros, ~0.4 MB on disk
+    assert path.stat().st_size < 2 * 1024**2
+    code = ("from pathlib import Path\nfrom medcam_fast.data.medmnist import load_npz\n"
+            f"s = load_npz({str(path)!r}, 'all')\n"  # VmHWM: this process's peak (ru_maxrss can carry the parent's)
+            "hwm = [l for l in Path('/proc/self/status').read_text().splitlines() if l.startswith('VmHWM')]\n"
+            "print(len(s), int(hwm[0].split()[1]) // 1024)")
+    n, peak_mib = map(int, subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                          check=True).stdout.split())
+    assert n == 4 and peak_mib < 300, peak_mib
+
+
+def test_a_layout_member_over_the_limit_is_refused_before_decompressing(tmp_path):
+    from medcam_fast.data.medmnist import load_npz
+
+    path = tmp_path / "big.npz"
+    np.savez_compressed(path, images=np.zeros((64, 64, 64), np.uint8), labels=np.zeros(64, int))
+    with pytest.raises(DataError, match="more than the limit of 1000") as e:
+        load_npz(path, "all", max_bytes=1000)
+    assert e.value.path == str(path) and "'images'" in e.value.cause
+    assert len(load_npz(path, "all")) == 64
