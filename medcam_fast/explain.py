@@ -198,6 +198,12 @@ class MedCAM:
             raise UsageError(f"mode {self.mode.value!r} needs an explainer; without one use mode 'full'")
         if self.mode is RefineMode.WEIGHTS and self.explainer is None:
             raise UsageError("mode 'weights' needs the explainer's torch weights (its bundle folder), not only ONNX")
+        if self.settings is not None:
+            unet, pre = self.settings.unet_config, classifier.preprocess
+            if (unet.in_channels, unet.num_classes) != (pre.channels, len(classifier.classes)):
+                raise ModelError(f"the explainer takes {unet.in_channels} channel(s) and {unet.num_classes} classes, "
+                                 f"this classifier {pre.channels} channel(s) and {len(classifier.classes)} classes: "
+                                 "no mismatch can be allowed there")
         self.warnings: list[str] = []
         if not classifier.sealed or (self.explainer is not None and not self.explainer.sealed):
             self.warnings.append("loaded without a content hash check (unsealed bundle allowed)")

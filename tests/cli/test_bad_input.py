@@ -268,3 +268,23 @@ def test_resuming_from_a_damaged_checkpoint_is_one_model_error(damage, tmp_path,
     victim.write_bytes(victim.read_bytes()[:100])
     r = runner.invoke(app, [*base, "--outer-steps", "4", "--resume"])
     assert r.exit_code == 4 and "damaged checkpoint" in r.output and victim.name in r.output, r.output
+
+
+@pytest.mark.parametrize("mode", ["logits", "weights"])
+def test_an_explainer_of_another_shape_is_refused_even_when_mismatches_are_allowed(mode, tmp_path):
+    """An RGB classifier with the grey demo explainer crashed inside a convolution (weights mode) or failed
+    per image with a usage error."""
+    from medcam_fast._assets import DEMO_DIR
+    from medcam_fast.classifiers.architectures import build_classifier
+    from medcam_fast.classifiers.bundle import save_classifier
+    from medcam_fast.classifiers.sources import classifier_from_module
+    from medcam_fast.data.preprocess import Preprocess
+
+    rgb = save_classifier(classifier_from_module(build_classifier("resnet18", 3, 2, 64, width=4),
+                                                 Preprocess((64, 64), 3, (0.5,) * 3, (0.2,) * 3), ["a", "b"]),
+                          tmp_path / "rgb")
+    img = _make("palette", tmp_path)
+    r = runner.invoke(app, ["explain", str(img), "--classifier", str(rgb), "--explainer", str(DEMO_DIR / "explainer"),
+                            "--allow-mismatch", "--mode", mode, "--steps", "1", "--out", str(tmp_path / "o")])
+    assert r.exit_code == 4 and "1 channel(s)" in r.output and "3 channel(s)" in r.output, r.output
+    assert not (tmp_path / "o").exists()
