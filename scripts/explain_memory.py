@@ -2,8 +2,8 @@
 
 Inputs are decoded batch by batch (only headers are read up front), so the peak should not grow with the
 number of images, and a huge image is reduced to the classifier's input size as soon as it is decoded.
-Measured in a child process (``ru_maxrss``), with the embedded demo bundle and ``--steps 0`` (refinement does
-not change what is held):
+Measured in a child process as its ``VmHWM`` (``ru_maxrss`` can report the parent's peak after a fork),
+with the embedded demo bundle and ``--steps 0`` (refinement does not change what is held):
 
     python scripts/explain_memory.py [--small 2000] [--huge 10]
 
@@ -30,8 +30,10 @@ OUT = ROOT / "benchmarks" / "results" / "explain_memory"
 
 def _peak_mib(args: list[str]) -> tuple[float, float, int]:
     """(peak RSS MiB of the child, seconds, exit code) of one explain run in a fresh process."""
-    code = ("import resource, sys\nfrom medcam_fast.cli.main import main\nsys.argv = ['medcam-fast', *sys.argv[1:]]\n"
-            "try:\n    main()\nfinally:\n    print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)")
+    code = ("import sys\nfrom pathlib import Path\nfrom medcam_fast.cli.main import main\n"
+            "sys.argv = ['medcam-fast', *sys.argv[1:]]\ntry:\n    main()\nfinally:\n"
+            "    hwm = [l for l in Path('/proc/self/status').read_text().splitlines() if l.startswith('VmHWM')]\n"
+            "    print('PEAK', hwm[0].split()[1], file=sys.stderr)")
     t0 = time.perf_counter()
     r = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
     seconds = time.perf_counter() - t0
@@ -69,7 +71,7 @@ def main() -> None:
              "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['inputs']} | {r['disk_mib']} | {r['peak_mib']} | {r['one_image_peak_mib']} | {r['limit_mib']} | "
               f"{r['seconds']} | {r['exit_code']} |" for r in rows]
-    atomic_write_json(OUT.with_suffix(".json"), {"rows": rows, "measure": "ru_maxrss of the explain process"})
+    atomic_write_json(OUT.with_suffix(".json"), {"rows": rows, "measure": "VmHWM of the explain process"})
     atomic_write_bytes(OUT.with_suffix(".md"), ("\n".join(lines) + "\n").encode())
     print("\n".join(lines))
 

@@ -127,7 +127,7 @@ def fit_objective(
     unet = UNet(UNetConfig(x.shape[1], objective.reference.logits.shape[1], config.width, config.depth)).to(x.device)
     forward = UNetEnsemble(unet, x.shape[0])
     opt = torch.optim.Adam(forward.parameters(), lr=config.lr)
-    gen = torch.Generator().manual_seed(config.seed)
+    gen = objective.generators(config.seed)  # per image: a fit does not depend on its batch neighbours
     hard_from = int(config.hard_after * config.steps)
     trace: dict[str, list[Tensor]] = {k: [] for k in (*TERMS, "total")}
     for step in range(config.steps):

@@ -29,6 +29,7 @@ from torch import Tensor
 from torch.func import functional_call, grad
 
 from ..types import InnerMode, RefineMode, choice
+from .masking import RandomSource
 from .objective import Objective
 from .unet import UNet
 
@@ -115,7 +116,7 @@ def step_size(mode: InnerMode | RefineMode, trained: InnerLoop | None = None,
 
 
 def task_losses(unet: UNet, params: list[Params], objective: Objective,
-                generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+                generator: RandomSource = None) -> tuple[Tensor, dict[str, Tensor]]:
     """``L_i`` for each image ``i`` with its own U-Net weights ``params[i]``; returns ``(total [B], terms)``."""
     x, t = objective.x, objective.target
     u = torch.cat([functional_call(unet, p, (x[i : i + 1], t[i : i + 1])) for i, p in enumerate(params)])
@@ -129,7 +130,7 @@ def adapt(
     steps: int,
     lr: float | Mapping[str, Tensor],
     first_order: bool = True,
-    generator: torch.Generator | None = None,
+    generator: RandomSource = None,
 ) -> list[Params]:
     """The weights loop: ``K`` SGD steps from ``θ`` on each image's own loss; returns each image's weights.
 
@@ -171,7 +172,7 @@ def adapt_logits(
     steps: int,
     lr: float = STEP_SIZES[InnerMode.LOGITS],
     hard_after: float = HARD_AFTER,
-    generator: torch.Generator | None = None,
+    generator: RandomSource = None,
     clip: float | None = START_CLIP,
 ) -> Tensor:
     """The logits loop (also refinement's ``logits`` mode): ``K`` Adam steps on the mask logits.

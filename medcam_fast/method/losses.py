@@ -23,7 +23,7 @@ from torch import Tensor
 
 from .._config import Config
 from ..types import Classifier
-from .masking import keep, perturb, remove
+from .masking import RandomSource, keep, perturb, remove
 
 __all__ = [
     "LossWeights",
@@ -171,7 +171,7 @@ def composite_loss(
     reference: Reference,
     baseline: Tensor,
     weights: LossWeights = LossWeights(),
-    generator: torch.Generator | None = None,
+    generator: RandomSource = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """The weighted sum ``L`` of all terms, per image.
 
@@ -187,7 +187,7 @@ def composite_loss(
         reference: the classifier's output on ``x`` (:class:`Reference`), computed once.
         baseline: ``b``, same shape as ``x`` (:func:`~medcam_fast.method.masking.make_baseline`).
         weights: the term weights.
-        generator: random source of the perturbations.
+        generator: random source of the perturbations (one, or one per image).
 
     Returns:
         ``(total, terms)``: total loss ``[B]`` and each unweighted term ``[B]`` by name (:data:`TERMS`).

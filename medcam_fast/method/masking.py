@@ -20,12 +20,16 @@ from ..types import BaselineKind, choice
 
 __all__ = [
     "THRESHOLD",
+    "RandomSource",
     "mask_from_logits",
     "make_baseline",
     "keep",
     "remove",
     "perturb",
 ]
+#: Where robustness draws come from: one generator for a batch, or one per image (batch-size independent).
+RandomSource = torch.Generator | Sequence[torch.Generator] | None
+
 #: Binary evidence is ``m > THRESHOLD`` (``u > 0`` for τ > 0), for every method and every output.
 THRESHOLD = 0.5
 
@@ -102,7 +106,7 @@ def perturb(
     noise: float = 0.1,
     shift: int = 2,
     flip: bool = True,
-    generator: torch.Generator | None = None,
+    generator: RandomSource = None,
 ) -> Tensor:
     """One random draw of a small perturbation ``T(x)``, independent per image.
 
@@ -114,12 +118,24 @@ def perturb(
         noise: σ of the additive Gaussian noise (normalized units).
         shift: largest circular shift in pixels.
         flip: allow horizontal flips.
-        generator: the random source (for reproducible draws).
+        generator: the random source: one generator for the batch, or one per image — then each image's draw
+            depends on its own generator alone, not on which images share its batch.
     """
-    out = []
     b = x.shape[0]
-    shifts = torch.randint(-shift, shift + 1, (b, 2), generator=generator, device="cpu").tolist()
-    flips = (torch.rand(b, generator=generator, device="cpu") < 0.5).tolist() if flip else [False] * b
+    per_image: list[Tensor] = []
+    if isinstance(generator, Sequence):
+        if len(generator) != b:
+            raise ValueError(f"got {len(generator)} generators for {b} images")
+        shifts, flips = [], []
+        for g in generator:  # each image: its shift, its flip, its noise, from its own generator
+            shifts.append(torch.randint(-shift, shift + 1, (2,), generator=g).tolist())
+            flips.append(bool(torch.rand(1, generator=g) < 0.5) if flip else False)
+            if noise > 0:
+                per_image.append(torch.randn(x.shape[1:], generator=g))
+    else:
+        shifts = torch.randint(-shift, shift + 1, (b, 2), generator=generator, device="cpu").tolist()
+        flips = (torch.rand(b, generator=generator, device="cpu") < 0.5).tolist() if flip else [False] * b
+    out = []
     for i in range(b):
         xi = torch.roll(x[i], shifts=(shifts[i][0], shifts[i][1]), dims=(-2, -1))
         if flips[i]:
@@ -127,6 +143,9 @@ def perturb(
         out.append(xi)
     y = torch.stack(out)
     if noise > 0:
-        eps = torch.randn(y.shape, generator=generator, device="cpu").to(y.device, y.dtype)
-        y = y + noise * eps
+        if per_image:
+            eps = torch.stack(per_image)
+        else:
+            eps = torch.randn(y.shape, generator=generator, device="cpu")
+        y = y + noise * eps.to(y.device, y.dtype)
     return y

@@ -11,6 +11,7 @@ and the mask temperature ``τ`` — so the per-image fit, the inner loops and re
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -19,7 +20,7 @@ from torch import Tensor
 
 from ..types import BaselineKind, Classifier
 from .losses import LossWeights, Reference, composite_loss
-from .masking import THRESHOLD, make_baseline, mask_from_logits
+from .masking import THRESHOLD, RandomSource, make_baseline, mask_from_logits
 from .result import MaskResult, Verification
 
 __all__ = ["Objective", "resolve_targets"]
@@ -105,13 +106,25 @@ class Objective:
     def __len__(self) -> int:
         return int(self.x.shape[0])
 
-    def loss(self, m: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+    def generators(self, seed: int) -> list[torch.Generator]:
+        """One random source per image, seeded by ``seed`` and the image's own pixels: its robustness draws
+        are the same whatever batch it is explained in, and after a resume.
+
+        ``seed_i = first 8 bytes of sha256(seed ‖ bytes of x_i)``.
+        """
+        out = []
+        for xi in self.x.detach().cpu().contiguous():
+            digest = hashlib.sha256(seed.to_bytes(8, "little", signed=True) + xi.numpy().tobytes()).digest()
+            out.append(torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1)))
+        return out
+
+    def loss(self, m: Tensor, generator: RandomSource = None) -> tuple[Tensor, dict[str, Tensor]]:
         """``(L(m) [B], terms)`` for masks ``m`` ``[B,1,H,W]`` in [0,1]."""
         return composite_loss(self.classifier, self.x, m, self.target, self.reference, self.baseline,
                               self.weights, generator)
 
     def loss_of_logits(self, u: Tensor, hard: bool = False,
-                       generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+                       generator: RandomSource = None) -> tuple[Tensor, dict[str, Tensor]]:
         """``L(σ(u/τ))``; with ``hard`` the straight-through binary mask."""
         return self.loss(mask_from_logits(u, self.tau, hard=hard), generator)
 
@@ -119,10 +132,11 @@ class Objective:
     def result(self, u: Tensor, steps: int, seconds: float, seed: int = 0,
                trace: dict[str, Tensor] | None = None) -> MaskResult:
         """The typed result for mask logits ``u`` ``[B,1,H,W]``: loss terms and verdict of the **binary** mask
-        ``m > THRESHOLD`` (perturbations drawn from ``seed``), soft and binary masks."""
+        ``m > THRESHOLD`` (perturbations drawn per image from ``seed``, :meth:`generators`), soft and binary
+        masks."""
         soft = mask_from_logits(u, self.tau)
         binary = (soft > THRESHOLD).to(self.x.dtype)
-        loss, terms = self.loss(binary, torch.Generator().manual_seed(seed))
+        loss, terms = self.loss(binary, self.generators(seed))
         return MaskResult(
             soft=soft[:, 0],
             binary=binary[:, 0].bool(),

@@ -48,7 +48,8 @@ class RefineConfig(Config):
             clipped; see :data:`~medcam_fast.method.inner.START_CLIP`).
         hard_after: in ``logits`` mode, the fraction of steps after which the straight-through binary mask is
             optimized.
-        seed: seeds the robustness perturbations.
+        seed: seeds the robustness perturbations, with each image's own pixels
+            (:meth:`~medcam_fast.method.objective.Objective.generators`).
     """
 
     steps: int = 10
@@ -91,7 +92,7 @@ def refine(
         return fit_objective(objective, (fit_config or FitConfig()).with_(steps=config.steps))
     start = time.perf_counter()
     x, target = objective.x, objective.target
-    gen = torch.Generator().manual_seed(config.seed)
+    gen = objective.generators(config.seed)  # per image: the same masks at any batch size
     if config.mode is RefineMode.LOGITS or config.steps == 0:
         if first_guess is not None:
             u = first_guess.detach().reshape(x.shape[0], 1, *x.shape[-2:]).float().to(x.device).clone()

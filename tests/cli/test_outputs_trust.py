@@ -226,3 +226,25 @@ def test_a_full_disk_stops_with_one_line_keeps_what_is_whole_and_resume_goes_on(
     r = _explain(str(tmp_path / "in"), "--out", str(out), "--steps", "0", "--resume", "--format", "json")
     assert r.returncode == 0, r.stderr
     assert sorted(_records(out)) == sorted(p.stem for p in files)
+
+
+def test_the_same_image_gets_nearly_the_same_mask_at_any_batch_size(tmp_path):
+    """Robustness draws came from one generator per batch, so a mask depended on its batch neighbours; each
+    image now draws from its own (seeded by its pixels). What is left is float32 rounding of batched kernels,
+    which Adam's first steps (about lr·sign(g)) turn into a flipped pixel where a gradient is ~0: batch sizes
+    1, 7 and 32 agree on all but a handful of pixels (not exactly: see the README's status)."""
+    from medcam_fast import make_lesions
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i, img in enumerate(make_lesions(12, size=64, seed=4).images):
+        Image.fromarray(img).save(folder / f"l{i:02d}.png")
+    masks = {}
+    for batch in ("1", "7", "32"):
+        out = tmp_path / f"o{batch}"
+        r = _explain(str(folder), "--out", str(out), "--steps", "5", "--batch-size", batch, "--format", "png")
+        assert r.returncode == 0, r.stderr
+        masks[batch] = np.stack([np.asarray(Image.open(p)) for p in sorted(out.glob("*_mask.png"))]) > 0
+    assert masks["1"].shape == (12, 64, 64)
+    for batch in ("7", "32"):
+        assert (masks[batch] != masks["1"]).mean() < 0.002  # measured: 10 of 49,152 pixels

@@ -52,7 +52,8 @@ def test_fit_is_deterministic_and_traces_every_term(lesion_bundle, positives):
 
 
 def test_an_image_does_not_depend_on_its_batch_neighbours(lesion_bundle, positives):
-    """Exactly, up to float64 rounding, in the soft phase. (The hard phase thresholds ``m > ½``: a fresh U-Net
+    """Exactly, up to float64 rounding, in the soft phase, robustness draws included (each image draws from its
+    own generator, seeded by its pixels). (The hard phase thresholds ``m > ½``: a fresh U-Net
     starts at ``m ≈ ½``, so a pixel within rounding of the threshold can flip with the batch's kernel choice —
     in float32 that drifted 10 steps apart by up to 2e-3 depending on the classifier.)"""
     import copy
@@ -62,7 +63,7 @@ def test_an_image_does_not_depend_on_its_batch_neighbours(lesion_bundle, positiv
     x, _ = positives
     clf = FrozenClassifier(copy.deepcopy(lesion_bundle.model).double(), num_classes=2)
     pre = lesion_bundle.preprocess
-    cfg = FitConfig(steps=10, hard_after=1.0, weights=LossWeights(rob=0.0))
+    cfg = FitConfig(steps=10, hard_after=1.0, weights=LossWeights(draws=2))  # robustness draws per image
     default = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)  # the fit's fresh U-Nets
     try:
