@@ -211,6 +211,7 @@ def _write_batch(run: RunFolder, items: Sequence[_Item], ex: Explanation, format
     batch's files are removed again, so nothing half-written or unlisted stays behind."""
     written, rows = {}, {}
     try:
+        run.intend(p for it in items for p in output_paths(run.out, it.stem, formats).values())
         for i, it in enumerate(items):
             rec = {"image": it.stem, "source": it.source, "source_sha256": it.sha256, **ex.record(i)}
             written[it.stem] = write_explanation(
@@ -335,6 +336,7 @@ def _finish(run: RunFolder, out: Path, todo: Sequence[_Item], items: Sequence[_I
         return
     console.print(_summary_table(rows, title))
     try:
+        run.intend([out / "summary.csv", out / "summary.json"])
         write_summary(out, rows, facts)
         run.record({"summary": {"csv": out / "summary.csv", "json": out / "summary.json"}}, {})
     except OSError as e:

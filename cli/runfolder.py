@@ -10,7 +10,8 @@ Nothing a user put in ``--out`` is lost:
 * **Lock.** ``.medcam-fast.lock`` is held with ``flock`` for the run's life; a second run into the same
   folder is refused at once (exit 2) instead of both reporting success while one overwrites the other.
 * **Manifest.** ``manifest.json`` lists every file medcam-fast wrote there, with its sha256, and the record
-  of every explained image. ``--resume`` skips an image only when all its files are listed with matching
+  of every explained image; a batch's files are listed (without a hash) before they are written, so a run
+  killed mid-batch leaves nothing unlisted. ``--resume`` skips an image only when all its files are listed with matching
   hashes; ``--resume`` and ``--overwrite`` replace only listed files, and any other file in the way is an
   error naming it. The summary is built from the manifest, so after a resume it describes the whole run.
 """
@@ -22,7 +23,8 @@ import fcntl
 import hashlib
 import json
 import os
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -37,6 +39,10 @@ MAX_STEM = 100
 _MANIFEST = "manifest.json"
 _LOCK = ".medcam-fast.lock"
 _FORMAT = "medcam-fast-run/1"
+#: An atomic write's temporary file (``tempfile.mkstemp(prefix=".NAME.", suffix=".tmp")``).
+_TMP = re.compile(r"\.(.+)\.[a-z0-9_]{8}\.tmp")
+#: Endings of the files a run writes.
+_OWN_SUFFIXES = ("_mask.png", "_soft.png", "_overlay.png", "_soft.npy", ".json", "summary.csv")
 #: Stems the run's own files use.
 _RESERVED = frozenset({"summary", "manifest"})
 
@@ -91,7 +97,16 @@ class RunFolder:
                              "--out", self.out) from None
         self._fd = fd
         self._load()
+        self._sweep()
         return self
+
+    def _sweep(self) -> None:
+        """Remove the temporary files of writes a killed run left behind (``.NAME.XXXXXXXX.tmp`` of an atomic
+        write of one of the run's own files): the lock says no other run is writing."""
+        for tmp in self.out.glob(".*.tmp"):
+            m = _TMP.fullmatch(tmp.name)
+            if m and m.group(1).endswith(_OWN_SUFFIXES) and tmp.is_file() and not tmp.is_symlink():
+                tmp.unlink(missing_ok=True)
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
@@ -140,13 +155,23 @@ class RunFolder:
             return True
         raise UsageError(f"outputs for {stem} already exist; pass --overwrite or --resume", self.out)
 
+    def intend(self, paths: Iterable[Path]) -> None:
+        """List files about to be written, without a hash yet (saved at once): if the run is killed before
+        :meth:`record`, they are still known as this tool's, and ``--resume`` writes them again."""
+        for p in paths:
+            self.files.setdefault(p.name, "")
+        self._save()
+
+    def _save(self) -> None:
+        atomic_write_json(self.out / _MANIFEST, {"format": _FORMAT, "files": self.files, "images": self.images})
+
     def record(self, written: Mapping[str, Mapping[str, Path]], rows: Mapping[str, dict[str, Any]]) -> None:
         """Add a batch's files (stem → kind → path) and records (stem → row) to the manifest, atomically."""
         for paths in written.values():
             for p in paths.values():
                 self.files[p.name] = sha256_file(p)
         self.images.update(rows)
-        atomic_write_json(self.out / _MANIFEST, {"format": _FORMAT, "files": self.files, "images": self.images})
+        self._save()
 
     def rows(self, stems: Sequence[str]) -> list[dict[str, Any]]:
         """The records of ``stems`` that the manifest holds, in that order: the whole run, resumed or not."""
