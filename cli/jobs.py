@@ -41,6 +41,8 @@ from ..errors import DataError, MedCamError, UsageError
 from ..explain import Explanation, MedCAM
 from ..explainer.bundle import ExplainerBundle, load_explainer
 from ..explainer.meta import MetaConfig, meta_train
+from ..method.fit import FitConfig
+from ..method.refine import RefineConfig
 from ..types import RefineMode
 from .console import escape, print_error
 from .runfolder import RunFolder, output_stems
@@ -261,6 +263,9 @@ def explain_inputs(
         raise UsageError(f"unknown --format {','.join(bad) or formats!r}: choose from {', '.join(FORMATS)}")
     if overwrite and resume:
         raise UsageError("--overwrite and --resume exclude each other")
+    if steps is not None and steps > _MANY_STEPS:
+        print_error(f"--steps {steps}: time grows with the steps (refinement's default is {RefineConfig().steps}, "
+                    f"the paper's per-image fit {FitConfig().steps})", "warning", on=err_console)
     bundle = load_classifier(classifier if classifier is not None else DEMO_DIR / "classifier",
                              allow_import=allow_import, allow_unsealed=allow_unsealed)
     if target is not None and not 0 <= target < bundle.num_classes:
@@ -295,7 +300,12 @@ def explain_inputs(
                 chunk, xs = [], []
                 for it in pending[start : start + batch_size]:  # at most one batch of pixels in memory
                     try:
-                        xs.append(bundle.preprocess(it.load(max_pixels)))
+                        pixels = it.load(max_pixels)
+                        if pixels.dtype == np.uint16 and 0 < int(pixels.max()) < 4096:
+                            print_error(f"{it.source}: a 16-bit image that uses 12 bits at most (max "
+                                        f"{int(pixels.max())}); it is scaled by 1/65535 and looks nearly black to "
+                                        "the classifier", "warning", on=err_console)
+                        xs.append(bundle.preprocess(pixels))
                         chunk.append(it)
                     except DataError as e:
                         if fail_fast:
@@ -321,6 +331,10 @@ def explain_inputs(
     for it in failures:
         print_error(it.error, "failed", on=err_console)
     return 5 if failures else 0
+
+
+#: More steps than this get a warning: ten times the paper's per-image fit.
+_MANY_STEPS = 3000
 
 
 def _finish(run: RunFolder, out: Path, todo: Sequence[_Item], items: Sequence[_Item], bundle: ClassifierBundle,

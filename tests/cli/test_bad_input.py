@@ -288,3 +288,16 @@ def test_an_explainer_of_another_shape_is_refused_even_when_mismatches_are_allow
                             "--allow-mismatch", "--mode", mode, "--steps", "1", "--out", str(tmp_path / "o")])
     assert r.exit_code == 4 and "1 channel(s)" in r.output and "3 channel(s)" in r.output, r.output
     assert not (tmp_path / "o").exists()
+
+
+def test_what_would_surprise_is_said_before_it_happens(tmp_path, lesion_bundle_dir):
+    """A 12-bit scan in a 16-bit PNG was explained as a near-black image without a word; --steps 100000
+    started without one (about 47 minutes per image here)."""
+    ct = tmp_path / "ct.png"
+    Image.fromarray((RNG.random((40, 40)) * 4000).astype(np.uint16)).save(ct)
+    r = runner.invoke(app, ["explain", str(ct), "--classifier", str(lesion_bundle_dir), "--steps", "0",
+                            "--out", str(tmp_path / "o")])
+    assert r.exit_code == 0 and "warning:" in r.output and "12 bits" in r.output and "ct.png" in r.output
+    r = runner.invoke(app, ["explain", str(ct), "--classifier", str(lesion_bundle_dir), "--steps", "100000",
+                            "--out", str(tmp_path / "o2"), "--max-pixels", "10"])  # stops before any step
+    assert "warning: --steps 100000" in r.output
