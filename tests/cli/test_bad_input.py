@@ -301,3 +301,93 @@ def test_what_would_surprise_is_said_before_it_happens(tmp_path, lesion_bundle_d
     r = runner.invoke(app, ["explain", str(ct), "--classifier", str(lesion_bundle_dir), "--steps", "100000",
                             "--out", str(tmp_path / "o2"), "--max-pixels", "10"])  # stops before any step
     assert "warning: --steps 100000" in r.output
+
+
+# ------------------------------------------------------------------ every command, bundles broken on purpose
+
+def _broken(kind: str, tmp: Path, lesion_bundle_dir: Path) -> Path:  # noqa: C901 — one branch per case
+    """A bundle folder damaged in one way (a copy of the session's classifier, or of the demo explainer)."""
+    import shutil
+
+    from medcam_fast._assets import DEMO_DIR
+
+    if kind.startswith("clf-"):
+        d = Path(shutil.copytree(lesion_bundle_dir, tmp / kind))
+        meta = d / "classifier.json"
+        if kind == "clf-no-json":
+            meta.unlink()
+        elif kind == "clf-garbage-json":
+            meta.write_text("{not json")
+        elif kind == "clf-json-list":
+            meta.write_text("[]")
+        elif kind == "clf-no-weights":
+            (d / "weights.safetensors").unlink()
+        elif kind == "clf-pickle-weights":
+            import pickle
+
+            (d / "weights.safetensors").write_bytes(pickle.dumps({"a": 1}))
+        elif kind == "clf-empty-weights":
+            (d / "weights.safetensors").write_bytes(b"")
+        elif kind == "clf-a-file":
+            return meta.with_name("weights.safetensors")
+        return d
+    d = Path(shutil.copytree(DEMO_DIR / "explainer", tmp / kind))
+    meta = d / "explainer.json"
+    if kind == "ex-no-json":
+        meta.unlink()
+    elif kind == "ex-garbage-json":
+        meta.write_text("\x00\x01")
+    elif kind == "ex-other-format":
+        meta.write_text('{"format": "something-else/1"}')
+    elif kind == "ex-no-weights":
+        (d / "weights.safetensors").unlink()
+    elif kind == "ex-truncated-weights":
+        data = (d / "weights.safetensors").read_bytes()
+        (d / "weights.safetensors").write_bytes(data[: len(data) // 3])
+    elif kind == "ex-onnx-garbage":
+        (d / "explainer.onnx").write_bytes(b"not onnx")
+    return d
+
+
+_CASES = [
+    ("explain", "clf-no-json", 4), ("explain", "clf-garbage-json", 4), ("explain", "clf-json-list", 4),
+    ("explain", "clf-no-weights", 4), ("explain", "clf-pickle-weights", 4), ("explain", "clf-empty-weights", 4),
+    ("explain", "clf-a-file", 4), ("explain", "ex-no-json", 4), ("explain", "ex-garbage-json", 4),
+    ("explain", "ex-other-format", 4), ("explain", "ex-no-weights", 4), ("explain", "ex-truncated-weights", 4),
+    ("explain", "ex-onnx-garbage", 4), ("meta-train", "clf-no-json", 4), ("meta-train", "clf-pickle-weights", 4),
+    ("meta-train", "clf-garbage-json", 4), ("export", "ex-no-json", 4), ("export", "ex-truncated-weights", 4),
+    ("export", "ex-other-format", 4), ("seal", "clf-pickle-weights", 4), ("seal", "ex-no-weights", 4),
+    ("seal", "ex-onnx-garbage", 4), ("export-combined", "clf-no-weights", 4),
+    ("import-classifier", "clf-pickle-weights", 4),
+]
+
+
+@pytest.mark.parametrize(("command", "kind", "code"), _CASES, ids=[f"{c}-{k}" for c, k, _ in _CASES])
+def test_a_broken_bundle_is_one_line_naming_it_for_every_command(command, kind, code, tmp_path, lesion_bundle_dir):
+    """Generated at test time: each damaged bundle, given to each command that reads it, is one error line with
+    the documented exit code, the damaged path in it, no traceback, and nothing written."""
+    from medcam_fast._assets import DEMO_DIR
+
+    broken = _broken(kind, tmp_path, lesion_bundle_dir)
+    img = _make("palette", tmp_path)
+    out = tmp_path / "out"
+    clf = broken if kind.startswith("clf-") else lesion_bundle_dir
+    ex = broken if kind.startswith("ex-") else DEMO_DIR / "explainer"
+    args = {
+        "explain": ["explain", str(img), "--classifier", str(clf), "--explainer", str(ex), "--allow-mismatch",
+                    "--out", str(out)],
+        "meta-train": ["meta-train", "--classifier", str(clf), "--data", "lesions", "--out", str(out)],
+        "export": ["export", "--explainer", str(ex), "--out", str(out / "x.onnx")],
+        "export-combined": ["export", "--explainer", str(DEMO_DIR / "explainer"), "--combined", str(clf),
+                            "--out", str(out / "x.onnx")],
+        "seal": ["seal", str(broken)],
+        "import-classifier": ["import-classifier", "--out", str(out), "--classes", "a,b", "--size", "32",
+                              "--channels", "1", "--mean", "0.5", "--std", "0.2", "--program",
+                              str(broken / "weights.safetensors")],
+    }[command]
+    r = runner.invoke(app, args)
+    assert r.exit_code == code, r.output
+    lines = [line for line in r.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), r.output
+    assert "Traceback" not in r.output and str(tmp_path) in lines[0]
+    assert not out.exists() or not any(out.iterdir())
