@@ -609,8 +609,12 @@ def evaluate_job(
         shutil.rmtree(out / "datasets", ignore_errors=True)
     if any(m in EXPLAINER_METHODS for m in config.methods) and explainer is None and classifier is not None:
         raise UsageError("medcam-fast's first guess and refinement need --explainer (a bundle folder or explainer.onnx)")
-    _writable_folder(out)
     specs = evaluate_specs(datasets, classifier=classifier, explainer=explainer, models=models, data_dir=data_dir)
+    for _, clf_path, ex_path, _ in specs:  # a broken bundle is one error line before anything starts
+        load_classifier(clf_path)
+        if ex_path is not None and ex_path.suffix != ".onnx":
+            load_explainer(ex_path)
+    _writable_folder(out)
     missing = {m: why for m, why in available_peers().items() if why is not None and m in config.methods}
     for m, why in missing.items():
         console.print(f"[yellow]skipping {escape(m)}[/]: {escape(why)}")

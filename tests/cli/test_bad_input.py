@@ -359,6 +359,14 @@ _CASES = [
     ("export", "ex-other-format", 4), ("seal", "clf-pickle-weights", 4), ("seal", "ex-no-weights", 4),
     ("seal", "ex-onnx-garbage", 4), ("export-combined", "clf-no-weights", 4),
     ("import-classifier", "clf-pickle-weights", 4),
+    *(("meta-train", k, 4) for k in ("clf-no-weights", "clf-json-list", "clf-empty-weights", "clf-a-file")),
+    *(("export", k, 4) for k in ("ex-no-weights", "ex-garbage-json")),
+    *(("seal", k, 4) for k in ("clf-no-json", "clf-garbage-json", "clf-json-list", "clf-empty-weights",
+                                "ex-garbage-json", "ex-other-format", "ex-truncated-weights", "ex-no-json")),
+    *(("export-combined", k, 4) for k in ("clf-pickle-weights", "clf-garbage-json", "clf-no-json",
+                                          "clf-empty-weights")),
+    *(("evaluate", k, 4) for k in ("clf-no-json", "clf-pickle-weights", "clf-no-weights", "ex-no-json",
+                                   "ex-truncated-weights", "ex-other-format")),
 ]
 
 
@@ -381,6 +389,8 @@ def test_a_broken_bundle_is_one_line_naming_it_for_every_command(command, kind, 
         "export-combined": ["export", "--explainer", str(DEMO_DIR / "explainer"), "--combined", str(clf),
                             "--out", str(out / "x.onnx")],
         "seal": ["seal", str(broken)],
+        "evaluate": ["evaluate", "--classifier", str(clf), "--explainer", str(ex), "--data", "lesions", "--n", "2",
+                     "--methods", "first-guess", "--out", str(out)],
         "import-classifier": ["import-classifier", "--out", str(out), "--classes", "a,b", "--size", "32",
                               "--channels", "1", "--mean", "0.5", "--std", "0.2", "--program",
                               str(broken / "weights.safetensors")],
@@ -390,4 +400,4 @@ def test_a_broken_bundle_is_one_line_naming_it_for_every_command(command, kind, 
     lines = [line for line in r.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:"), r.output
     assert "Traceback" not in r.output and str(tmp_path) in lines[0]
-    assert not out.exists() or not any(out.iterdir())
+    assert not out.exists()  # not even an empty folder
