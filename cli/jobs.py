@@ -610,6 +610,9 @@ def evaluate_job(
     if any(m in EXPLAINER_METHODS for m in config.methods) and explainer is None and classifier is not None:
         raise UsageError("medcam-fast's first guess and refinement need --explainer (a bundle folder or explainer.onnx)")
     specs = evaluate_specs(datasets, classifier=classifier, explainer=explainer, models=models, data_dir=data_dir)
+    for name, _, _, images in specs:
+        if len(images) == 0:
+            raise DataError(f"the test split of {name!r} has no images: nothing to evaluate", name)
     for _, clf_path, ex_path, _ in specs:  # a broken bundle is one error line before anything starts
         load_classifier(clf_path)
         if ex_path is not None and ex_path.suffix != ".onnx":

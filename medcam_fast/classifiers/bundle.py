@@ -27,7 +27,7 @@ from .._version import __version__
 from ..errors import ModelError, UsageError, one_line
 from .architectures import ARCHITECTURES, _rebuild_builtin
 from .frozen import ClassifierBundle, _set_eval
-from .sources import SOURCES, _call_factory, _create_timm, _load_program
+from .sources import SOURCES, _call_factory, _check_model_fits, _create_timm, _load_program
 from .weights import _load_weights_strict, _state_bytes
 
 if TYPE_CHECKING:
@@ -265,6 +265,7 @@ def load_classifier(path: str | os.PathLike[str], *, allow_import: bool = False,
             raise ModelError(e.cause, json_path) from e
     _load_weights_strict(model, weights)
     _set_eval(model)
+    _check_model_fits(model, preprocess, classes, json_path)  # channels, size and classes agree with the weights
     return ClassifierBundle(
         model=model,
         preprocess=preprocess,

@@ -113,6 +113,22 @@ def _open_image(path: Path, max_pixels: int) -> Image.Image:
             Image.MAX_IMAGE_PIXELS = old
 
 
+def _unsupported_format(path: Path) -> str:
+    """Why Pillow could not open ``path``, naming the format when its magic bytes say which (DICOM, NIfTI)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(352)
+    except OSError:
+        head = b""
+    if head[128:132] == b"DICM":
+        return ("a DICOM file: medcam-fast does not read DICOM yet; export the image to PNG or TIFF (e.g. with "
+                "pydicom or dcm2niix) with the window you read it at")
+    if head[344:348] in (b"n+1\x00", b"ni1\x00") or path.name.lower().endswith((".nii", ".nii.gz")):
+        return ("a NIfTI volume: medcam-fast does not read NIfTI yet; save the slices to explain as PNG or TIFF "
+                "(e.g. with nibabel)")
+    return "not an image file (Pillow cannot identify its format)"
+
+
 def _open_checked(path: Path, max_pixels: int) -> Image.Image:
     """The image's header, opened and checked (exists, not empty, an image, within ``max_pixels``, not
     0 pixels); no pixel is decoded. Raises DataError naming ``path``."""
@@ -130,7 +146,7 @@ def _open_checked(path: Path, max_pixels: int) -> Image.Image:
         raise DataError(f"image has more pixels than the limit of {max_pixels} (max_pixels), refused "
                         "before decoding", path) from None
     except UnidentifiedImageError:
-        raise DataError("not an image file (Pillow cannot identify its format)", path) from None
+        raise DataError(_unsupported_format(path), path) from None
     except PermissionError:
         raise DataError("permission denied", path) from None
     except Exception as e:

@@ -401,3 +401,43 @@ def test_a_broken_bundle_is_one_line_naming_it_for_every_command(command, kind, 
     assert len(lines) == 1 and lines[0].startswith("error:"), r.output
     assert "Traceback" not in r.output and str(tmp_path) in lines[0]
     assert not out.exists()  # not even an empty folder
+
+
+def test_a_dicom_or_nifti_file_is_named_as_such(tmp_path, lesion_bundle_dir):
+    """A real DICOM or NIfTI file was 'not an image file (Pillow cannot identify its format)'."""
+    dicom = tmp_path / "IM000001"
+    dicom.write_bytes(b"\x00" * 128 + b"DICM" + b"\x02\x00\x00\x00UL\x04\x00" + b"\x00" * 200)
+    nifti = tmp_path / "brain.nii"
+    nifti.write_bytes(b"\x5c\x01\x00\x00" + b"\x00" * 340 + b"n+1\x00" + b"\x00" * 100)
+    for path, needle in ((dicom, "a DICOM file"), (nifti, "a NIfTI volume")):
+        r = runner.invoke(app, ["explain", str(path), "--classifier", str(lesion_bundle_dir), "--out",
+                                str(tmp_path / "o")])
+        assert r.exit_code == 3 and needle in r.output and path.name in r.output, r.output
+
+
+def test_evaluate_on_a_set_without_test_images_is_a_data_error(tmp_path):
+    from medcam_fast._assets import DEMO_DIR
+
+    empty = tmp_path / "empty.npz"
+    np.savez(empty, images=np.zeros((0, 28, 28), np.uint8), labels=np.zeros(0, int))
+    r = runner.invoke(app, ["evaluate", "--classifier", str(DEMO_DIR / "classifier"), "--explainer",
+                            str(DEMO_DIR / "explainer"), "--data", str(empty), "--out", str(tmp_path / "o")])
+    assert r.exit_code == 3 and "no images" in r.output and "Traceback" not in r.output, r.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_classifier_json_whose_channels_disagree_with_its_weights_is_refused_on_load(tmp_path, lesion_bundle_dir):
+    """Unsealed (allowed) and edited to 3 channels, it crashed inside the first convolution of a batch."""
+    import json
+    import shutil
+
+    d = Path(shutil.copytree(lesion_bundle_dir, tmp_path / "c3"))
+    meta = json.loads((d / "classifier.json").read_text())
+    del meta["content_sha256"]
+    meta["preprocess"].update(channels=3, mean=[0.5] * 3, std=[0.2] * 3)
+    (d / "classifier.json").write_text(json.dumps(meta))
+    img = _make("palette", tmp_path)
+    r = runner.invoke(app, ["explain", str(img), "--classifier", str(d), "--allow-unsealed", "--out",
+                            str(tmp_path / "o")])
+    assert r.exit_code == 4 and "classifier.json" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "o").exists()
