@@ -37,11 +37,11 @@ from .errors import ModelError, UsageError
 from .explainer.bundle import ExplainerBundle, ExplainerSettings, load_explainer
 from .method.fit import FitConfig
 from .method.losses import Reference
-from .method.masking import keep, make_baseline
+from .method.masking import keep
 from .method.objective import Objective
 from .method.refine import RefineConfig, refine
 from .method.result import MaskResult
-from .types import BaselineKind, RefineMode, choice
+from .types import RefineMode, choice
 
 if TYPE_CHECKING:
     from .export.runtime import OnnxExplainer
@@ -288,7 +288,7 @@ class MedCAM:
                                         tau=fit.tau, normalization=(self.preprocess.mean, self.preprocess.std),
                                         reference=reference)
             res = refine(objective, RefineConfig(steps=fit.steps, mode=RefineMode.FULL), fit_config=fit)
-            return self._explanation(x, res, fit.baseline, time.perf_counter() - start)
+            return self._explanation(objective, res, time.perf_counter() - start)
         assert self.settings is not None  # checked in __init__
         config = self.refine_config if refine_steps is None else self.refine_config.with_(steps=refine_steps)
         objective = self.settings.objective(self.classifier, x, t, reference=reference)
@@ -298,12 +298,11 @@ class MedCAM:
                 self.onnx.logits(x.cpu().numpy(), objective.target.cpu().numpy())).to(self.device)
         unet = None if self.explainer is None else self.explainer.unet
         res = refine(objective, config, unet=unet, first_guess=first_guess, trained=self.settings.inner)
-        return self._explanation(x, res, self.settings.baseline, time.perf_counter() - start)
+        return self._explanation(objective, res, time.perf_counter() - start)
 
-    def _explanation(self, x: Tensor, res: MaskResult, baseline: BaselineKind, seconds: float) -> Explanation:
-        pre = self.preprocess
-        b = make_baseline(x, baseline, pre.mean, pre.std)
-        kept = keep(x, res.binary[:, None].to(x.dtype), b)
+    def _explanation(self, objective: Objective, res: MaskResult, seconds: float) -> Explanation:
+        pre, x = self.preprocess, objective.x
+        kept = keep(x, res.binary[:, None].to(x.dtype), objective.baseline)  # the baseline the loss used
 
         def unit(z: Tensor) -> np.ndarray:
             return np.clip(pre.denormalize(_to_numpy(z)), 0, 1).transpose(0, 2, 3, 1)

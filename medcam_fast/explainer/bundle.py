@@ -28,11 +28,11 @@ from torch import Tensor
 from .._io import atomic_write, atomic_write_json, check_seal, seal, sha256_file
 from ..data.preprocess import Preprocess
 from ..errors import ModelError
-from ..method.inner import InnerLoop, step_size
+from ..method.inner import InnerLoop
 from ..method.losses import LossWeights, Reference
 from ..method.objective import Objective
 from ..method.unet import UNet, UNetConfig
-from ..types import BaselineKind, Classifier, InnerMode, RefineMode, choice
+from ..types import BaselineKind, Classifier, choice
 
 __all__ = [
     "ExplainerSettings", "ExplainerBundle", "save_explainer", "load_explainer", "record_onnx", "EXPLAINER_FORMAT",
@@ -136,11 +136,6 @@ class ExplainerSettings:
         return Objective.build(classifier, x, targets, baseline=self.baseline, weights=weights or self.weights,
                                tau=self.tau, normalization=(self.preprocess.mean, self.preprocess.std),
                                reference=reference)
-
-    def step_size(self, mode: RefineMode | InnerMode) -> float | Mapping[str, float]:
-        """The default step size of refinement in ``mode`` for this explainer
-        (:func:`~medcam_fast.method.inner.step_size`)."""
-        return step_size(mode, self.inner)
 
 
 @dataclass(kw_only=True)
