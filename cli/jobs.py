@@ -43,7 +43,7 @@ from ..explainer.bundle import ExplainerBundle, load_explainer
 from ..explainer.meta import MetaConfig, meta_train
 from ..method.fit import FitConfig
 from ..method.refine import RefineConfig
-from ..types import RefineMode
+from ..types import Architecture, RefineMode
 from .console import escape, print_error
 from .runfolder import RunFolder, output_stems
 from .writers import FORMATS, output_paths, write_explanation, write_summary
@@ -505,11 +505,14 @@ def export_bundle(explainer: str | Path, out: str | Path | None, *, combined: st
     The bundle's own ``explainer.onnx`` (the default target) is recorded in its sealed ``explainer.json``."""
     from ..export.onnx_export import export_combined, export_explainer
 
-    bundle = load_explainer(explainer, allow_unsealed=allow_unsealed)
+    bundle = load_explainer(explainer, allow_unsealed=allow_unsealed, check_onnx=False)
     folder = Path(explainer).parent if Path(explainer).suffix == ".json" else Path(explainer)
     target = Path(out) if out is not None else folder / "explainer.onnx"
     if target.exists() and not overwrite:
         raise UsageError("already exists; pass --overwrite to replace it", target)
+    if combined is None and bundle.architecture is Architecture.DECODER:
+        raise UsageError("this explainer reads its classifier's features: pass the classifier bundle it was "
+                         "trained for with --combined", folder)
     if combined is not None:
         return export_combined(bundle, load_classifier(combined, allow_unsealed=allow_unsealed).model, target)
     return export_explainer(bundle, target)  # into the bundle's folder: recorded in its explainer.json

@@ -16,7 +16,7 @@ import typer
 
 from medcam_fast.cli.console import console, err_console, escape, print_error
 from medcam_fast.errors import EXIT_CODES, MedCamError
-from medcam_fast.types import InnerMode, RefineMode
+from medcam_fast.types import Architecture, InnerMode, RefineMode
 
 _EXIT_HELP = "Exit codes: " + "; ".join(f"{k} {v}" for k, v in EXIT_CODES.items()) + "."
 
@@ -74,7 +74,8 @@ def _threads(n: int | None) -> None:
 @app.command("train-classifier")
 @handle_errors
 def train_classifier_cmd(
-    data: str = typer.Option(..., help="Data set: a .npz path, a class-per-folder directory, or breast|pneumonia|blood|path."),
+    data: str = typer.Option(..., help="Data set: a .npz path, a class-per-folder directory, or "
+                             "breast|pneumonia|blood|path|brain."),
     out: Path = typer.Option(..., help="Output folder of the classifier bundle."),
     arch: str | None = typer.Option(None, help="Architecture: resnet18 or vit (default: resnet18)."),
     epochs: int | None = typer.Option(None, min=1, help="Training epochs (default: 30)."),
@@ -177,17 +178,22 @@ def meta_train_cmd(
     classifier: Path = typer.Option(..., help="Classifier bundle folder the explainer is for."),
     data: str = typer.Option(..., help="Training images: a .npz path, a class-per-folder directory, or a short name."),
     out: Path = typer.Option(..., help="Output folder: checkpoints and the explainer bundle."),
+    architecture: Architecture | None = typer.Option(None, help="First-guess network: decoder (reads the "
+                                                     "classifier's features, every class at once) or unet "
+                                                     "(classifier-blind) (default: decoder)."),
     inner_steps: int | None = typer.Option(None, min=0, help="K, inner adaptation steps (0 = amortized "
-                                           "training) (default: 3)."),
-    inner_mode: InnerMode | None = typer.Option(None, help="What the inner loop adapts: weights (MAML) or logits "
-                                                "(the mask logits, as refinement does; first-order) (default: weights)."),
-    first_order: bool | None = typer.Option(None, "--first-order", help="First-order MAML (no second-order terms)."),
+                                           "training) (default: 10)."),
+    inner_mode: InnerMode | None = typer.Option(None, help="What the inner loop adapts: logits (the mask logits, as "
+                                                "refinement does; first-order) or weights (MAML on a U-Net) "
+                                                "(default: logits)."),
+    first_order: bool | None = typer.Option(None, "--first-order/--second-order",
+                                            help="First-order MAML, no second-order terms (default: first order)."),
     meta_sgd: bool | None = typer.Option(None, "--meta-sgd", help="Learn the inner step sizes (Meta-SGD)."),
     outer_steps: int | None = typer.Option(None, min=1, help="Meta-updates (default: 400)."),
     meta_batch: int | None = typer.Option(None, min=1, help="Images per meta-update (default: 8)."),
-    inner_lr: float | None = typer.Option(None, help="Inner step size (default: 0.1 weights, 0.3 logits)."),
+    inner_lr: float | None = typer.Option(None, help="Inner step size (default: 0.1 weights, 1.0 logits)."),
     outer_lr: float | None = typer.Option(None, help="Outer (Adam) learning rate (default: 0.002)."),
-    width: int | None = typer.Option(None, min=2, help="U-Net width (default: 16)."),
+    width: int | None = typer.Option(None, min=2, help="Network width (default: 32 decoder, 16 U-Net)."),
     checkpoint_every: int | None = typer.Option(None, min=1, help="Outer steps between checkpoints (default: 25)."),
     seed: int | None = typer.Option(None, help="Random seed (default: 0)."),
     minutes: float | None = typer.Option(None, min=0.1, help="Finish after this much training time."),
@@ -197,12 +203,12 @@ def meta_train_cmd(
     data_dir: Path | None = typer.Option(None, envvar="MEDCAM_DATA_DIR", help="Folder of the shared .npz data sets."),
     threads: int | None = typer.Option(None, min=1, help="CPU threads for torch."),
 ) -> None:
-    """Meta-train a shared U-Net explainer for a classifier (MAML on the composite loss)."""
+    """Meta-train a shared explainer for a classifier (MAML on the composite loss)."""
     from medcam_fast.cli.jobs import meta_train_bundle
     from medcam_fast.explainer.meta import MetaConfig
 
     _threads(threads)
-    cfg = MetaConfig(**_given(inner_steps=inner_steps, inner_mode=inner_mode, first_order=first_order,
+    cfg = MetaConfig(**_given(architecture=architecture, inner_steps=inner_steps, inner_mode=inner_mode, first_order=first_order,
                               meta_sgd=meta_sgd, outer_steps=outer_steps, meta_batch=meta_batch, inner_lr=inner_lr,
                               outer_lr=outer_lr, width=width, seed=seed, checkpoint_every=checkpoint_every))
     meta_train_bundle(classifier, data, out, cfg, resume=resume, overwrite=overwrite, data_dir=data_dir,
@@ -267,11 +273,18 @@ def evaluate_cmd(
     methods: str | None = typer.Option(None, help="Comma-separated subset of the methods (default: all)."),
     n: int | None = typer.Option(None, min=1, help="Test images per data set (default: 64)."),
     out: Path = typer.Option(Path("evaluate-out"), help="Output folder: report.md, results.json, figures/."),
+    fills: str | None = typer.Option(None, help="Comma-separated fills for removed pixels, each scored in its own "
+                                     "columns: zero, mean, blur, noisy-linear (ROAD's imputation; needs grad-cam) "
+                                     "(default: all four)."),
+    fc_subsets: int | None = typer.Option(None, min=2, help="Random pixel subsets per image for faithfulness "
+                                          "correlation (default: 64)."),
+    monotonicity_groups: int | None = typer.Option(None, min=2, help="Pixel groups per image for monotonicity "
+                                                   "(default: 32)."),
     sanity_n: int | None = typer.Option(None, min=0, help="Images of the cascading-randomization check (0 skips "
-                                        "it) (default: 16)."),
+                                        "it) (default: 32)."),
     sanity_stages: int | None = typer.Option(None, min=1, help="Randomization stages reported (default: 4)."),
-    road_n: int | None = typer.Option(None, min=0, help="Images of the ROAD cross-check (needs grad-cam; 0 skips "
-                                      "it) (default: 16)."),
+    road_n: int | None = typer.Option(None, min=0, help="Images of ROAD (needs grad-cam; 0 skips it) (default: "
+                                      "every image)."),
     refine_steps: int | None = typer.Option(None, min=0, help="Refinement steps of the refined method (default: 10)."),
     start_clip: float | None = typer.Option(None, min=0.0, help="The refined method's first guess is clipped to ± "
                                             "this before its steps (default: 3)."),
@@ -287,16 +300,18 @@ def evaluate_cmd(
     data_dir: Path | None = typer.Option(None, envvar="MEDCAM_DATA_DIR", help="Folder of the shared .npz data sets."),
     threads: int | None = typer.Option(None, min=1, help="CPU threads for torch."),
 ) -> None:
-    """Faithfulness, localization, sanity and speed of medcam-fast against Grad-CAM, RISE, … on the same images."""
+    """Faithfulness under several fills, controls, localization, sanity and speed of medcam-fast against Grad-CAM,
+    RISE, … on the same images."""
     from medcam_fast.cli.jobs import evaluate_job
     from medcam_fast.evaluation.harness import EvalConfig
 
     _threads(threads)
     chosen = tuple(m.strip() for m in methods.split(",") if m.strip()) if methods else None
-    cfg = EvalConfig(**_given(methods=chosen, n=n, sanity_n=sanity_n, sanity_stages=sanity_stages, road_n=road_n,
-                              refine_steps=refine_steps, start_clip=start_clip, fit_steps=fit_steps,
-                              rise_masks=rise_masks, extremal_steps=extremal_steps, batch_size=batch_size,
-                              device=device, seed=seed))
+    cfg = EvalConfig(**_given(methods=chosen, n=n, fills=None if fills is None else tuple(_csv(fills)),
+                              fc_subsets=fc_subsets, monotonicity_groups=monotonicity_groups, sanity_n=sanity_n,
+                              sanity_stages=sanity_stages, road_n=road_n, refine_steps=refine_steps,
+                              start_clip=start_clip, fit_steps=fit_steps, rise_masks=rise_masks,
+                              extremal_steps=extremal_steps, batch_size=batch_size, device=device, seed=seed))
     evaluate_job(data, out, cfg, classifier=classifier, explainer=explainer, models=models, data_dir=data_dir,
                  resume=resume, overwrite=overwrite, console=console)
 
@@ -356,7 +371,7 @@ def bench_quality_cmd(
     fit_steps: str = typer.Option("10,50,100,300", help="Per-image fit steps to measure (the last is the reference)."),
     modes: str = typer.Option("logits,weights", help="Refinement modes to measure."),
     weights_ks: str | None = typer.Option(None, help="K for the (slow) weights mode (default: --ks)."),
-    explainers: str = typer.Option("explainer,amortized", help="Explainer folders under <models>/<dataset>."),
+    explainers: str = typer.Option("explainer,unet", help="Explainer folders under <models>/<dataset>."),
     out: Path = typer.Option(Path("benchmarks/results"), help="Folder of the result files."),
     data_dir: Path | None = typer.Option(None, envvar="MEDCAM_DATA_DIR", help="Folder of the shared .npz data sets."),
     threads: int | None = typer.Option(None, min=1, help="CPU threads for torch."),

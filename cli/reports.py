@@ -19,24 +19,40 @@ def _f(v: Any, digits: int = 3) -> str:
     return "–" if v is None else f"{v:.{digits}f}"
 
 
+def _dig(node: Any, *path: str) -> Any:
+    for part in path:
+        node = node.get(part) if isinstance(node, Mapping) else None
+    return node
+
+
 def evaluate_table(results: Mapping[str, Any]) -> Table:
-    """One row per data set and method: keep 10 %, insertion AUC, top-k IoU, ρ after full randomization,
-    binary verdict, seconds per image."""
+    """One row per data set and method (and the random-map control): keep 10 % and faithfulness correlation
+    under the first headline fill (one no method was trained against), ROAD combined, top-k IoU, ρ after full
+    randomization on signed and absolute maps, the binary verdict with the run's baseline, seconds per image.
+    ``report.md`` has every fill and column."""
     table = Table(title=f"medcam-fast evaluate, {results['config']['n']} test images per data set")
-    for col in ("data set", "method", "keep 10% ↑", "insertion AUC ↑", "top-k IoU ↑", "ρ full random ↓",
-                "p_kept / p_removed / area", "s/image"):
+    for col in ("data set", "method", "keep 10% ↑ [fill]", "faithfulness corr. ↑", "ROAD combined ↑",
+                "top-k IoU ↑", "ρ full random ↓ (signed / abs)", "p_kept / p_removed / area [baseline]", "s/image"):
         table.add_column(col)
     for name, ds in results["datasets"].items():
-        for r in ds["methods"].values():
+        head = (ds.get("headline_fills") or [None])[0]
+        rows = list(ds["methods"].values())
+        if _dig(ds, "controls", "random"):
+            rows.append(ds["controls"]["random"])
+        for r in rows:
             b = r.get("binary")
+            sanity = r.get("sanity") or {}
             table.add_row(
-                escape(name), escape(r["label"]), _f(r["preservation"].get("0.1")), _f(r["insertion_auc"]),
-                _f(r.get("iou")), _f((r.get("sanity") or {}).get("final")),
+                escape(name), escape(r["label"]),
+                "–" if head is None else f"{_f(_dig(r, 'fills', head, 'preservation', '0.1'))} [{escape(head)}]",
+                "–" if head is None else _f(_dig(r, "fills", head, "faithfulness_correlation")),
+                _f(_dig(r, "road", "combined")), _f(r.get("iou")),
+                "–" if not sanity else f"{_f(sanity.get('final'))} / {_f(sanity.get('final_abs'))}",
                 "–" if not b else f"{_f(b['p_kept'])} / {_f(b['p_removed'])} / {_f(b['area'])}",
                 f"{r['seconds_per_image']:.4f}",
             )
         for m, why in ds["skipped"].items():
-            table.add_row(escape(name), escape(m), "skipped", escape(why), "", "", "", "")
+            table.add_row(escape(name), escape(m), "skipped", escape(why), "", "", "", "", "")
     return table
 
 

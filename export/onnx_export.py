@@ -52,8 +52,9 @@ from medcam_fast.classifiers.frozen import FrozenClassifier, _as_logits
 from medcam_fast.classifiers.weights import state_sha256
 from medcam_fast.errors import ModelError, UsageError, one_line
 from medcam_fast.explainer.bundle import ExplainerBundle, record_onnx
-from medcam_fast.method.masking import keep, make_baseline, remove
-from medcam_fast.types import BaselineKind
+from medcam_fast.method.decoder import DecoderConfig, select_class
+from medcam_fast.method.masking import keep, make_baseline, remove, to_image_grid
+from medcam_fast.types import Architecture, BaselineKind
 
 from .runtime import METADATA_KEY, VERDICT, OnnxExplainer, _sigmoid
 
@@ -94,6 +95,41 @@ def _export_cause(e: BaseException) -> str:
 # ----------------------------------------------------------------------------------------------------------
 # The exported modules
 # ----------------------------------------------------------------------------------------------------------
+
+
+class _DecoderGraph(nn.Module):
+    """Classifier + classifier-aware decoder: ``(image, target) → (mask_logits, class_mask_logits, mask_grid,
+    probs_original, p_original, p_kept, p_removed, area)``. The classifier runs once on the image (logits and
+    the decoder's taps from the same pass) and once on the kept and removed views stacked.
+
+    Args:
+        decoder: the explainer's :class:`~medcam_fast.method.decoder.FeatureDecoder`.
+        classifier: a :class:`FrozenClassifier` whose layers are the decoder's taps.
+        tau, threshold, baseline, mean, std: as :class:`_Combined`.
+    """
+
+    def __init__(self, decoder: nn.Module, classifier: FrozenClassifier, tau: float, threshold: float,
+                 baseline: BaselineKind, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        super().__init__()
+        self.decoder = decoder
+        self.classifier = classifier
+        self.tau, self.threshold, self.baseline = float(tau), float(threshold), baseline
+        self.mean, self.std = tuple(mean), tuple(std)
+
+    def forward(self, image: Tensor, target: Tensor) -> tuple[Tensor, ...]:
+        logits, acts = self.classifier(image)
+        probs_original = torch.softmax(logits, dim=-1)
+        t = torch.where(target < 0, torch.argmax(probs_original, dim=-1), target)
+        grid = self.decoder(image, acts, self.classifier.head())
+        every = to_image_grid(grid, image.shape[-2:])
+        u = select_class(every, t)
+        m = (torch.sigmoid(u / self.tau) > self.threshold).to(image.dtype)
+        b = make_baseline(image, self.baseline, self.mean, self.std)
+        views = torch.cat([keep(image, m, b), remove(image, m, b)])
+        probs = torch.softmax(self.classifier.logits(views), dim=-1).gather(1, t.repeat(2)[:, None])[:, 0]
+        n = image.shape[0]
+        p_original = probs_original.gather(1, t[:, None])[:, 0]
+        return u, every, grid, probs_original, p_original, probs[:n], probs[n:], m.flatten(1).mean(1)
 
 
 class _Core(nn.Module):
@@ -197,13 +233,13 @@ def _check_opset(opset: int) -> int:
 
 
 def _check_bundle(bundle: ExplainerBundle, out: Path) -> None:
-    """The U-Net must fit the preprocessing and the class list, or the exported file would be unusable."""
-    cfg = bundle.unet.config
+    """The network must fit the preprocessing and the class list, or the exported file would be unusable."""
+    cfg = bundle.net.config
     if cfg.in_channels != bundle.preprocess.channels:
-        raise ModelError(f"the U-Net takes {cfg.in_channels} channel(s) but the preprocessing gives "
+        raise ModelError(f"the network takes {cfg.in_channels} channel(s) but the preprocessing gives "
                          f"{bundle.preprocess.channels}", out)
     if cfg.num_classes != len(bundle.classes):
-        raise ModelError(f"the U-Net knows {cfg.num_classes} classes but the bundle names {len(bundle.classes)}",
+        raise ModelError(f"the network knows {cfg.num_classes} classes but the bundle names {len(bundle.classes)}",
                          out)
 
 
@@ -212,7 +248,8 @@ def onnx_metadata(bundle: ExplainerBundle, graph: str = "core") -> dict[str, str
 
     Args:
         bundle: the explainer.
-        graph: ``"core"`` (U-Net only) or ``"combined"`` (classifier + U-Net).
+        graph: ``"core"`` (U-Net only), ``"combined"`` (classifier + U-Net) or ``"decoder"`` (classifier +
+            decoder, every class's mask).
 
     Returns:
         key → string value: ``medcam_fast`` (JSON facts) and the flat convenience keys.
@@ -233,7 +270,7 @@ def onnx_metadata(bundle: ExplainerBundle, graph: str = "core") -> dict[str, str
         "classes": json.dumps(list(bundle.classes)),
         "threshold": repr(float(bundle.threshold)),
         "tau": repr(float(bundle.tau)),
-        "size_multiple": str(bundle.unet.config.multiple),
+        "size_multiple": str(getattr(bundle.net.config, "multiple", 1)),
         "classifier_sha256": bundle.classifier_sha256,
         "exporter": f"torch {torch.__version__} (dynamo), onnx {onnx.__version__}",
     }
@@ -339,8 +376,11 @@ def export_explainer(bundle: ExplainerBundle, out: str | os.PathLike[str], opset
     """
     out = Path(out)
     opset = _check_opset(opset)
+    if bundle.architecture is Architecture.DECODER:
+        raise UsageError("a decoder explainer reads its classifier: export it with the classifier "
+                         "(export_combined, or `medcam-fast export --combined CLASSIFIER`)", out)
     _check_bundle(bundle, out)
-    unet = _frozen_copy(bundle.unet)
+    unet = _frozen_copy(bundle.net)
     cfg = unet.config
     mult = cfg.multiple
     h, w = bundle.preprocess.size
@@ -440,8 +480,12 @@ def export_combined(bundle: ExplainerBundle, classifier_module: nn.Module, out: 
             raise ModelError(f"the classifier's weights (sha256 {digest[:12]}…) are not the ones the explainer was "
                              f"trained against ({bundle.classifier_sha256[:12]}…); pass check_sha256=False to "
                              "export anyway", out)
+    if isinstance(bundle.net_config, DecoderConfig):
+        path = _export_decoder(bundle, _frozen_copy(model), out, opset, verify)
+        _record_in_bundle(bundle, path)
+        return path
     classifier = _frozen_copy(model)
-    unet = _frozen_copy(bundle.unet)
+    unet = _frozen_copy(bundle.net)
     pre = bundle.preprocess
     h, w = pre.size
     k = len(bundle.classes)
@@ -490,6 +534,76 @@ def export_combined(bundle: ExplainerBundle, classifier_module: nn.Module, out: 
         same = ((soft_ref > bundle.threshold) == (soft_got > bundle.threshold)).reshape(n, -1).all(axis=1)
         checks = [("mask", _max_diff(soft_got, soft_ref)), ("probs_original", _max_diff(got[1], ref[1]))]
         checks += [(name, _max_diff(got[i][same], ref[i][same])) for i, name in enumerate(VERDICT, start=2)]
+        for name, diff in checks:
+            if not diff <= PARITY_TOLERANCE:
+                raise ModelError(f"onnxruntime disagrees with torch on {name}: max diff {diff:.3g} > "
+                                 f"{PARITY_TOLERANCE:g}", out)
+
+    return _write(proto, out, check if verify else None)
+
+
+_DECODER_OUTPUTS = ["mask_logits", "class_mask_logits", "mask_grid", "probs_original", *VERDICT]
+
+
+def _export_decoder(bundle: ExplainerBundle, model: nn.Module, out: Path, opset: int, verify: bool) -> Path:
+    """The decoder's graph (see :func:`export_combined`): one classifier pass feeds the logits and the
+    decoder; outputs the target's ``mask_logits`` ``[B,1,H,W]``, every class's ``class_mask_logits``
+    ``[B,K,H,W]`` and coarse ``mask_grid`` ``[B,K,g_h,g_w]``, ``probs_original`` and the verdict."""
+    cfg = bundle.net_config
+    assert isinstance(cfg, DecoderConfig)
+    pre = bundle.preprocess
+    h, w = pre.size
+    k = len(bundle.classes)
+    try:
+        classifier = FrozenClassifier(model, cfg.tap_names, num_classes=k)
+    except Exception as e:  # noqa: BLE001 — a classifier without the decoder's layers
+        raise ModelError(f"the classifier does not fit the decoder: {one_line(e)}", out) from None
+    graph = _DecoderGraph(_frozen_copy(bundle.net), classifier, bundle.tau, bundle.threshold, bundle.baseline,
+                          pre.mean, pre.std).eval()
+    example = (torch.zeros(2, pre.channels, h, w), torch.tensor([-1, 0], dtype=torch.int64))
+    try:
+        with torch.no_grad():
+            graph(*example)
+    except Exception as e:  # noqa: BLE001 — whatever the user's model raises
+        raise ModelError(f"the classifier with the decoder fails on a [2, {pre.channels}, {h}, {w}] input: "
+                         f"{one_line(e, typed=True)}", out) from None
+    batch = torch.export.Dim("batch", min=1)
+    dynamic = {"image": {0: batch}, "target": {0: batch}}
+    proto = _torch_to_onnx(graph, example, _DECODER_OUTPUTS, dynamic, opset, "the classifier with the decoder", out)
+    g_h, g_w = cfg.grid or (h, w)
+    _finish(
+        proto, onnx_metadata(bundle, "decoder"),
+        doc=(f"medcam-fast explainer ({k} classes, {h}x{w} input): the classifier and a decoder over its features. "
+             "target -1 explains the classifier's decision; class_mask_logits holds every class's mask; p_kept / "
+             "p_removed: the classifier on the image with only the binary evidence kept / removed."),
+        inputs_doc={**_INPUT_DOC, "target": "class to explain per image, int64 [B]; -1 = argmax of probs_original"},
+        outputs_doc={
+            "mask_logits": "mask logits u of the target float32 [B, 1, H, W]; mask m = sigmoid(u / tau)",
+            "class_mask_logits": f"mask logits of every class float32 [B, {k}, H, W]",
+            "mask_grid": f"the coarse logits they are upsampled from (bilinear) [B, {k}, {g_h}, {g_w}]",
+            "probs_original": "classifier softmax on the image [B, K]",
+            "p_original": "p_target(image) [B]",
+            "p_kept": "p_target(m*x + (1-m)*baseline), m = sigmoid(u/tau) > threshold [B]",
+            "p_removed": "p_target((1-m)*x + m*baseline) [B]",
+            "area": "fraction of pixels in m [B]",
+        },
+    )
+
+    def check(tmp: Path) -> None:
+        runtime = OnnxExplainer(tmp, providers=["CPUExecutionProvider"])
+        rng = np.random.default_rng(0)
+        n = 3
+        x = rng.standard_normal((n, pre.channels, h, w)).astype(np.float32)
+        t = np.array([-1, 0, k - 1], dtype=np.int64)
+        with torch.no_grad():
+            ref = [o.numpy() for o in graph(torch.from_numpy(x), torch.from_numpy(t))]
+        got = runtime._session.run(_DECODER_OUTPUTS, {"image": x, "target": t})
+        soft_ref = _sigmoid(ref[1] / np.float32(bundle.tau))
+        soft_got = _sigmoid(got[1] / np.float32(bundle.tau))
+        same = ((_sigmoid(ref[0] / np.float32(bundle.tau)) > bundle.threshold)
+                == (_sigmoid(got[0] / np.float32(bundle.tau)) > bundle.threshold)).reshape(n, -1).all(axis=1)
+        checks = [("masks", _max_diff(soft_got, soft_ref)), ("probs_original", _max_diff(got[3], ref[3]))]
+        checks += [(name, _max_diff(got[i][same], ref[i][same])) for i, name in enumerate(VERDICT, start=4)]
         for name, diff in checks:
             if not diff <= PARITY_TOLERANCE:
                 raise ModelError(f"onnxruntime disagrees with torch on {name}: max diff {diff:.3g} > "

@@ -13,7 +13,9 @@ Targets: the plain explainer graph (written by ``export_explainer``) does not co
 the class each mask explains comes from the caller — usually the classifier's predicted class, computed
 wherever that classifier runs. A *combined* graph (written by ``export_combined``) contains the classifier:
 there ``targets=None`` explains the classifier's own decision (argmax of ``probs_original``), and the result
-also holds the class probabilities of the original and the masked image.
+also holds the class probabilities of the original and the masked image. A *decoder* graph (a
+classifier-aware explainer, always exported with its classifier) is a combined graph that also returns every
+class's mask from the same call (:attr:`RuntimeMasks.class_logits`) and the coarse grid they come from.
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ METADATA_KEY = "medcam_fast"
 VERDICT = ("p_original", "p_kept", "p_removed", "area")
 #: A combined graph written by 0.1.0: ``probs_masked`` was the kept view's softmax ``[B, K]``.
 _LEGACY_COMBINED = ("probs_original", "probs_masked")
+
+#: The extra outputs of a decoder graph: every class's mask logits and the coarse grid they come from.
+_DECODER_EXTRA = ("class_mask_logits", "mask_grid")
 
 _CUDA = "CUDAExecutionProvider"
 _CPU = "CPUExecutionProvider"
@@ -82,6 +87,9 @@ class RuntimeMasks:
         p_removed: combined graph only: ``p_c`` of the image with the binary evidence replaced by the
             baseline, ``[B]`` (None for a 0.1.0 combined file, which did not compute it).
         area: combined graph only: fraction of pixels in the binary mask, ``[B]``.
+        class_logits: decoder graph only: mask logits of every class, float32 ``[B, K, H, W]`` (the row of
+            the explained class equals ``logits``).
+        grid: decoder graph only: the coarse logits every class's mask is upsampled from ``[B, K, g_h, g_w]``.
     """
 
     logits: np.ndarray
@@ -93,6 +101,8 @@ class RuntimeMasks:
     p_kept: np.ndarray | None = None
     p_removed: np.ndarray | None = None
     area: np.ndarray | None = None
+    class_logits: np.ndarray | None = None
+    grid: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.logits.shape[0])
@@ -174,9 +184,10 @@ class OnnxExplainer:
             self.classes: list[str] = [str(c) for c in facts["classes"]]
             self.threshold: float = float(facts.get("threshold", 0.5))
             self.tau: float = float(facts.get("tau", 1.0))
-            self.multiple: int = int(meta.get("size_multiple", 2 ** int(facts["unet"]["depth"])))
+            net = facts["decoder"] if "decoder" in facts else facts["unet"]
+            self.multiple: int = int(meta.get("size_multiple") or 2 ** int(net["depth"]))
             self.classifier_sha256: str = str(facts.get("classifier_sha256", ""))
-            num_classes = int(facts["unet"]["num_classes"])
+            num_classes = int(net["num_classes"])
         except Exception as e:  # malformed JSON, missing keys, invalid values
             raise ModelError(f"invalid medcam-fast metadata: {one_line(e)}", self.path) from None
         self._num_classes = num_classes
@@ -187,8 +198,11 @@ class OnnxExplainer:
                              self.path)
         self._legacy = set(_LEGACY_COMBINED) <= set(outputs) and not set(VERDICT) <= set(outputs)
         self.combined: bool = self._legacy or ("probs_original" in outputs and set(VERDICT) <= set(outputs))
+        #: whether the graph is a classifier-aware decoder's (every class's mask from one call)
+        self.decoder: bool = self.combined and {"class_mask_logits", "mask_grid"} <= set(outputs)
         self._outputs = (["mask_logits", *_LEGACY_COMBINED] if self._legacy else
-                         ["mask_logits", "probs_original", *VERDICT] if self.combined else ["mask_logits"])
+                         ["mask_logits", "probs_original", *VERDICT, *_DECODER_EXTRA[:2 * self.decoder]]
+                         if self.combined else ["mask_logits"])
         shape = inputs["image"].shape
         self._channels = shape[1] if isinstance(shape[1], int) else self.preprocess.channels
         # A combined graph has a fixed H, W (the classifier's input size); the core graph a dynamic one.
@@ -204,7 +218,7 @@ class OnnxExplainer:
         return self._num_classes
 
     def __repr__(self) -> str:
-        kind = "combined" if self.combined else "core"
+        kind = "decoder" if self.decoder else "combined" if self.combined else "core"
         return (f"OnnxExplainer({str(self.path)!r}, {kind}, classes={len(self.classes)}, "
                 f"provider={self.provider!r})")
 
@@ -279,6 +293,20 @@ class OnnxExplainer:
         t = self._check_targets(targets, x.shape[0], allow_none=False)
         return self._run(x, t)[0]
 
+    def grid_logits(self, x: np.ndarray, targets: np.ndarray | int) -> np.ndarray:
+        """A decoder graph's coarse logits for each image's target ``[B, 1, g_h, g_w]`` — the parameters
+        refinement adapts (:func:`~medcam_fast.method.masking.to_image_grid` maps them to the image).
+
+        Raises:
+            UsageError: not a decoder graph, or wrong images or targets.
+        """
+        if not self.decoder:
+            raise UsageError("only a decoder explainer graph has coarse mask logits")
+        x = self._check_images(x)
+        t = self._check_targets(targets, x.shape[0], allow_none=False)
+        grid = self._run(x, t)[-1]
+        return np.take_along_axis(grid, t[:, None, None, None], axis=1)
+
     def __call__(self, images: ImageInput, targets: np.ndarray | Sequence[int] | int | None = None,
                  *, preprocessed: bool = False, batched: bool | None = None,
                  batch_size: int = 64) -> RuntimeMasks:
@@ -319,6 +347,8 @@ class OnnxExplainer:
             k = len(self.classes)
             out = [np.zeros((0, 1, h, w), np.float32), np.zeros((0, k), np.float32)]
             out += [np.zeros((0, k) if self._legacy else (0,), np.float32)] * (len(self._outputs) - 2)
+            if self.decoder:
+                out[-2:] = [np.zeros((0, k, h, w), np.float32), np.zeros((0, k, 1, 1), np.float32)]
         logits = out[0][:, 0]
         soft = _sigmoid(logits / np.float32(self.tau))
         binary = soft > self.threshold
@@ -331,5 +361,6 @@ class OnnxExplainer:
             pick = lambda p: p[np.arange(n), t] if n else np.zeros(0, np.float32)  # noqa: E731
             verdict = [pick(probs_original), pick(out[2]), None, binary.reshape(n, -1).mean(axis=1)]
         else:
-            verdict = out[2:]
-        return RuntimeMasks(logits, soft, binary, t, probs_original, *verdict)
+            verdict = out[2:2 + len(VERDICT)]
+        extra = out[-2:] if self.decoder else [None, None]
+        return RuntimeMasks(logits, soft, binary, t, probs_original, *verdict, *extra)

@@ -27,7 +27,6 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ._io import sha256_file
 from ._version import __version__
 from .classifiers.bundle import load_classifier
 from .classifiers.frozen import ClassifierBundle
@@ -35,13 +34,14 @@ from .classifiers.sources import classifier_from_module
 from .data.preprocess import Preprocess
 from .errors import ModelError, UsageError
 from .explainer.bundle import ExplainerBundle, ExplainerSettings, load_explainer
+from .method.decoder import DecoderConfig
 from .method.fit import FitConfig
 from .method.losses import Reference
 from .method.masking import keep
 from .method.objective import Objective
 from .method.refine import RefineConfig, refine
 from .method.result import MaskResult
-from .types import RefineMode, choice
+from .types import Architecture, RefineMode, choice
 
 if TYPE_CHECKING:
     from .export.runtime import OnnxExplainer
@@ -144,7 +144,10 @@ class MedCAM:
         allow_mismatch: accept an explainer trained for another classifier (records carry a warning).
         allow_unsealed: accept bundles whose JSON has no content hash (written by 0.1.0); records carry a
             warning. A broken seal is never accepted.
-        use_onnx: take the first guess from ``explainer.onnx`` with onnxruntime when the bundle has one.
+        use_onnx: take the first guess from ``explainer.onnx`` with onnxruntime when a U-Net bundle has one. A
+            decoder bundle's first guess always comes from its torch weights here: the decoder reads the
+            activations of the classifier pass the loss needs anyway, while its ONNX graph (the artifact for
+            other tools) would run the classifier a second time.
         device: torch device for the classifier, refinement and the per-image fit (``"cpu"``, ``"cuda"``).
             onnxruntime picks its own provider (CUDA with onnxruntime-gpu and a GPU).
 
@@ -183,25 +186,33 @@ class MedCAM:
             raise UsageError(f"classifier must be a bundle, a path or an nn.Module, not {type(classifier).__name__}")
         self.device = _device(device)
         self.bundle = classifier
-        self.classifier = classifier.frozen(layers).to(self.device)
         if threads is not None:
             if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
                 raise UsageError(f"threads must be a positive integer, got {threads!r}")
             torch.set_num_threads(threads)
         self.settings, self.explainer, self.onnx = _load_explainer(explainer, use_onnx, allow_unsealed,
                                                                     torch.get_num_threads())
+        decoder = self.settings.net_config if self.settings is not None and isinstance(
+            self.settings.net_config, DecoderConfig) else None
+        if decoder is not None and layers is not None and list(layers) != decoder.tap_names:
+            raise UsageError(f"this explainer reads the classifier's layers {decoder.tap_names}: the activation "
+                             "layers cannot be changed")
+        self.classifier = classifier.frozen(decoder.tap_names if decoder is not None else layers).to(self.device)
         if self.explainer is not None:
-            self.explainer.unet.to(self.device)
+            self.explainer.net.to(self.device)
         self.mode = choice(RefineMode, mode or (RefineMode.FULL if explainer is None else RefineMode.LOGITS),
                            "mode")
         if self.mode is not RefineMode.FULL and self.settings is None:
             raise UsageError(f"mode {self.mode.value!r} needs an explainer; without one use mode 'full'")
         if self.mode is RefineMode.WEIGHTS and self.explainer is None:
             raise UsageError("mode 'weights' needs the explainer's torch weights (its bundle folder), not only ONNX")
+        if self.mode is RefineMode.WEIGHTS and decoder is not None:
+            raise UsageError("mode 'weights' adapts a U-Net explainer's weights; this explainer is a decoder: "
+                             "use mode 'logits'")
         if self.settings is not None:
-            unet, pre = self.settings.unet_config, classifier.preprocess
-            if (unet.in_channels, unet.num_classes) != (pre.channels, len(classifier.classes)):
-                raise ModelError(f"the explainer takes {unet.in_channels} channel(s) and {unet.num_classes} classes, "
+            net, pre = self.settings.net_config, classifier.preprocess
+            if (net.in_channels, net.num_classes) != (pre.channels, len(classifier.classes)):
+                raise ModelError(f"the explainer takes {net.in_channels} channel(s) and {net.num_classes} classes, "
                                  f"this classifier {pre.channels} channel(s) and {len(classifier.classes)} classes: "
                                  "no mismatch can be allowed there")
         self.warnings: list[str] = []
@@ -294,10 +305,10 @@ class MedCAM:
         objective = self.settings.objective(self.classifier, x, t, reference=reference)
         first_guess = None
         if self.onnx is not None and self.mode is RefineMode.LOGITS:
-            first_guess = torch.from_numpy(
-                self.onnx.logits(x.cpu().numpy(), objective.target.cpu().numpy())).to(self.device)
-        unet = None if self.explainer is None else self.explainer.unet
-        res = refine(objective, config, unet=unet, first_guess=first_guess, trained=self.settings.inner)
+            read = self.onnx.grid_logits if self.onnx.decoder else self.onnx.logits
+            first_guess = torch.from_numpy(read(x.cpu().numpy(), objective.target.cpu().numpy())).to(self.device)
+        net = None if self.explainer is None else self.explainer.net
+        res = refine(objective, config, net=net, first_guess=first_guess, trained=self.settings.inner)
         return self._explanation(objective, res, time.perf_counter() - start)
 
     def _explanation(self, objective: Objective, res: MaskResult, seconds: float) -> Explanation:
@@ -383,12 +394,8 @@ def _load_explainer(
     bundle = load_explainer(path, allow_unsealed=allow_unsealed)
     folder = path.parent if path.suffix == ".json" else path
     onnx_file = folder / "explainer.onnx"
-    if use_onnx and onnx_file.exists():
+    if use_onnx and onnx_file.exists() and bundle.architecture is Architecture.UNET:
         from .export.runtime import OnnxExplainer
 
-        if bundle.onnx_sha256 is None and bundle.sealed:
-            raise ModelError("explainer.onnx is not covered by explainer.json's seal: export it again", onnx_file)
-        if bundle.onnx_sha256 is not None and sha256_file(onnx_file) != bundle.onnx_sha256:
-            raise ModelError("explainer.onnx changed after it was exported (sha256 mismatch)", onnx_file)
         return bundle, bundle, OnnxExplainer(onnx_file, threads=threads)
     return bundle, bundle, None

@@ -15,7 +15,7 @@ from .errors import UsageError
 if TYPE_CHECKING:
     from torch import Tensor
 
-__all__ = ["BaselineKind", "RefineMode", "InnerMode", "Classifier", "choice"]
+__all__ = ["BaselineKind", "RefineMode", "InnerMode", "MaskGrid", "Architecture", "Classifier", "choice"]
 
 
 class _Choice(str, Enum):
@@ -56,6 +56,30 @@ class InnerMode(_Choice):
 
     WEIGHTS = "weights"
     LOGITS = "logits"
+
+
+class MaskGrid(_Choice):
+    """Where mask logits live (see :func:`medcam_fast.method.masking.coarse_grid`).
+
+    * ``COARSE`` — a grid of about 1/8 of the input side (at least 4 cells), bilinearly upsampled to the
+      image: masks are regions, never speckle (real-time saliency and Extremal Perturbations do the same);
+    * ``PIXEL`` — one logit per pixel: the paper's parameterization.
+    """
+
+    COARSE = "coarse"
+    PIXEL = "pixel"
+
+
+class Architecture(_Choice):
+    """What network makes the first guess.
+
+    * ``DECODER`` — a light decoder over the explained classifier's own features, every class at once
+      (:mod:`medcam_fast.method.decoder`): the default;
+    * ``UNET`` — the classifier-blind U-Net that re-reads the image (:mod:`medcam_fast.method.unet`).
+    """
+
+    DECODER = "decoder"
+    UNET = "unet"
 
 
 class Classifier(Protocol):

@@ -12,6 +12,34 @@ DATA_DIR = Path(os.environ.get("MEDCAM_DATA_DIR", Path(__file__).resolve().paren
 
 torch.set_num_threads(1)  # predictable on a shared 2-core machine
 
+#: ``make test-peers`` sets it: in the peers' environment (grad-cam, captum, scikit-image, timm, torchvision) a
+#: test marked ``peers`` that skips, or a test module skipped while it is collected (a module-level
+#: ``importorskip``), is a failure — a peer that stopped importing cannot pass as "skipped". Elsewhere (``.venv``)
+#: those tests skip as usual.
+REQUIRE_PEERS = os.environ.get("MEDCAM_REQUIRE_PEERS") == "1"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> object:
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if REQUIRE_PEERS and report.skipped and item.get_closest_marker("peers") is not None:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"MEDCAM_REQUIRE_PEERS=1, but this peers test was skipped: {reason}"
+    return None
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> object:
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if REQUIRE_PEERS and report.skipped and isinstance(collector, pytest.Module):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"MEDCAM_REQUIRE_PEERS=1, but this test module was skipped: {reason}"
+    return None
+
 
 def needs_data() -> pytest.MarkDecorator:
     """Skip a test when the shared data folder is absent (it is present on every developer machine and CI)."""

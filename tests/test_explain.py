@@ -14,11 +14,26 @@ from medcam_fast.explainer.meta import MetaConfig, meta_train
 
 @pytest.fixture(scope="module")
 def explainer_dir(lesion_bundle, tmp_path_factory):
+    """The default explainer: a decoder over the classifier's features, exported with its classifier."""
+    from medcam_fast.export.onnx_export import export_combined
+
+    ex = meta_train(lesion_bundle, make_lesions(16, size=32, seed=9).images,
+                    MetaConfig(inner_steps=1, outer_steps=3, meta_batch=4, width=4))
+    folder = tmp_path_factory.mktemp("explainer")
+    save_explainer(ex, folder)
+    export_combined(ex, lesion_bundle.model, folder / "explainer.onnx")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def unet_dir(lesion_bundle, tmp_path_factory):
+    """The classifier-blind U-Net explainer, its core graph exported."""
     from medcam_fast.export.onnx_export import export_explainer
 
     ex = meta_train(lesion_bundle, make_lesions(16, size=32, seed=9).images,
-                    MetaConfig(inner_steps=1, outer_steps=3, meta_batch=4, width=4, depth=2))
-    folder = tmp_path_factory.mktemp("explainer")
+                    MetaConfig(architecture="unet", inner_mode="weights", first_order=False, inner_steps=1,
+                               outer_steps=3, meta_batch=4, width=4, depth=2))
+    folder = tmp_path_factory.mktemp("unet")
     save_explainer(ex, folder)
     export_explainer(ex, folder / "explainer.onnx")
     return folder
@@ -29,20 +44,26 @@ def images():
     return make_lesions(3, size=32, seed=21).images
 
 
-def test_onnx_first_guess_matches_torch(lesion_bundle, explainer_dir, images):
-    with MedCAM(lesion_bundle, explainer=explainer_dir, refine_steps=0) as explain:
+@pytest.mark.parametrize("which", ["explainer_dir", "unet_dir"])
+def test_onnx_first_guess_matches_torch(lesion_bundle, request, which, images):
+    folder = request.getfixturevalue(which)
+    # a U-Net bundle's folder takes its first guess from its ONNX file; a decoder's only when it is named
+    onnx = folder / "explainer.onnx" if which == "explainer_dir" else folder
+    with MedCAM(lesion_bundle, explainer=onnx, refine_steps=0) as explain:
         via_onnx = explain(images)
     assert explain.onnx is not None and via_onnx.extra["explainer_provider"] == "CPUExecutionProvider"
-    with MedCAM(lesion_bundle, explainer=explainer_dir, refine_steps=0, use_onnx=False) as explain:
+    with MedCAM(lesion_bundle, explainer=folder, refine_steps=0, use_onnx=False) as explain:
         via_torch = explain(images)
+    assert explain.onnx is None
     assert np.abs(via_onnx.soft - via_torch.soft).max() < 1e-4
     near = np.abs(via_torch.soft - 0.5) < 1e-4
     assert ((via_onnx.binary == via_torch.binary) | near).all()
 
 
-@pytest.mark.parametrize("mode", ["logits", "weights", "full"])
-def test_every_mode_returns_a_typed_explanation(lesion_bundle, explainer_dir, images, mode):
-    with MedCAM(lesion_bundle, explainer=explainer_dir, mode=mode, refine_steps=3) as explain:
+@pytest.mark.parametrize(("mode", "which"), [("logits", "explainer_dir"), ("logits", "unet_dir"),
+                                             ("weights", "unet_dir"), ("full", "explainer_dir")])
+def test_every_mode_returns_a_typed_explanation(lesion_bundle, request, which, images, mode):
+    with MedCAM(lesion_bundle, explainer=request.getfixturevalue(which), mode=mode, refine_steps=3) as explain:
         r = explain(images)
     assert r.mode == mode and r.steps == 3 and len(r) == 3
     assert r.binary.dtype == np.bool_ and r.binary.shape == (3, 32, 32)
@@ -75,6 +96,10 @@ def test_bad_arguments(lesion_bundle, explainer_dir, images):
         MedCAM(lesion_bundle, mode="logits")
     with pytest.raises(UsageError):
         MedCAM(lesion_bundle, explainer=explainer_dir / "explainer.onnx", mode="weights")
+    with pytest.raises(UsageError, match="U-Net"):
+        MedCAM(lesion_bundle, explainer=explainer_dir, mode="weights")
+    with pytest.raises(UsageError, match="layers"):
+        MedCAM(lesion_bundle, explainer=explainer_dir, layers=["layer1"])
     with MedCAM(lesion_bundle, explainer=explainer_dir) as explain, pytest.raises(UsageError, match="out of range"):
         explain(images, targets=3)
 
@@ -108,3 +133,19 @@ def test_an_onnx_session_the_caller_configured_is_used_as_it_is(lesion_bundle, e
         assert np.array_equal(explain(images).logits, got.logits)
     with pytest.raises(UsageError, match="OnnxExplainer"):
         MedCAM(lesion_bundle, 42)
+
+
+def test_a_unet_explainer_of_0_1_still_explains_beside_the_decoder():
+    """The U-Net bundles of 0.1 (format medcam-fast-explainer/1, kept in models/<set>/unet) load and explain
+    with the refinement they were trained for."""
+    from pathlib import Path
+
+    from medcam_fast._assets import DEMO_DIR
+    from medcam_fast.types import Architecture
+
+    folder = Path(__file__).resolve().parents[1] / "models" / "lesions" / "unet"
+    with MedCAM(DEMO_DIR / "classifier", folder, refine_steps=2) as explain:
+        r = explain(make_lesions(2, size=64, seed=3).images)
+    assert explain.settings is not None and explain.settings.architecture is Architecture.UNET
+    assert explain.onnx is not None  # a U-Net bundle's first guess comes from its own ONNX core graph
+    assert r.binary.shape == (2, 64, 64) and np.all((0 <= r.p_kept) & (r.p_kept <= 1))

@@ -142,8 +142,10 @@ def default_layers(model: nn.Module, example_input: Tensor | None = None) -> lis
     1. the built-in :class:`ResNet`: ``["layer3", "layer4"]``; the built-in :class:`ViT`: its last two
        blocks (``["blocks.2", "blocks.3"]``);
     2. any other model: one forward pass of ``example_input`` with a hook on every submodule; the last two
-       modules, in order of completion, whose outputs are 4-D feature maps with ``h·w > 1``, or, if there
-       are none, 3-D token sequences ``[B, T, D]``; the model itself is excluded. When several modules
+       modules, in order of completion, whose outputs are 4-D feature maps with ``h·w > 1`` — unless a 3-D
+       token sequence ``[B, T, D]`` completes after the last of them (a transformer, whose attention
+       internals are 4-D ``[B, heads, T, d]``): then the last two token sequences; the model itself is
+       excluded. When several modules
        return the very same tensor (a container and its last child), only the outermost (last to
        complete) counts. Fewer than two candidates give a one-element list.
 
@@ -167,9 +169,12 @@ def default_layers(model: nn.Module, example_input: Tensor | None = None) -> lis
     for i, (_, t) in enumerate(events):
         last_by_tensor[id(t)] = i
     distinct = [events[i] for i in sorted(last_by_tensor.values())]
-    maps = [n for n, t in distinct if t.dim() == 4 and t.shape[-1] * t.shape[-2] > 1]
-    tokens = [n for n, t in distinct if t.dim() == 3]
-    chosen = maps[-2:] if maps else tokens[-2:]
+    maps = [i for i, (_, t) in enumerate(distinct) if t.dim() == 4 and t.shape[-1] * t.shape[-2] > 1]
+    tokens = [i for i, (_, t) in enumerate(distinct) if t.dim() == 3]
+    # A transformer's token stream completes after any 4-D tensor inside it (attention heads [B, h, T, d]):
+    # then the tokens are the features.
+    idx = tokens[-2:] if tokens and (not maps or tokens[-1] > maps[-1]) else maps[-2:]
+    chosen = [distinct[i][0] for i in idx]
     if not chosen:
         raise ModelError(
             "no submodule returns a 4-D feature map or a 3-D token sequence: pass layers explicitly "
@@ -274,6 +279,18 @@ class FrozenClassifier(nn.Module):
         if isinstance(k, int):
             return k
         raise UsageError("the number of classes is known after the first call: pass num_classes")
+
+    def head(self) -> tuple[Tensor, Tensor | None] | None:
+        """The classifier's final linear layer ``(W [K, D], b [K] or None)``: the last ``nn.Linear`` (in module
+        order) with one output per class; None when there is none. Read live, so a re-initialized head is the
+        one returned. The classifier-aware decoder applies it at every position of a feature map (CAM).
+        """
+        k = self._num_classes if self._num_classes is not None else getattr(self.model, "num_classes", None)
+        found = None
+        for module in self.model.modules():
+            if isinstance(module, nn.Linear) and (k is None or module.out_features == k):
+                found = module
+        return None if found is None else (found.weight, found.bias)
 
     def logits(self, x: Tensor) -> Tensor:
         """Logits ``[B, K]`` of normalized images ``x`` ``[B, C, H, W]``, without activation hooks.

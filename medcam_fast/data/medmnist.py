@@ -4,8 +4,8 @@
 flat one (``images``, ``labels``, optional ``classes``) that :func:`stratified_split` splits 70/10/20 per
 class from the seed alone; class names come from the file, else from the known MedMNIST files, else
 ``class_<k>``. :data:`DATASETS` and :func:`resolve_data` map short names (``breast``, ``pneumonia``,
-``blood``, ``path``) to files in the shared data folder or ``$MEDCAM_DATA_DIR``. Arrays are read with
-``allow_pickle=False`` and nothing is downloaded; every failure is a
+``blood``, ``path``, ``brain``) to files in the shared data folder or ``$MEDCAM_DATA_DIR``. Arrays are read
+with ``allow_pickle=False`` and nothing is downloaded; every failure is a
 :class:`~medcam_fast.errors.DataError` naming the file. numpy only.
 """
 
@@ -39,6 +39,8 @@ _CLASS_TABLE: dict[str, list[str]] = {
                    "platelet"],
     "pathmnist": ["adipose", "background", "debris", "lymphocytes", "mucus", "smooth muscle",
                   "normal colon mucosa", "cancer-associated stroma", "colorectal adenocarcinoma epithelium"],
+    # the file's own ``class_names`` key (glioma, meningioma, notumor, pituitary) is not a layout member
+    "brain_tumor_mri4": ["glioma", "meningioma", "no tumour", "pituitary"],
 }
 
 
@@ -48,6 +50,7 @@ DATASETS: dict[str, str] = {
     "pneumonia": "pneumoniamnist_28.npz",
     "blood": "bloodmnist_pbc800_64.npz",
     "path": "pathmnist_subset1000_28.npz",
+    "brain": "brain_tumor_mri4_128.npz",
 }
 
 
@@ -273,7 +276,8 @@ def resolve_data(name_or_path: str, data_dir: str | None = None) -> Path:
 
     Args:
         name_or_path: an existing file or folder (returned as is), a short name from :data:`DATASETS`
-            (``breast``, ``pneumonia``, ``blood``, ``path``), or a bare file name (``"breastmnist_64.npz"``).
+            (``breast``, ``pneumonia``, ``blood``, ``path``, ``brain``), or a bare file name
+            (``"breastmnist_64.npz"``).
         data_dir: the folder to look short names up in; default ``$MEDCAM_DATA_DIR`` when set, else
             ``../shared/data`` relative to the current folder and relative to the source tree's root.
 

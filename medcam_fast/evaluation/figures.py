@@ -3,7 +3,8 @@
 * :func:`grid_figure` — ``evaluate``'s grid: each image, then each method's map scaled between its 1st and
   99th percentile (maps of different methods live on different scales: logits, probabilities,
   attributions), with medcam-fast's binary mask (cyan) and the true evidence (green) as contours;
-* :func:`metrics_figure` — ``evaluate``'s headline metrics, one bar per method (medcam-fast's in red);
+* :func:`metrics_figure` — ``evaluate``'s headline metrics, one bar per method (medcam-fast's in red) and the
+  random-map control (hatched);
 * :func:`quality_figure` — ``bench quality``: composite loss of the binary mask against seconds per image,
   one curve per method.
 
@@ -93,37 +94,54 @@ def grid_figure(path: Path, grid: Grid) -> Path:
     return _save(fig, path)
 
 
+def _dig(node: Any, *path: str) -> Any:
+    for part in path:
+        node = node.get(part) if isinstance(node, Mapping) else None
+    return node
+
+
 def metrics_figure(path: Path, result: Mapping[str, Any]) -> Path:
-    """One bar per method for each headline metric of one data set.
+    """One bar per method (and the random-map control, hatched) for each headline metric of one data set:
+    keep 10 % and faithfulness correlation under each headline fill (no method trained on it), ROAD
+    combined, the sanity check's ρ on signed and absolute maps, seconds per image, and localization where
+    the evidence is known.
 
     Args:
         path: PNG to write.
         result: one data set's entry of ``results.json``.
     """
     plt = _pyplot()
-    ms = result["methods"]
-    names = [r["label"] for r in ms.values()]
-    panels: list[tuple[str, list[float | None], bool]] = [
-        ("keep 10% (↑)", [r["preservation"].get("0.1") for r in ms.values()], False),
-        ("insertion AUC (↑)", [r["insertion_auc"] for r in ms.values()], False),
-        ("deletion AUC (↓)", [r["deletion_auc"] for r in ms.values()], False),
-        ("ρ after full randomization (↓)", [(r.get("sanity") or {}).get("final") for r in ms.values()], False),
-        ("seconds / image (log)", [r["seconds_per_image"] for r in ms.values()], True),
-    ]
+    ms = dict(result["methods"])
+    rnd = _dig(result, "controls", "random")
+    rows = [*ms.values(), *([rnd] if rnd else [])]
+    names = [r["label"] for r in rows]
+    panels: list[tuple[str, list[float | None], bool]] = []
+    for f in result.get("headline_fills", []):
+        panels += [(f"keep 10% [{f}] (↑)", [_dig(r, "fills", f, "preservation", "0.1") for r in rows], False),
+                   (f"faithfulness corr. [{f}] (↑)", [_dig(r, "fills", f, "faithfulness_correlation") for r in rows],
+                    False)]
+    if result.get("road_n"):
+        panels.append(("ROAD combined (↑)", [_dig(r, "road", "combined") for r in rows], False))
+    panels += [("ρ full random, signed (↓)", [_dig(r, "sanity", "final") for r in rows], False),
+               ("ρ full random, |·| (↓)", [_dig(r, "sanity", "final_abs") for r in rows], False),
+               ("seconds / image (log)", [r.get("seconds_per_image") or None for r in rows], True)]
     if result.get("localization"):
-        panels += [("pointing game (↑)", [r.get("pointing") for r in ms.values()], False),
-                   ("top-k IoU (↑)", [r.get("iou") for r in ms.values()], False)]
-    fig, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels), 3.2), squeeze=False)
+        panels += [("pointing game (↑)", [r.get("pointing") for r in rows], False),
+                   ("top-k IoU (↑)", [r.get("iou") for r in rows], False)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels), 3.4), squeeze=False)
+    colors = ["tab:red" if n.startswith(("medcam", "per-image")) else "tab:gray" for n in names]
+    hatches = ["//" if r is rnd else "" for r in rows]
     for ax, (title, vals, log) in zip(axes[0], panels, strict=True):
         y = [np.nan if v is None else v for v in vals]
-        ax.bar(range(len(names)), y, color=["tab:red" if n.startswith(("medcam", "per-image")) else "tab:gray"
-                                            for n in names])
+        bars = ax.bar(range(len(names)), y, color=colors)
+        for bar, hatch in zip(bars, hatches, strict=True):
+            bar.set_hatch(hatch)
         ax.set_xticks(range(len(names)))
         ax.set_xticklabels(names, rotation=75, fontsize=6)
-        ax.set_title(title, fontsize=8)
+        ax.set_title(title, fontsize=7)
         if log:
             ax.set_yscale("log")
-    fig.suptitle(result["name"], fontsize=9)
+    fig.suptitle(f"{result['name']} (hatched: random-map control)", fontsize=9)
     fig.tight_layout()
     return _save(fig, path)
 

@@ -5,8 +5,9 @@ Deleting pixels by replacing them with a constant leaks the mask's shape to the 
 them by noisy linear imputation from their neighbours instead, then measures the drop of the target
 probability when the most (MoRF) or least (LeRF) relevant pixels are imputed, averaged over percentiles.
 
-``grad-cam``'s implementation runs unchanged (it needs the package). What differs from calling its
-``ROADCombined``: ``combined = (LeRF − MoRF)/2`` is computed from one LeRF and one MoRF run instead of two
+``grad-cam``'s implementation runs unchanged (it needs the package). :class:`NoisyLinearImputation` offers
+its imputer alone as a fill for the other metrics (:class:`medcam_fast.evaluation.metrics.Imputer`). What
+differs from calling its ``ROADCombined``: ``combined = (LeRF − MoRF)/2`` is computed from one LeRF and one MoRF run instead of two
 of each (the same numbers under the same seed, half the imputations), and the imputation noise is seeded
 without touching the caller's random state.
 """
@@ -14,6 +15,7 @@ without touching the caller's random state.
 from __future__ import annotations
 
 import importlib
+import warnings
 from collections.abc import Sequence
 from typing import Literal
 
@@ -25,7 +27,7 @@ from ..classifiers.frozen import FrozenClassifier
 from ..errors import UsageError
 from ._peers import _check_batch, _import_peer, _Logits
 
-__all__ = ["RoadScore", "road"]
+__all__ = ["RoadScore", "road", "NoisyLinearImputation"]
 
 
 RoadScore = Literal["probability", "logit"]
@@ -93,9 +95,61 @@ def road(
     cams = np.ascontiguousarray(saliency.detach().float().cpu().numpy())
     model = _Logits(classifier)
     qs = [int(q) if float(q).is_integer() else float(q) for q in percentiles]
-    with torch.random.fork_rng(devices=[]), torch.no_grad():
+    with torch.random.fork_rng(devices=[]), torch.no_grad(), warnings.catch_warnings():
+        # grad-cam's imputer hands torch tensors to numpy functions: numpy ≥ 2 warns once per call
+        warnings.filterwarnings("ignore", message=".*__array_wrap__.*", category=DeprecationWarning)
         torch.manual_seed(seed)
         lerf = road_mod.ROADLeastRelevantFirstAverage(qs)(x.detach(), cams, targets, model)
         morf = road_mod.ROADMostRelevantFirstAverage(qs)(x.detach(), cams, targets, model)
     out = {"morf": morf, "lerf": lerf, "combined": (lerf - morf) / 2}
     return {k: torch.as_tensor(np.asarray(v, dtype=np.float32).reshape(-1), device=x.device) for k, v in out.items()}
+
+
+class NoisyLinearImputation:
+    """ROAD's noisy linear imputation as an :class:`~medcam_fast.evaluation.metrics.Imputer`: ``grad-cam``'s
+    ``NoisyLinearImputer`` run unchanged, image by image, on the CPU.
+
+    Each removed pixel ``i`` gets ``v_i = Σ_j w_ij v_j / Σ_j w_ij`` over its 8 neighbours ``j`` inside the image
+    (weights 1/6 for the 4 direct and 1/12 for the 4 diagonal neighbours; a neighbour that is kept contributes
+    its value), the linear system over all removed pixels solved at once (``scipy.sparse.linalg.spsolve``), plus
+    ``N(0, noise²)`` per value. Rong et al. (ICML 2022) chose it because the removed region then carries no
+    information about its own shape.
+
+    What differs: the noise is drawn from the global torch generator as in grad-cam, but inside
+    :func:`torch.random.fork_rng` seeded with ``seed`` at each call (reproducible, the caller's random state
+    untouched); an image with nothing removed is returned as it is, and one with *everything* removed — where
+    the system has no kept neighbour to anchor it and is singular — becomes 0 (the data set's mean) plus noise.
+
+    Args:
+        noise: standard deviation of the added noise (grad-cam's and ROAD's default 0.01).
+        seed: seeds the noise of every call.
+
+    Raises:
+        PeerUnavailable: ``grad-cam`` cannot be imported.
+    """
+
+    def __init__(self, noise: float = 0.01, seed: int = 0) -> None:
+        _import_peer("grad-cam", "noisy-linear fill")
+        self._imputer = importlib.import_module("pytorch_grad_cam.metrics.road").NoisyLinearImputer(noise=noise)
+        self.noise = noise
+        self.seed = seed
+
+    def __call__(self, x: Tensor, removed: Tensor) -> Tensor:
+        """``x`` ``[n,C,H,W]`` with the ``removed`` ``[n,H,W]`` pixels imputed (same device and dtype as ``x``)."""
+        if x.dim() != 4 or tuple(removed.shape) != (x.shape[0], *x.shape[-2:]) or removed.dtype != torch.bool:
+            raise UsageError(f"need images [n,C,H,W] and bool masks [n,H,W], got {tuple(x.shape)}, "
+                             f"{removed.dtype} {tuple(removed.shape)}")
+        xs, rm = x.detach().float().cpu(), removed.detach().cpu()
+        out = xs.clone()
+        # grad-cam's imputer hands torch tensors to numpy functions: numpy ≥ 2 warns once per call
+        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*__array_wrap__.*", category=DeprecationWarning)
+            torch.manual_seed(self.seed)
+            for i in range(xs.shape[0]):
+                if not bool(rm[i].any()):
+                    continue
+                if bool(rm[i].all()):
+                    out[i] = self.noise * torch.randn_like(xs[i])
+                    continue
+                out[i] = self._imputer(xs[i], (~rm[i]).float())
+        return out.to(device=x.device, dtype=x.dtype)

@@ -1,15 +1,17 @@
-"""Explainer bundles: a trained U-Net and the facts needed to use it faithfully.
+"""Explainer bundles: a trained first-guess network and the facts needed to use it faithfully.
 
-A bundle is a folder with
+The network is a :class:`~medcam_fast.method.decoder.FeatureDecoder` over the classifier's features (format
+``medcam-fast-explainer/2``) or the classifier-blind :class:`~medcam_fast.method.unet.UNet` (format ``/1``,
+what 0.1.0 wrote; still read). A bundle is a folder with
 
-* ``weights.safetensors`` — the U-Net's state dict (the meta-learned initialization θ);
-* ``explainer.json`` — the :class:`ExplainerSettings` (U-Net shape, preprocessing, class names, mask
+* ``weights.safetensors`` — the network's state dict (the meta-learned initialization θ);
+* ``explainer.json`` — the :class:`ExplainerSettings` (network shape, preprocessing, class names, mask
   temperature and threshold, baseline, loss weights, inner loop, the sha256 of the classifier it was trained
   against, training facts) and the weights' sha256;
-* ``explainer.onnx`` — after ``medcam-fast export``, the same U-Net for onnxruntime, carrying the same
-  facts in its ``metadata_props``.
+* ``explainer.onnx`` — after ``medcam-fast export``, the network for onnxruntime (a decoder's graph holds
+  the classifier too), carrying the same facts in its ``metadata_props``.
 
-:class:`ExplainerSettings` is everything but the U-Net: what refinement needs when the first guess comes
+:class:`ExplainerSettings` is everything but the network's weights: what refinement needs when the first guess comes
 from an ONNX file alone, read from the same facts by the same parser (:meth:`ExplainerSettings.from_facts`).
 No pickle is ever read: weights are safetensors only.
 """
@@ -28,17 +30,30 @@ from torch import Tensor
 from .._io import atomic_write, atomic_write_json, check_seal, seal, sha256_file
 from ..data.preprocess import Preprocess
 from ..errors import ModelError
+from ..method.decoder import DecoderConfig, FeatureDecoder
+from ..method.first_guess import ExplainerNet
 from ..method.inner import InnerLoop
 from ..method.losses import LossWeights, Reference
 from ..method.objective import Objective
 from ..method.unet import UNet, UNetConfig
-from ..types import BaselineKind, Classifier, choice
+from ..types import Architecture, BaselineKind, Classifier, choice
 
 __all__ = [
     "ExplainerSettings", "ExplainerBundle", "save_explainer", "load_explainer", "record_onnx", "EXPLAINER_FORMAT",
+    "build_net",
 ]
 
-EXPLAINER_FORMAT = "medcam-fast-explainer/1"
+#: The format of a classifier-aware (decoder) explainer; :data:`_UNET_FORMAT` is a U-Net explainer's (0.1.0's).
+EXPLAINER_FORMAT = "medcam-fast-explainer/2"
+_UNET_FORMAT = "medcam-fast-explainer/1"
+_FORMATS = (EXPLAINER_FORMAT, _UNET_FORMAT)
+
+NetConfig = UNetConfig | DecoderConfig
+
+
+def build_net(config: NetConfig) -> ExplainerNet:
+    """A freshly initialized network of this shape."""
+    return FeatureDecoder(config) if isinstance(config, DecoderConfig) else UNet(config)
 
 
 @dataclass(kw_only=True)
@@ -47,7 +62,7 @@ class ExplainerSettings:
     from meta-training (:class:`~medcam_fast.explainer.meta.MetaConfig` owns the defaults) or from a file.
 
     Args:
-        unet_config: the U-Net's shape.
+        net_config: the network's shape (a :class:`DecoderConfig` or a :class:`UNetConfig`).
         preprocess: preprocessing of the classifier it explains.
         classes: class names of that classifier.
         classifier_sha256: sha256 of the classifier's weights file it was trained against.
@@ -59,7 +74,7 @@ class ExplainerSettings:
         training: facts about the training run (steps, seconds, method, data).
     """
 
-    unet_config: UNetConfig
+    net_config: NetConfig
     preprocess: Preprocess
     classes: list[str]
     classifier_sha256: str
@@ -73,11 +88,18 @@ class ExplainerSettings:
     def __post_init__(self) -> None:
         self.baseline = choice(BaselineKind, self.baseline, "baseline")
 
+    @property
+    def architecture(self) -> Architecture:
+        """Which network makes the first guess."""
+        return Architecture.DECODER if isinstance(self.net_config, DecoderConfig) else Architecture.UNET
+
     def facts(self) -> dict[str, Any]:
         """The JSON-safe facts of ``explainer.json`` (also written into the ONNX metadata)."""
+        decoder = self.architecture is Architecture.DECODER
         return {
-            "format": EXPLAINER_FORMAT,
-            "unet": self.unet_config.to_dict(),
+            "format": EXPLAINER_FORMAT if decoder else _UNET_FORMAT,
+            "architecture": self.architecture.value,
+            "decoder" if decoder else "unet": self.net_config.to_dict(),
             "preprocess": self.preprocess.to_dict(),
             "classes": list(self.classes),
             "classifier_sha256": self.classifier_sha256,
@@ -100,11 +122,14 @@ class ExplainerSettings:
         Raises:
             ModelError: not an explainer of this format, or a missing / malformed field.
         """
-        if not isinstance(meta, Mapping) or meta.get("format") != EXPLAINER_FORMAT:
-            raise ModelError(f"not a medcam-fast explainer (format must be {EXPLAINER_FORMAT!r})", where)
+        if not isinstance(meta, Mapping) or meta.get("format") not in _FORMATS:
+            raise ModelError(f"not a medcam-fast explainer (format must be {EXPLAINER_FORMAT!r} or "
+                             f"{_UNET_FORMAT!r})", where)
         try:
+            net_config: NetConfig = (DecoderConfig.from_dict(meta["decoder"]) if meta["format"] == EXPLAINER_FORMAT
+                                     else UNetConfig.from_dict(meta["unet"]))
             return cls(
-                unet_config=UNetConfig.from_dict(meta["unet"]),
+                net_config=net_config,
                 preprocess=Preprocess.from_dict(meta["preprocess"]),
                 classes=[str(c) for c in meta["classes"]],
                 classifier_sha256=str(meta["classifier_sha256"]),
@@ -140,30 +165,30 @@ class ExplainerSettings:
 
 @dataclass(kw_only=True)
 class ExplainerBundle(ExplainerSettings):
-    """A trained explainer: its :class:`ExplainerSettings` and its U-Net.
+    """A trained explainer: its :class:`ExplainerSettings` and its network.
 
     Args:
-        unet: the U-Net (meta-learned initialization); its config must equal ``unet_config``.
+        net: the network (meta-learned initialization); its config must equal ``net_config``.
         sha256: sha256 of ``weights.safetensors`` once saved or loaded.
         onnx_sha256: sha256 of the bundle's ``explainer.onnx`` once exported (None: no ONNX file).
         sealed: False when it was loaded from an ``explainer.json`` without a content hash (by request).
     """
 
-    unet: UNet
+    net: ExplainerNet
     sha256: str = ""
     onnx_sha256: str | None = None
     sealed: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.unet.config != self.unet_config:
-            raise ValueError(f"the U-Net has config {self.unet.config}, the settings say {self.unet_config}")
+        if self.net.config != self.net_config:
+            raise ValueError(f"the network has config {self.net.config}, the settings say {self.net_config}")
 
     @classmethod
-    def of(cls, unet: UNet, settings: ExplainerSettings, sha256: str = "", **extra: Any) -> ExplainerBundle:
-        """A bundle of ``unet`` with ``settings`` (whose ``unet_config`` must match)."""
+    def of(cls, net: ExplainerNet, settings: ExplainerSettings, sha256: str = "", **extra: Any) -> ExplainerBundle:
+        """A bundle of ``net`` with ``settings`` (whose ``net_config`` must match)."""
         fields = {k: getattr(settings, k) for k in ExplainerSettings.__dataclass_fields__}
-        return cls(unet=unet, sha256=sha256, **fields, **extra)
+        return cls(net=net, sha256=sha256, **fields, **extra)
 
     @property
     def settings(self) -> ExplainerSettings:
@@ -180,7 +205,7 @@ def save_explainer(bundle: ExplainerBundle, out_dir: str | Path) -> Path:
     """Write ``weights.safetensors`` and ``explainer.json`` under ``out_dir`` (atomically). Returns the folder."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in bundle.unet.state_dict().items()}
+    state = {k: v.detach().contiguous().cpu() for k, v in bundle.net.state_dict().items()}
     wpath = atomic_write(out / "weights.safetensors", lambda tmp: save_file(state, str(tmp)))
     bundle.sha256 = sha256_file(wpath)
     onnx_file = out / "explainer.onnx"
@@ -210,7 +235,7 @@ def _read_json(path: Path) -> dict[str, Any]:
     return meta
 
 
-def load_explainer(path: str | Path, *, allow_unsealed: bool = False) -> ExplainerBundle:
+def load_explainer(path: str | Path, *, allow_unsealed: bool = False, check_onnx: bool = True) -> ExplainerBundle:
     """Load a bundle from its folder (or its ``explainer.json``): checks the JSON's seal
     (:func:`~medcam_fast._io.check_seal`), then the weights' sha256 (required).
 
@@ -218,10 +243,12 @@ def load_explainer(path: str | Path, *, allow_unsealed: bool = False) -> Explain
         path: the bundle folder or its ``explainer.json``.
         allow_unsealed: accept an ``explainer.json`` without a seal (written by 0.1.0); ``sealed`` is then
             False.
+        check_onnx: check the bundle's ``explainer.onnx``, when there is one, against the sha256 the seal
+            records (off only for ``export``, which replaces it).
 
     Raises:
-        ModelError: missing or malformed files, no or a broken seal, a missing or mismatched sha256, or weights
-            that do not fit the config.
+        ModelError: missing or malformed files, no or a broken seal, a missing or mismatched sha256 (of the
+            weights or of ``explainer.onnx``), or weights that do not fit the config.
     """
     p = Path(path)
     folder = p.parent if p.suffix == ".json" else p
@@ -240,10 +267,16 @@ def load_explainer(path: str | Path, *, allow_unsealed: bool = False) -> Explain
     if meta["sha256"] != digest:
         raise ModelError("weights do not match the sha256 recorded in explainer.json", wpath)
     try:
-        unet = UNet(settings.unet_config)
-        unet.load_state_dict(load_file(str(wpath)), strict=True)
+        net = build_net(settings.net_config)
+        net.load_state_dict(load_file(str(wpath)), strict=True)
     except Exception as e:  # noqa: BLE001 — weights that do not fit are a model error for the user
         raise ModelError(f"invalid explainer weights: {type(e).__name__}: {e}".splitlines()[0], wpath) from e
     onnx_sha256 = meta.get("onnx_sha256")
-    return ExplainerBundle.of(unet.eval(), settings, digest, onnx_sha256=None if onnx_sha256 is None else str(onnx_sha256),
+    onnx_file = folder / "explainer.onnx"
+    if check_onnx and onnx_file.exists():
+        if onnx_sha256 is None and sealed:
+            raise ModelError("explainer.onnx is not covered by explainer.json's seal: export it again", onnx_file)
+        if onnx_sha256 is not None and sha256_file(onnx_file) != onnx_sha256:
+            raise ModelError("explainer.onnx changed after it was exported (sha256 mismatch)", onnx_file)
+    return ExplainerBundle.of(net.eval(), settings, digest, onnx_sha256=None if onnx_sha256 is None else str(onnx_sha256),
                               sealed=sealed)

@@ -1,4 +1,11 @@
-"""Meta-training one shared U-Net on the composite loss (MAML, with torch.func), and amortized training.
+"""Meta-training one shared first-guess network on the composite loss (MAML, with torch.func), and amortized
+training.
+
+The network (:class:`~medcam_fast.types.Architecture`) is by default the classifier-aware
+:class:`~medcam_fast.method.decoder.FeatureDecoder`: it reads the frozen classifier's activations from the same
+batched reference pass the loss needs, so only the decoder is trained and the classifier is shared between
+the loss and the first guess; its coarse-grid logits are what the inner loop adapts. The classifier-blind
+U-Net stays available (``architecture="unet"``) for comparison, and is the only one the weights loop adapts.
 
 Each image is a task. With shared weights θ, a meta-batch of images ``x_i`` with targets ``c_i``:
 
@@ -45,19 +52,20 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
-from torch.func import functional_call
 
 from .._config import Config
 from .._io import atomic_write, atomic_write_json
 from ..classifiers.frozen import ClassifierBundle, FrozenClassifier
 from ..errors import MedCamError, ModelError, UsageError, one_line
+from ..method.decoder import DecoderConfig, describe_taps
+from ..method.first_guess import first_guess, head_of
 from ..method.inner import HARD_AFTER, STEP_SIZES, InnerLoop, Params, adapt, adapt_logits, task_losses
 from ..method.losses import TERMS, LossWeights
 from ..method.masking import THRESHOLD
 from ..method.objective import Objective
-from ..method.unet import UNet, UNetConfig, auto_downsample
-from ..types import BaselineKind, InnerMode, choice
-from .bundle import ExplainerBundle, save_explainer
+from ..method.unet import UNetConfig, auto_downsample
+from ..types import Architecture, BaselineKind, InnerMode, choice
+from .bundle import ExplainerBundle, NetConfig, build_net, save_explainer
 
 __all__ = ["MetaConfig", "meta_train"]
 
@@ -67,11 +75,13 @@ class MetaConfig(Config):
     """Settings of meta-training.
 
     Args:
+        architecture: the first-guess network: ``decoder`` (over the classifier's features, every class at
+            once, coarse grid) or ``unet`` (classifier-blind, pixel logits).
         inner_steps: K, adaptation steps per image (0 = amortized training, no inner loop).
         inner_mode: what the inner loop adapts: ``"weights"`` (MAML on the U-Net weights, SGD) or
             ``"logits"`` (the mask logits, Adam, first order; see the module docstring).
         inner_lr: initial inner step size α (SGD on weights, or Adam on logits); None resolves to the loop's
-            default, :data:`~medcam_fast.method.inner.STEP_SIZES` (0.1 weights, 0.3 logits).
+            default, :data:`~medcam_fast.method.inner.STEP_SIZES` (0.1 weights, 1.0 logits).
         first_order: first-order MAML (no gradients through the inner gradients).
         meta_sgd: learn one inner step size per parameter tensor (Meta-SGD).
         outer_steps: meta-updates.
@@ -79,8 +89,8 @@ class MetaConfig(Config):
         meta_batch: images (tasks) per meta-update.
         zero_step_weight: λ₀, weight of the loss of the un-adapted U-Net in the outer objective.
         other_class_prob: probability of training on a class other than the predicted one.
-        width: U-Net width.
-        depth: U-Net depth.
+        width: channels of the network; None: 32 for the decoder, 16 for the U-Net (its first stage).
+        depth: U-Net depth (the decoder has none).
         tau: mask temperature τ.
         baseline: what replaces removed pixels.
         weights: composite-loss weights.
@@ -88,17 +98,18 @@ class MetaConfig(Config):
         checkpoint_every: outer steps between checkpoints.
     """
 
-    inner_steps: int = 3
-    inner_mode: InnerMode = InnerMode.WEIGHTS
+    architecture: Architecture = Architecture.DECODER
+    inner_steps: int = 10
+    inner_mode: InnerMode = InnerMode.LOGITS
     inner_lr: float | None = None
-    first_order: bool = False
+    first_order: bool = True
     meta_sgd: bool = False
     outer_steps: int = 400
     outer_lr: float = 2e-3
     meta_batch: int = 8
     zero_step_weight: float = 0.5
     other_class_prob: float = 0.2
-    width: int = 16
+    width: int | None = None
     depth: int = 3
     tau: float = 1.0
     baseline: BaselineKind = BaselineKind.BLUR
@@ -109,6 +120,11 @@ class MetaConfig(Config):
     def __post_init__(self) -> None:
         mode = choice(InnerMode, self.inner_mode, "inner mode")
         object.__setattr__(self, "inner_mode", mode)
+        arch = choice(Architecture, self.architecture, "architecture")
+        object.__setattr__(self, "architecture", arch)
+        if arch is Architecture.DECODER and mode is InnerMode.WEIGHTS and self.inner_steps > 0:
+            raise UsageError("the weights inner loop adapts a U-Net: use the logits inner mode with the decoder, "
+                             "or the unet architecture")
         object.__setattr__(self, "baseline", choice(BaselineKind, self.baseline, "baseline"))
         if mode is InnerMode.LOGITS and not self.first_order:
             raise UsageError("the logits inner loop is first-order (Adam is not differentiated): set first_order")
@@ -116,13 +132,20 @@ class MetaConfig(Config):
             raise UsageError("meta_sgd learns per-tensor U-Net step sizes: it needs the weights inner mode")
 
     @property
+    def net_width(self) -> int:
+        """The network's width: ``width``, or 32 (decoder) / 16 (U-Net) when it is None."""
+        if self.width is not None:
+            return self.width
+        return 32 if self.architecture is Architecture.DECODER else 16
+
+    @property
     def step_size(self) -> float:
         """The inner step size α: ``inner_lr``, or the loop's default when it is None."""
         return float(self.inner_lr if self.inner_lr is not None else STEP_SIZES[self.inner_mode])
 
     def resolved(self) -> MetaConfig:
-        """The same settings with ``inner_lr`` filled in (what the run actually uses)."""
-        return replace(self, inner_lr=self.step_size)
+        """The same settings with ``inner_lr`` and ``width`` filled in (what the run actually uses)."""
+        return replace(self, inner_lr=self.step_size, width=self.net_width)
 
 
 def _sample(n_images: int, step: int, cfg: MetaConfig) -> np.ndarray:
@@ -138,6 +161,24 @@ def _targets(pred: Tensor, k: int, step: int, cfg: MetaConfig) -> Tensor:
         shift = torch.from_numpy(rng.integers(1, k, size=len(t)))
         t = torch.where(torch.from_numpy(other), (t + shift) % k, t)
     return t
+
+
+def _net_config(cfg: MetaConfig, clf: FrozenClassifier, example: Tensor, channels: int, k: int,
+                size: tuple[int, int]) -> NetConfig:
+    """The shape of the network to train: a decoder reads the classifier's activation layers (their shapes
+    from one forward pass of ``example``) and, when the head's input width matches one of them, its head."""
+    if cfg.architecture is Architecture.UNET:
+        return UNetConfig(channels, k, cfg.net_width, cfg.depth, downsample=auto_downsample(max(size)))
+    with torch.no_grad():
+        _, acts = clf(example)
+    try:
+        taps = describe_taps(acts, size)
+    except ValueError as e:
+        raise ModelError(f"the decoder cannot read this classifier: {e}") from None
+    head = head_of(clf)
+    width_in = None if head is None else int(head[0].shape[1])
+    cam = [t.name for t in taps if t.channels == width_in]
+    return DecoderConfig(channels, k, size, taps, cam[-1] if cam else None, width=cfg.net_width)
 
 
 def _save_checkpoint(folder: Path, step: int, theta: Params, lrs: Params, opt: torch.optim.Optimizer,
@@ -231,12 +272,12 @@ def meta_train(
         pred_all = torch.cat([clf.logits(x_all[i : i + 256]).argmax(1) for i in range(0, len(x_all), 256)])
     k = len(classifier.classes)
     torch.manual_seed(cfg.seed)
-    unet = UNet(UNetConfig(pre.channels, k, cfg.width, cfg.depth, downsample=auto_downsample(max(pre.size))))
+    net = build_net(_net_config(cfg, clf, x_all[:1], pre.channels, k, pre.size))
     if init is not None:
-        if init.unet.config != unet.config:
-            raise UsageError(f"the initial explainer has U-Net {init.unet.config}, expected {unet.config}")
-        unet.load_state_dict(init.unet.state_dict())
-    theta: Params = {n: p.detach().clone().requires_grad_(True) for n, p in unet.named_parameters()}
+        if init.net.config != net.config:
+            raise UsageError(f"the initial explainer has network {init.net.config}, expected {net.config}")
+        net.load_state_dict(init.net.state_dict())
+    theta: Params = {n: p.detach().clone().requires_grad_(True) for n, p in net.named_parameters()}
     lrs: Params = {}
     if cfg.meta_sgd and cfg.inner_steps > 0:
         lrs = {n: torch.tensor(math.log(cfg.step_size), requires_grad=True) for n in theta}
@@ -258,7 +299,7 @@ def meta_train(
                               normalization=(pre.mean, pre.std))
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         # θ is shared at zero steps: one batched call (GroupNorm and FiLM act per image).
-        u0 = functional_call(unet, theta, (x, target))
+        u0 = first_guess(net, obj, theta)
         zero_total, zero_terms = obj.loss_of_logits(u0, generator=gen)
         log = {"zero": float(zero_total.detach().mean())}
         if cfg.inner_steps > 0 and cfg.inner_mode is InnerMode.LOGITS:
@@ -270,8 +311,8 @@ def meta_train(
             log.update({t: float(k_terms[t].detach().mean()) for t in TERMS})
         elif cfg.inner_steps > 0:
             lr = {n: v.exp() for n, v in lrs.items()} if lrs else cfg.step_size
-            adapted = adapt(unet, theta, obj, cfg.inner_steps, lr, cfg.first_order, gen)
-            k_total, k_terms = task_losses(unet, adapted, obj, gen)
+            adapted = adapt(net, theta, obj, cfg.inner_steps, lr, cfg.first_order, gen)  # a U-Net (checked)
+            k_total, k_terms = task_losses(net, adapted, obj, gen)
             objective = k_total.mean() + cfg.zero_step_weight * zero_total.mean()
             log["adapted"] = float(k_total.detach().mean())
             log.update({t: float(k_terms[t].detach().mean()) for t in TERMS})
@@ -296,7 +337,7 @@ def meta_train(
             break
 
     with torch.no_grad():
-        for n, p in unet.named_parameters():
+        for n, p in net.named_parameters():
             p.copy_(theta[n])
     inner = InnerLoop(
         steps=cfg.inner_steps,
@@ -306,8 +347,8 @@ def meta_train(
         lrs={n: float(v.detach().exp()) for n, v in lrs.items()} or None,
     )
     bundle = ExplainerBundle(
-        unet=unet.eval(),
-        unet_config=unet.config,
+        net=net.eval(),
+        net_config=net.config,
         threshold=THRESHOLD,
         preprocess=pre,
         classes=list(classifier.classes),

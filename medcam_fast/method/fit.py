@@ -7,6 +7,11 @@ are fitted at once: each has its own U-Net copy, run one after the other (on a C
 sees the whole batch in one call. The images never interact, so an image's mask does not depend on which
 other images share its batch, up to the random perturbation draws of the robustness term.
 
+Where the mask lives (:class:`~medcam_fast.types.MaskGrid`): ``COARSE`` (the default) averages the U-Net's
+output over the cells of :func:`~.masking.coarse_grid` and upsamples it bilinearly — the parameterization of
+the classifier-aware explainer, so fit and fast path are compared on the same kind of mask; ``PIXEL`` is the
+paper's fit, one logit per pixel.
+
 For the last ``1 − hard_after`` of the steps the mask is straight-through binary, so the optimized mask is
 the one that is evaluated (binary masks are what medcam-fast reports).
 """
@@ -19,12 +24,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._config import Config
-from ..types import BaselineKind, Classifier, choice
+from ..types import BaselineKind, Classifier, MaskGrid, choice
 from .inner import HARD_AFTER
 from .losses import TERMS, LossWeights, Reference
+from .masking import coarse_grid
 from .objective import Objective
 from .result import MaskResult
 from .unet import UNet, UNetConfig
@@ -46,6 +53,7 @@ class FitConfig(Config):
         baseline: what replaces removed pixels (:func:`~medcam_fast.method.masking.make_baseline`).
         weights: composite-loss weights.
         seed: seeds the U-Net initialization and the perturbation draws.
+        grid: ``coarse`` (cell-averaged, upsampled: regions) or ``pixel`` (the paper's parameterization).
     """
 
     steps: int = 300
@@ -57,9 +65,11 @@ class FitConfig(Config):
     baseline: BaselineKind = BaselineKind.BLUR
     weights: LossWeights = field(default_factory=LossWeights)
     seed: int = 0
+    grid: MaskGrid = MaskGrid.COARSE
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "baseline", choice(BaselineKind, self.baseline, "baseline"))
+        object.__setattr__(self, "grid", choice(MaskGrid, self.grid, "mask grid"))
 
 
 class UNetEnsemble(nn.Module):
@@ -125,8 +135,14 @@ def fit_objective(
     x, target = objective.x, objective.target
     torch.manual_seed(config.seed)
     unet = UNet(UNetConfig(x.shape[1], objective.reference.logits.shape[1], config.width, config.depth)).to(x.device)
-    forward = UNetEnsemble(unet, x.shape[0])
-    opt = torch.optim.Adam(forward.parameters(), lr=config.lr)
+    ensemble = UNetEnsemble(unet, x.shape[0])
+    cells = coarse_grid(x.shape[-2:])
+
+    def forward(x: Tensor, target: Tensor) -> Tensor:
+        u = ensemble(x, target)
+        return F.adaptive_avg_pool2d(u, cells) if config.grid is MaskGrid.COARSE else u
+
+    opt = torch.optim.Adam(ensemble.parameters(), lr=config.lr)
     gen = objective.generators(config.seed)  # per image: a fit does not depend on its batch neighbours
     hard_from = int(config.hard_after * config.steps)
     trace: dict[str, list[Tensor]] = {k: [] for k in (*TERMS, "total")}

@@ -41,20 +41,19 @@ __all__ = [
 Params = dict[str, Tensor]
 
 #: Default inner step size per loop: SGD on the U-Net weights, Adam on the mask logits. The logits step is
-#: the one every shipped explainer was meta-trained with (through the CLI, which used to own it), so
-#: ``MetaConfig(inner_mode="logits")`` and ``meta-train --inner-mode logits`` now train the same explainer.
-#: Measured at inference (``scripts/inner_lr.py``, 32 test images per set, refinement from the shipped first
-#: guesses): loss / best loss, median over breast, pneumonia, blood, path and K ∈ {3, 10}, is 1.375 at 0.1,
-#: 1.180 at 0.3 and 1.000 at 1.0 — a larger step refines further (breast K = 10: 1.135, 0.845, 0.718), with
-#: larger masks on pneumonia (area 0.096 → 0.114). Changing it means meta-training every explainer again
-#: through the new loop, which the classifier-aware explainer (issue 12) does; until then 0.3 stays.
-STEP_SIZES: Mapping[InnerMode, float] = MappingProxyType({InnerMode.WEIGHTS: 0.1, InnerMode.LOGITS: 0.3})
+#: 1.0: on the classifier-aware decoder's coarse grid (an amortized breast / pneumonia decoder, 16 test images,
+#: median loss at K = 3 / 10) it refines further than 0.3 — breast 1.158 / 1.006 against 1.230 / 1.146,
+#: pneumonia 2.842 / 2.813 against 2.881 / 2.850, with smaller masks — as it did on the U-Net's pixel grid
+#: (``scripts/inner_lr.py``: loss / best loss 1.000 at 1.0, 1.180 at 0.3). Every shipped explainer was
+#: meta-trained with it, so training and refinement use one step.
+STEP_SIZES: Mapping[InnerMode, float] = MappingProxyType({InnerMode.WEIGHTS: 0.1, InnerMode.LOGITS: 1.0})
 
 #: The logits loop starts from the first guess clipped to ±START_CLIP: σ(3) = 0.95 keeps a confident first
-#: guess a binary mask, but Adam (step 0.3) can overturn any pixel within 10 steps when the classifier's
-#: gradient says so — a saturated logit of 16 would need 50. Measured on breast (16 images, K = 10): the loss
-#: is unchanged (0.675 clipped, 0.678 not) while the refined map's rank correlation with the map refined
-#: against a fully randomized classifier falls from 0.94 to 0.58: the classifier has more say.
+#: guess a binary mask, but Adam (step 1.0; 0.3 when this was measured) can overturn any logit within a few
+#: steps when the classifier's gradient says so — a saturated logit of 16 would need many more. Measured on
+#: breast with the U-Net explainer (16 images, K = 10, step 0.3): the loss is unchanged (0.675 clipped, 0.678
+#: not) while the refined map's rank correlation with the map refined against a fully randomized classifier
+#: falls from 0.94 to 0.58: the classifier has more say.
 START_CLIP = 3.0
 
 #: Fraction of the steps after which the straight-through binary mask is optimized (logits loop and the

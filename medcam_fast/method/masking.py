@@ -21,6 +21,9 @@ from ..types import BaselineKind, choice
 __all__ = [
     "THRESHOLD",
     "RandomSource",
+    "GRID_CELL",
+    "coarse_grid",
+    "to_image_grid",
     "mask_from_logits",
     "make_baseline",
     "keep",
@@ -32,6 +35,40 @@ RandomSource = torch.Generator | Sequence[torch.Generator] | None
 
 #: Binary evidence is ``m > THRESHOLD`` (``u > 0`` for τ > 0), for every method and every output.
 THRESHOLD = 0.5
+
+
+#: Side of one coarse-grid cell in pixels for inputs of 64 px and more (4 below: a 28 px image gets 7 × 7).
+GRID_CELL = 8
+#: The fewest cells per axis of a coarse grid.
+_MIN_CELLS = 4
+
+
+def coarse_grid(size: Sequence[int]) -> tuple[int, int]:
+    """The coarse mask grid ``(g_h, g_w)`` for an ``H×W`` input: ``g = max(4, ⌈side / s⌉)`` with cell side
+    ``s = 8`` when the shorter side has 64 px or more, else 4 (64 → 8, 128 → 16, 224 → 28, 28 → 7), capped at
+    one cell per pixel.
+
+    Args:
+        size: ``(H, W)`` of the classifier's input.
+    """
+    h, w = int(size[0]), int(size[1])
+    cell = GRID_CELL if min(h, w) >= 64 else GRID_CELL // 2
+    return (min(h, max(_MIN_CELLS, -(-h // cell))), min(w, max(_MIN_CELLS, -(-w // cell))))
+
+
+def to_image_grid(u: Tensor, size: Sequence[int]) -> Tensor:
+    """Mask logits on the image's pixel grid: ``u`` itself when it is already ``H×W``, else ``u`` upsampled
+    bilinearly (``align_corners=False``, the cell centres at the pixel positions they cover). A coarse ``u``
+    therefore varies smoothly between cell centres: its binary mask is a union of blobs, not speckle.
+
+    Args:
+        u: mask logits ``[B,C,h,w]``.
+        size: ``(H, W)`` of the image.
+    """
+    h, w = int(size[0]), int(size[1])
+    if tuple(u.shape[-2:]) == (h, w):
+        return u
+    return F.interpolate(u, size=(h, w), mode="bilinear", align_corners=False)
 
 
 def mask_from_logits(logits: Tensor, tau: float = 1.0, hard: bool = False) -> Tensor:

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from ..types import BaselineKind, Classifier
 from .losses import LossWeights, Reference, composite_loss
-from .masking import THRESHOLD, RandomSource, make_baseline, mask_from_logits
+from .masking import THRESHOLD, RandomSource, make_baseline, mask_from_logits, to_image_grid
 from .result import MaskResult, Verification
 
 __all__ = ["Objective", "resolve_targets"]
@@ -125,15 +125,18 @@ class Objective:
 
     def loss_of_logits(self, u: Tensor, hard: bool = False,
                        generator: RandomSource = None) -> tuple[Tensor, dict[str, Tensor]]:
-        """``L(σ(u/τ))``; with ``hard`` the straight-through binary mask."""
-        return self.loss(mask_from_logits(u, self.tau, hard=hard), generator)
+        """``L(σ(U(u)/τ))``; with ``hard`` the straight-through binary mask. ``U`` upsamples coarse-grid logits
+        to the image (:func:`~.masking.to_image_grid`; the identity for pixel logits), so the loss of a coarse
+        parameterization is taken on the mask the user sees."""
+        return self.loss(mask_from_logits(to_image_grid(u, self.x.shape[-2:]), self.tau, hard=hard), generator)
 
     @torch.no_grad()
     def result(self, u: Tensor, steps: int, seconds: float, seed: int = 0,
                trace: dict[str, Tensor] | None = None) -> MaskResult:
-        """The typed result for mask logits ``u`` ``[B,1,H,W]``: loss terms and verdict of the **binary** mask
-        ``m > THRESHOLD`` (perturbations drawn per image from ``seed``, :meth:`generators`), soft and binary
-        masks."""
+        """The typed result for mask logits ``u`` ``[B,1,h,w]`` (pixel or coarse grid; reported upsampled to the
+        image): loss terms and verdict of the **binary** mask ``m > THRESHOLD`` (perturbations drawn per image
+        from ``seed``, :meth:`generators`), soft and binary masks."""
+        u = to_image_grid(u, self.x.shape[-2:])
         soft = mask_from_logits(u, self.tau)
         binary = (soft > THRESHOLD).to(self.x.dtype)
         loss, terms = self.loss(binary, self.generators(seed))

@@ -4,9 +4,11 @@ Three modes (:class:`~medcam_fast.types.RefineMode`), each image independent:
 
 * ``LOGITS`` — optimize the mask logits ``u`` directly from the first guess ``u₀ = f_θ(x, c)`` (or logits
   handed in, e.g. from onnxruntime): ``u ← Adam(u, ∇_u L)`` for ``K`` steps — the logits loop of
-  :mod:`medcam_fast.method.inner`, the one ``inner_mode="logits"`` meta-training trains for;
-* ``WEIGHTS`` — adapt the U-Net weights ``K`` SGD steps from the meta-learned ``θ``: the MAML inner loop
-  (first order);
+  :mod:`medcam_fast.method.inner`, the one ``inner_mode="logits"`` meta-training trains for. The logits
+  keep the first guess's grid: a classifier-aware decoder's coarse grid stays coarse (the refined mask is a
+  union of blobs too), a U-Net's pixel logits stay pixels;
+* ``WEIGHTS`` — adapt a U-Net explainer's weights ``K`` SGD steps from the meta-learned ``θ``: the MAML
+  inner loop (first order);
 * ``FULL`` — the paper's per-image fit from a fresh U-Net (:func:`~medcam_fast.method.fit.fit_objective`).
 
 :class:`RefineConfig` owns the refinement defaults (``K = 10``, the start clip, the hard phase).
@@ -24,6 +26,8 @@ from torch.func import functional_call
 
 from .._config import Config
 from ..types import InnerMode, RefineMode, choice
+from .first_guess import ExplainerNet
+from .first_guess import first_guess as guess
 from .fit import FitConfig, fit_objective
 from .inner import HARD_AFTER, START_CLIP, InnerLoop, adapt, adapt_logits, step_size
 from .objective import Objective
@@ -69,7 +73,7 @@ def refine(
     objective: Objective,
     config: RefineConfig = RefineConfig(),
     *,
-    unet: UNet | None = None,
+    net: ExplainerNet | None = None,
     first_guess: Tensor | None = None,
     trained: InnerLoop | None = None,
     fit_config: FitConfig | None = None,
@@ -79,9 +83,10 @@ def refine(
     Args:
         objective: the batch's problem (images, targets, reference, baseline, weights, τ).
         config: how to refine.
-        unet: the explainer's U-Net (meta-learned ``θ``): the first guess when ``first_guess`` is None, and the
-            weights ``weights`` mode adapts.
-        first_guess: first-guess logits ``[B,1,H,W]`` or ``[B,H,W]`` (e.g. from onnxruntime).
+        net: the explainer's network (meta-learned ``θ``): the first guess when ``first_guess`` is None, and,
+            for a U-Net, the weights ``weights`` mode adapts.
+        first_guess: first-guess logits ``[B,1,h,w]`` or ``[B,h,w]`` on the explainer's grid (e.g. from
+            onnxruntime).
         trained: how the explainer was meta-trained (picks the default step size).
         fit_config: optimization settings of ``full`` mode (its ``steps`` is replaced by ``config.steps``).
 
@@ -95,20 +100,20 @@ def refine(
     gen = objective.generators(config.seed)  # per image: the same masks at any batch size
     if config.mode is RefineMode.LOGITS or config.steps == 0:
         if first_guess is not None:
-            u = first_guess.detach().reshape(x.shape[0], 1, *x.shape[-2:]).float().to(x.device).clone()
-        elif unet is not None:
+            u = first_guess.detach().reshape(x.shape[0], 1, *first_guess.shape[-2:]).float().to(x.device).clone()
+        elif net is not None:
             with torch.no_grad():
-                u = unet.eval()(x, target)
+                u = guess(net.eval(), objective)
         else:
-            raise ValueError("refinement needs a first guess: pass unet= or first_guess=")
+            raise ValueError("refinement needs a first guess: pass net= or first_guess=")
         lr = step_size(InnerMode.LOGITS, trained, config.lr)
         if isinstance(lr, Mapping):
             raise TypeError("per-tensor step sizes belong to the weights loop")
         u = adapt_logits(objective, u, config.steps, lr, config.hard_after, gen, clip=config.start_clip)
     else:
-        if unet is None:
-            raise ValueError("weights refinement adapts the explainer's U-Net: pass unet=")
-        unet = unet.eval()
+        if not isinstance(net, UNet):
+            raise ValueError("weights refinement adapts a U-Net explainer's weights: pass a U-Net as net=")
+        unet = net.eval()
         theta = {n: p.detach().requires_grad_(False) for n, p in unet.named_parameters()}
         sizes = step_size(InnerMode.WEIGHTS, trained, config.lr)
         alpha: float | dict[str, Tensor] = (

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import DATA_DIR, needs_data
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -228,6 +229,21 @@ def test_flat_layout_path_uses_class_table():
     counts = np.bincount(s.labels, minlength=9)
     test = np.bincount(load_npz(shared("path"), "test").labels, minlength=9)
     np.testing.assert_array_equal(test, np.round(0.2 * counts).astype(int))
+
+
+@needs_data()
+def test_short_name_brain_resolves_and_loads_mri():
+    path = resolve_data("brain", data_dir=str(DATA_DIR))
+    assert path.name == DATASETS["brain"] == "brain_tumor_mri4_128.npz"
+    sets = {k: load_npz(path, k) for k in ("train", "val", "test")}
+    assert [len(v) for v in sets.values()] == [897, 128, 256]
+    for s in sets.values():
+        assert s.images.dtype == np.uint8 and s.images.shape[1:] == (128, 128)
+        assert s.channels == 1 and s.size == (128, 128) and s.name == "brain_tumor_mri4_128"
+        assert s.classes == ["glioma", "meningioma", "no tumour", "pituitary"]
+        assert set(np.unique(s.labels)) == {0, 1, 2, 3}
+    with np.load(path, allow_pickle=False) as npz:  # the table's names follow the file's own, in order
+        assert npz["class_names"].tolist() == ["glioma", "meningioma", "notumor", "pituitary"]
 
 
 def _write_npz(path: Path, **arrays) -> Path:

@@ -1,7 +1,7 @@
 """Baselines: RISE and extremal perturbations (written here), the grad-cam / captum wrappers, the registry.
 
-The peer wrappers' tests are skipped where ``grad-cam`` / ``captum`` are not installed; run them with the
-environment that has them (``pip install 'medcam-fast[baselines]'``).
+The peer wrappers' tests carry the ``peers`` marker: skipped where ``grad-cam`` / ``captum`` are not installed,
+run (and never skipped) by ``make test-peers`` in the environment that has them.
 """
 
 from __future__ import annotations
@@ -43,9 +43,27 @@ def pointing(saliency: Tensor, masks: Tensor) -> float:
 
 
 def concentration(saliency: Tensor, masks: Tensor) -> Tensor:
-    """Per image: mean saliency inside the evidence over the mean saliency everywhere (1 = chance)."""
-    m = masks.float()
-    return (saliency * m).sum((1, 2)) / m.sum((1, 2)) / saliency.mean((1, 2))
+    """Per image: the share of the map's *positive* mass inside the evidence over the evidence's share of the
+    image (1 = chance): the relevance mass accuracy of Arras, Osman & Samek 2022 over its chance level.
+
+    Only positive values are evidence for the class, so a signed map (occlusion, integrated gradients) is
+    judged by what it attributes *to* the class; dividing by the signed map's mean instead — near 0 when the
+    positive and negative parts cancel — made occlusion's concentration −1080 on these images. For a
+    non-negative map this is mean saliency inside over mean saliency everywhere.
+    """
+    positive, m = saliency.clamp_min(0), masks.float()
+    return (positive * m).sum((1, 2)) / positive.sum((1, 2)) / m.mean((1, 2))
+
+
+def test_concentration_is_chance_for_a_flat_map_and_ignores_negative_evidence():
+    masks = torch.zeros(2, 8, 8, dtype=torch.bool)
+    masks[:, :2, :2] = True  # a sixteenth of the image
+    flat = torch.ones(2, 8, 8)
+    assert torch.allclose(concentration(flat, masks), torch.ones(2))
+    inside_only = masks.float()
+    assert torch.allclose(concentration(inside_only, masks), torch.full((2,), 16.0))
+    signed = inside_only - 0.01 * (~masks).float()  # mean ≈ 0.05: the old ratio divided by it
+    assert torch.allclose(concentration(signed, masks), torch.full((2,), 16.0))
 
 
 class _TopLeft(nn.Module):
@@ -229,6 +247,7 @@ def _check_maps(s: Tensor, x: Tensor) -> None:
     assert (s.flatten(1).std(1) > 0).all(), "a constant map"
 
 
+@pytest.mark.peers
 @pytest.mark.parametrize("variant", ["gradcam", "gradcam++", "scorecam"])
 def test_grad_cam_variants_find_the_lesions(lesions, variant):
     pytest.importorskip("pytorch_grad_cam")
@@ -243,6 +262,7 @@ def test_grad_cam_variants_find_the_lesions(lesions, variant):
     assert torch.equal(METHODS[variant].fn(clf, x[:2], t[:2], torch.zeros_like(x[:2]), PeerSettings()), s[:2])
 
 
+@pytest.mark.peers
 def test_grad_cam_rejects_unknown_layers_and_variants(lesions):
     pytest.importorskip("pytorch_grad_cam")
     clf, x, t, _ = lesions
@@ -252,6 +272,7 @@ def test_grad_cam_rejects_unknown_layers_and_variants(lesions):
         grad_cam(clf, x[:1], t[:1], variant="eigencam")  # type: ignore[arg-type]
 
 
+@pytest.mark.peers
 @pytest.mark.parametrize("method", ["occlusion", "integrated_gradients"])
 def test_captum_methods_find_the_lesions(lesions, method):
     pytest.importorskip("captum")
@@ -265,6 +286,7 @@ def test_captum_methods_find_the_lesions(lesions, method):
                           atol=1e-5)
 
 
+@pytest.mark.peers
 def test_occlusion_with_the_image_as_baseline_is_zero(lesions):
     pytest.importorskip("captum")
     clf, x, t, _ = lesions
@@ -272,6 +294,7 @@ def test_occlusion_with_the_image_as_baseline_is_zero(lesions):
     assert s.abs().max() < 1e-4
 
 
+@pytest.mark.peers
 def test_road_scores_per_image_with_documented_signs(lesions):
     pytest.importorskip("pytorch_grad_cam")
     from pytorch_grad_cam.metrics.road import ROADCombined
@@ -295,3 +318,52 @@ def test_road_scores_per_image_with_documented_signs(lesions):
         targets = [ClassifierOutputSoftmaxTarget(1)] * 4
         ref = ROADCombined([30, 50, 70])(x, good.numpy(), targets, clf.model)
     assert np.allclose(ref, r["combined"].numpy(), atol=1e-6)
+
+
+@pytest.mark.peers
+def test_noisy_linear_imputation_reproduces_a_linear_ramp_and_keeps_the_kept_pixels():
+    pytest.importorskip("pytorch_grad_cam")
+    from medcam_fast.evaluation.road import NoisyLinearImputation
+
+    # a ramp is harmonic for the symmetric 8-neighbour weights: imputing interior pixels gives it back exactly
+    ramp = (torch.arange(12.0)[:, None] * 0.3 + torch.arange(10.0)[None, :] * 0.1).expand(2, 1, 12, 10).clone()
+    removed = torch.zeros(2, 12, 10, dtype=torch.bool)
+    removed[0, 3:7, 2:6] = True
+    removed[1, 5, 5] = True
+    exact = NoisyLinearImputation(noise=0.0)(ramp, removed)
+    assert torch.allclose(exact, ramp, atol=1e-5)
+    noisy = NoisyLinearImputation(noise=0.01, seed=3)(ramp, removed)
+    assert torch.equal(noisy[~removed[:, None]], ramp[~removed[:, None]])  # kept pixels untouched
+    changed = (noisy - ramp)[removed[:, None]]
+    assert 0 < float(changed.abs().max()) < 0.06  # N(0, 0.01²) noise on the imputed pixels only
+    assert torch.equal(noisy, NoisyLinearImputation(noise=0.01, seed=3)(ramp, removed))  # seeded
+    # nothing to anchor the system: the data set's mean (0) plus noise, not a singular solve
+    everything = NoisyLinearImputation(noise=0.0)(ramp, torch.ones(2, 12, 10, dtype=torch.bool))
+    assert torch.equal(everything, torch.zeros_like(ramp))
+    assert torch.equal(NoisyLinearImputation()(ramp, torch.zeros(2, 12, 10, dtype=torch.bool)), ramp)
+
+
+@pytest.mark.peers
+def test_the_noisy_linear_fill_is_what_road_imputes_and_serves_every_metric(lesions):
+    pytest.importorskip("pytorch_grad_cam")
+    from medcam_fast.evaluation.fills import Fill, substrate
+    from medcam_fast.evaluation.metrics import binary_evidence, preservation_at_area
+    from medcam_fast.evaluation.road import NoisyLinearImputation
+
+    clf, x, t, masks = lesions
+    x, t, masks = x[:3], t[:3], masks[:3]
+    fill = substrate(Fill.NOISY_LINEAR, x, [0.5], [0.5], seed=0)
+    assert isinstance(fill, NoisyLinearImputation)
+    verdict = binary_evidence(clf.logits, x, masks, t, fill)
+    # the lesion kept and imputed around keeps the class better than the lesion imputed away
+    assert (verdict["p_kept"] > verdict["p_removed"]).all(), verdict
+    keep = preservation_at_area(clf.logits, x, masks.float(), t, fill, fractions=(1.0,))
+    assert torch.allclose(keep[:, 0], torch.softmax(clf.logits(x), 1)[:, 1], atol=1e-6)  # nothing removed
+
+
+def test_the_registry_says_which_fill_each_peer_perturbs_with():
+    from medcam_fast.types import BaselineKind
+
+    uses = {k for k, s in METHODS.items() if s.uses_baseline}
+    assert uses == {"rise", "extremal", "occlusion", "ig"}
+    assert {k: s.own_fill for k, s in METHODS.items() if s.own_fill is not None} == {"scorecam": BaselineKind.MEAN}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import shutil
 import statistics
+import time
 from pathlib import Path
 
 import numpy as np
@@ -36,12 +37,13 @@ TINY = MetaConfig(inner_steps=0, outer_steps=2, meta_batch=2, width=4, depth=2)
 
 @pytest.fixture(scope="module")
 def models(lesion_bundle, lesion_bundle_dir, tmp_path_factory) -> Path:
-    """``models/lesions/{classifier,explainer,amortized}``: an amortized explainer in ``amortized`` and a
-    logits-MAML one in ``explainer``, both tiny."""
+    """``models/lesions/{classifier,explainer,unet}``: an amortized U-Net explainer in ``unet`` and a
+    logits-MAML decoder in ``explainer``, both tiny."""
     root = tmp_path_factory.mktemp("models")
     shutil.copytree(lesion_bundle_dir, root / "lesions" / "classifier")
     images = make_lesions(8, size=32, seed=5).images
-    save_explainer(meta_train(lesion_bundle, images, TINY), root / "lesions" / "amortized")
+    unet = TINY.with_(architecture="unet", inner_mode=InnerMode.WEIGHTS, first_order=False)
+    save_explainer(meta_train(lesion_bundle, images, unet), root / "lesions" / "unet")
     maml = TINY.with_(inner_steps=1, inner_mode=InnerMode.LOGITS, first_order=True)
     save_explainer(meta_train(lesion_bundle, images, maml), root / "lesions" / "explainer")
     return root
@@ -88,8 +90,8 @@ def test_quality_bench_has_a_curve_per_explainer_and_mode_and_one_for_the_fit(mo
                         batch_size=2, progress=lines.append, out_dir=tmp_path)
     r = res["datasets"]["lesions"]
     curves = r["curves"]
-    assert set(curves) == {"maml-logits+logits", "maml-logits+weights", "amortized+logits", "amortized+weights",
-                           "per-image fit"}
+    # the weights loop adapts a U-Net only: the decoder has no weights curve
+    assert set(curves) == {"maml-logits+logits", "amortized+logits", "amortized+weights", "per-image fit"}
     assert [p["steps"] for p in curves["amortized+logits"]] == [0, 2]
     assert [p["steps"] for p in curves["amortized+weights"]] == [0, 1]
     assert [p["steps"] for p in curves["per-image fit"]] == [1, 3]
@@ -104,7 +106,7 @@ def test_quality_bench_has_a_curve_per_explainer_and_mode_and_one_for_the_fit(mo
     oc = r["other_class"]
     assert set(oc) == {"steps", "mode", "p_original", "p_kept", "raised_fraction"} and oc["mode"] == "logits"
     assert 0.0 <= oc["raised_fraction"] <= 1.0 and set(r["explainer_training"]) == {"amortized", "maml-logits"}
-    assert len(lines) == 2 * (2 + 1) + 2  # each measured (explainer, mode, K) and fit point, K=0 weights reused
+    assert len(lines) == 2 + 2 + 1 + 2  # each measured (explainer, mode, K) and fit point, K=0 weights reused
     text = quality_markdown(res)
     assert text == (tmp_path / "quality_lesions.md").read_text() and "speed-up vs fit-3" in text
     speedups = [float(cell.strip()[:-1]) for line in text.splitlines() if line.startswith("| ")
@@ -119,8 +121,8 @@ def test_quality_bench_refuses_explainers_trained_on_another_loss(models, sets, 
     shutil.copytree(models, root)
     other = meta_train(lesion_bundle, make_lesions(4, size=32, seed=5).images,
                        TINY.with_(weights=LossWeights(area=0.5)))
-    shutil.rmtree(root / "lesions" / "amortized")
-    save_explainer(other, root / "lesions" / "amortized")
+    shutil.rmtree(root / "lesions" / "unet")
+    save_explainer(other, root / "lesions" / "unet")
     with pytest.raises(UsageError, match="not comparable"):
         bench_quality(root, sets, n=2, ks=(0,), fit_steps=(1,), modes=("logits",), batch_size=2)
 
@@ -143,17 +145,26 @@ def test_speed_bench_rows_are_medians_of_their_samples_with_ratios_to_grad_cam(m
     elif baselines.available_peers()["gradcam"] is None:
         pytest.skip("grad-cam is installed here: the real one is timed in the other case's place")
     threads = torch.get_num_threads()
-    res = bench_speed(sizes=(32,), batches=(1, 2), refine_steps=(1,), fit_steps=6, fit_measured_steps=2, repeats=3,
-                      out_dir=tmp_path)
+    lines: list[str] = []
+    res = bench_speed(models=(("resnet18", (32,)), ("timm:no_such_model", (32,))), batches=(1, 2),
+                      refine_steps=(1,), fit_steps=6, fit_measured_steps=2, repeats=3, unet=with_grad_cam,
+                      progress=lines.append, out_dir=tmp_path)
     assert torch.get_num_threads() == threads  # the one-thread setting is undone
-    assert set(res) == {"machine", "repeats", "rows", "grad_cam"} and res["repeats"] == 3
+    assert set(res) == {"machine", "repeats", "row_budget_s", "rows", "models", "summary", "notes", "targets",
+                        "grad_cam"} and res["repeats"] == 3
+    assert [m["classifier"] for m in res["models"]] == ["resnet18 (built-in)"]
+    assert res["models"][0]["decoder"]["cam_tap"] == "layer4"
+    assert res["notes"][0].startswith("timm:no_such_model at 32 px skipped")  # timm missing or no such model
     methods = {b: [r["method"] for r in res["rows"] if r["batch"] == b] for b in (1, 2)}
-    base = ["onnx first guess", "torch first guess", "onnx first guess + 1 steps"]
+    base = ["decoder first guess (torch)", "decoder first guess, all classes (torch)",
+            "decoder graph, all classes + verdict (onnx)", *(["u-net first guess (onnx, 0.1)"] if with_grad_cam else []),
+            "first guess + 1 steps"]
     cam = ["grad-cam"] if with_grad_cam else []
     assert methods == {1: [*base, "per-image fit 6 steps", *cam], 2: [*base, *cam]}
     for r in res["rows"]:
-        assert set(r) == {"size", "batch", "method", "seconds_per_image", "seconds_samples", "ratio_to_grad_cam"}
-        assert len(r["seconds_samples"]) == 3 and all(_positive_finite(s) for s in r["seconds_samples"])
+        assert set(r) == {"classifier", "size", "batch", "method", "seconds_per_image", "seconds_samples",
+                          "ratio_to_grad_cam"}
+        assert 1 <= len(r["seconds_samples"]) <= 3 and all(_positive_finite(s) for s in r["seconds_samples"])
         assert r["seconds_per_image"] == pytest.approx(statistics.median(r["seconds_samples"]) / r["batch"])
         if with_grad_cam:
             ref = next(g for g in res["rows"] if g["batch"] == r["batch"] and g["method"] == "grad-cam")
@@ -161,5 +172,25 @@ def test_speed_bench_rows_are_medians_of_their_samples_with_ratios_to_grad_cam(m
             assert r["ratio_to_grad_cam"] == pytest.approx(r["seconds_per_image"] / ref["seconds_per_image"])
         else:
             assert r["ratio_to_grad_cam"] is None
+    sec = {(r["batch"], r["method"]): r["seconds_per_image"] for r in res["rows"]}
+    (summary,) = res["summary"]
+    assert summary["all_to_one_class"]["2"] == pytest.approx(sec[2, base[1]] / sec[2, base[0]])
+    assert summary["fit_speedup"]["1"] == pytest.approx(sec[1, "per-image fit 6 steps"] / sec[1, "first guess + 1 steps"])
+    if with_grad_cam:
+        assert summary["first_guess_to_grad_cam"]["1"] == pytest.approx(sec[1, base[0]] / sec[1, "grad-cam"])
+    else:
+        assert summary["first_guess_to_grad_cam"] == {"1": None, "2": None}
     assert res["grad_cam"] == "installed" if with_grad_cam else res["grad_cam"].startswith("not installed")
     assert (tmp_path / "speed.md").read_text() == speed_markdown(res)
+    assert any(line.startswith("resnet18 (built-in) 32px batch 2: first guess + 1 steps") for line in lines)
+
+
+def test_speed_bench_caps_a_rows_repeats_at_its_budget():
+    from medcam_fast.evaluation.bench import _times
+
+    calls: list[int] = []
+    slow = _times(lambda: (calls.append(1), time.sleep(0.02)), 10, budget=0.01)
+    assert len(slow) == 1 and len(calls) == 1  # a warm-up over the budget is the only sample
+    calls.clear()
+    capped = _times(lambda: (calls.append(1), time.sleep(0.01)), 10, scale=2.0, budget=0.035)
+    assert 1 <= len(capped) <= 3 and len(calls) == len(capped) + 1 and all(t >= 0.02 for t in capped)

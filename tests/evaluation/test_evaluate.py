@@ -19,7 +19,7 @@ from medcam_fast.explainer.bundle import save_explainer
 from medcam_fast.explainer.meta import MetaConfig, meta_train
 
 CFG = EvalConfig(methods=("first-guess", "refined", "fit", "gradcam"), n=6, sanity_n=2, sanity_stages=2,
-                 refine_steps=3, fit_steps=8, curve_steps=8, road_n=2, batch_size=4)
+                 refine_steps=3, fit_steps=8, curve_steps=8, road_n=None, batch_size=4)
 
 
 @pytest.fixture(scope="module")
@@ -81,13 +81,14 @@ def test_localization_is_scored_only_where_the_mask_is_the_evidence_for_the_expl
     expected = int(((torch.from_numpy(sel.labels) == 1) & (pred == 1)).sum())
     assert ds["localization_n"] == expected and ds["evidence_class"] == "lesion"
     for r in ds["methods"].values():
-        assert len(r["per_image"]["iou"]) == expected and len(r["per_image"]["keep"]["0.1"]) == CFG.n
+        assert len(r["per_image"]["iou"]) == expected
+        assert len(r["per_image"]["fills"]["blur"]["keep"]["0.1"]) == CFG.n
     assert f"on the {expected} images of class 'lesion'" in (report[0] / "report.md").read_text()
 
 
-def test_the_first_guess_ignores_the_classifier_so_randomizing_it_changes_nothing(report):
+def test_the_first_guess_reads_the_classifier_so_randomizing_it_changes_the_map(report):
     ds = report[1]["datasets"]["lesions"]
-    assert all(s["spearman"] == pytest.approx(1.0) for s in ds["methods"]["first-guess"]["sanity"]["stages"])
+    assert ds["methods"]["first-guess"]["sanity"]["final"] < 0.99  # the decoder reads the classifier's features
     assert ds["methods"]["fit"]["sanity"]["final"] < 0.99  # the fit does look at the (randomized) classifier
 
 
@@ -142,8 +143,34 @@ def test_cli_refuses_to_replace_a_report_and_rejects_unknown_methods(report, les
     r = runner.invoke(app, ["evaluate", "--classifier", str(lesion_bundle_dir), "--data", "lesions",
                             "--methods", "gradcam,magic", "--out", str(out / "x")])
     assert r.exit_code == 2 and "unknown method 'magic'" in r.output
+    r = runner.invoke(app, ["evaluate", "--classifier", str(lesion_bundle_dir), "--data", "lesions",
+                            "--methods", "fit", "--fills", "zero,sand", "--out", str(out / "x")])
+    assert r.exit_code == 2 and "unknown fill 'sand'" in r.output and "noisy-linear" in r.output
 
 
+def test_cli_fills_and_sanity_options_reach_the_config(monkeypatch, lesion_bundle_dir, tmp_path):
+    from medcam_fast.cli import jobs
+    from medcam_fast.cli.main import app
+
+    seen = {}
+    monkeypatch.setattr(jobs, "evaluate_job", lambda data, out, cfg, **kw: seen.setdefault("cfg", cfg))
+    r = CliRunner().invoke(app, ["evaluate", "--classifier", str(lesion_bundle_dir), "--data", "lesions",
+                                 "--methods", "fit", "--fills", "mean, noisy-linear", "--fc-subsets", "16",
+                                 "--monotonicity-groups", "8", "--sanity-n", "40", "--sanity-stages", "5",
+                                 "--out", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    from medcam_fast.evaluation.fills import Fill
+
+    cfg = seen["cfg"]
+    assert cfg.fills == (Fill.MEAN, Fill.NOISY_LINEAR) and cfg.fc_subsets == 16 and cfg.monotonicity_groups == 8
+    assert (cfg.sanity_n, cfg.sanity_stages, cfg.road_n) == (40, 5, None)
+    defaults = EvalConfig()  # the full protocol
+    assert (defaults.n, defaults.rise_masks, defaults.extremal_steps, defaults.sanity_n, defaults.sanity_stages,
+            defaults.road_n) == (64, 4000, 300, 32, 4, None)
+    assert defaults.fills == (Fill.ZERO, Fill.MEAN, Fill.BLUR, Fill.NOISY_LINEAR)
+
+
+@pytest.mark.peers
 def test_resume_adds_road_to_methods_computed_without_grad_cam(lesion_bundle_dir, explainer_dir, lesions, tmp_path):
     pytest.importorskip("pytorch_grad_cam")
     spec = [("lesions", lesion_bundle_dir, explainer_dir, lesions)]
@@ -182,29 +209,210 @@ def test_paired_comparison_against_the_best_peer_and_rescoring_of_old_caches(les
     ev = evaluate_suite(spec, cfg, tmp_path)
     write_report(ev, tmp_path)
     ds = ev.results["datasets"]["lesions"]
-    ours, rise = ds["methods"]["first-guess"], ds["methods"]["rise"]
-    assert set(ds["paired"]) == {"keep/0.1", "insertion_auc", "iou"}
-    for path, mean_key in (("insertion_auc", "insertion_auc"), ("iou", "iou")):
-        p = ds["paired"][path]
-        best = max(("rise", "extremal"), key=lambda m: ds["methods"][m][mean_key])
-        assert p["against"] == best
-        d = p["methods"]["first-guess"]
-        assert d["n"] == (ds["localization_n"] if path == "iou" else 6) and d["low"] <= d["mean"] <= d["high"]
-        assert d["mean"] == pytest.approx(ours[mean_key] - ds["methods"][best][mean_key], abs=1e-5)
-        assert d["wins"] == sum(a > b for a, b in zip(ours["per_image"][path], ds["methods"][best]["per_image"][path],
-                                                       strict=True))
-    assert len(rise["per_image"]["keep"]["0.1"]) == 6
-    assert "Δ vs" in (tmp_path / "report.md").read_text()
-    # a cache written before per-image scores were kept is scored again from its maps, not recomputed
+    ours = ds["methods"]["first-guess"]
+    assert set(ds["paired"]) == {"best_peer", "random", "own_area"}
+    best = ds["paired"]["best_peer"]
+    titles = {c["column"] for c in best["comparisons"]}
+    assert {"keep 10% [zero]", "insertion AUC [mean]", "top-k IoU"} <= titles
+    for column, path, higher in (("insertion AUC [mean]", ("fills", "mean", "insertion_auc"), True),
+                                 ("deletion AUC [zero]", ("fills", "zero", "deletion_auc"), False),
+                                 ("top-k IoU", ("iou",), True)):
+        c = next(c for c in best["comparisons"] if c["column"] == column)
+
+        def dig(node, path=path):
+            for part in path:
+                node = node[part]
+            return node
+
+        peers = {m: dig(ds["methods"][m]) for m in ("rise", "extremal")}
+        assert c["theirs"] == (max if higher else min)(peers, key=peers.__getitem__) and c["ours"] == "first-guess"
+        mine, theirs = dig(ours["per_image"]), dig(ds["methods"][c["theirs"]]["per_image"])
+        assert c["n"] == len(mine) and c["low"] <= c["mean"] <= c["high"]
+        sign = 1 if higher else -1  # Δ > 0 always favours medcam-fast
+        assert c["mean"] == pytest.approx(sign * (dig(ours) - peers[c["theirs"]]), abs=1e-5)
+        assert c["wins"] == sum(sign * (a - b) > 0 for a, b in zip(mine, theirs, strict=True))
+    assert "Image by image against the best peer" in (tmp_path / "report.md").read_text()
+    # a cache written before the fills were named is scored again from its maps, not recomputed
     cached = tmp_path / "datasets" / "lesions" / "rise.json"
     saved = json.loads(cached.read_text())
-    del saved["result"]["per_image"]
+    rise = json.loads(json.dumps(saved["result"]))
+    for stale in ("per_image", "scored_with", "fills"):
+        del saved["result"][stale]
     cached.write_text(json.dumps(saved))
     labels: list[str] = []
     again = evaluate_suite(spec, cfg, tmp_path, resume=True, progress=labels.append).results["datasets"]["lesions"]
     assert labels == ["lesions: first-guess reused", "lesions: rise reused", "lesions: extremal reused"]
     assert again["methods"]["rise"]["per_image"] == rise["per_image"]
     assert again["paired"] == ds["paired"]
+
+
+def test_every_map_is_scored_under_every_fill_and_the_headline_leaves_out_the_home_ground(report):
+    ds = report[1]["datasets"]["lesions"]
+    usable = ["zero", "mean", "blur"] + ([] if available_peers()["road"] else ["noisy-linear"])
+    assert ds["fills"] == usable and ds["baseline"] == "blur"
+    if available_peers()["road"]:  # no grad-cam: the imputation is skipped with the install command
+        assert INSTALL_HINT in ds["fills_skipped"]["noisy-linear"]
+    # medcam-fast is trained against the blur: the headline is what nobody was trained on
+    assert ds["headline_fills"] == ["zero", "mean"]
+    for m, r in ds["methods"].items():
+        assert r["trained_fill"] == ("blur" if m in ("first-guess", "refined", "fit") else None)
+        assert list(r["fills"]) == usable
+        for f in ("zero", "mean", "blur"):
+            scores = r["fills"][f]
+            assert set(scores["preservation"]) == {"0.05", "0.1", "0.2", "0.3"}
+            for key in ("faithfulness_correlation", "monotonicity"):
+                v = scores[key]
+                assert v is None or -1.0 <= v <= 1.0
+                assert len(r["per_image"]["fills"][f][key]) == CFG.n
+        # the columns of the report before the fills were named: preservation with the baseline, deletion with
+        # black, insertion with the blur
+        assert r["preservation"] == r["fills"]["blur"]["preservation"]
+        assert r["deletion_auc"] == r["fills"]["zero"]["deletion_auc"]
+        assert r["insertion_auc"] == r["fills"]["blur"]["insertion_auc"]
+
+
+def test_controls_random_map_fill_alone_and_a_blob_of_each_masks_area(report, lesion_bundle, lesions):
+    from medcam_fast.evaluation.harness import _pick
+    from medcam_fast.method.masking import make_baseline
+
+    ds = report[1]["datasets"]["lesions"]
+    controls = ds["controls"]
+    rnd = controls["random"]
+    assert rnd["label"] == "random map (control)" and "sanity" not in rnd
+    assert set(rnd["fills"]) == set(ds["fills"]) and rnd["trained_fill"] is None  # scored like a method
+    assert len(rnd["per_image"]["fills"]["mean"]["faithfulness_correlation"]) == CFG.n
+    x = torch.from_numpy(lesion_bundle.preprocess(_pick(lesions, CFG.n, CFG.seed).images))
+    clf = lesion_bundle.frozen()
+    with torch.no_grad():
+        target = clf.logits(x).argmax(1)
+        for f in ("zero", "mean", "blur"):
+            b = make_baseline(x, f, lesion_bundle.preprocess.mean, lesion_bundle.preprocess.std)
+            p = torch.softmax(clf.logits(b), 1).gather(1, target[:, None])[:, 0]
+            assert controls["fill_alone"][f]["per_image"] == pytest.approx(p.tolist(), abs=1e-6)
+    for m in ("first-guess", "refined", "fit"):
+        table = controls["own_area"][m]
+        area = ds["methods"][m]["fills"]["zero"]["binary"]["area"]  # the masks' mean area: 32×32 px
+        assert len(table["counts"]) == CFG.n and sum(table["counts"]) / (CFG.n * 32 * 32) == pytest.approx(area)
+        others = {"first-guess", "refined", "fit", "random", "blob", "self"} - {m}
+        if "gradcam" in ds["methods"]:
+            others.add("gradcam")
+        assert set(table["rows"]) == others
+        for row in table["rows"].values():
+            assert set(row["means"]) == set(ds["fills"])
+
+
+def test_at_the_own_area_every_other_map_keeps_exactly_the_masks_pixel_count(report, lesion_bundle, lesions):
+    from medcam_fast.evaluation.harness import _pick
+    from medcam_fast.evaluation.metrics import binary_evidence, top_count_mask
+    from medcam_fast.method.masking import make_baseline
+
+    out, res = report[0], report[1]
+    table = res["datasets"]["lesions"]["controls"]["own_area"]["refined"]
+    x = torch.from_numpy(lesion_bundle.preprocess(_pick(lesions, CFG.n, CFG.seed).images))
+    clf = lesion_bundle.frozen()
+    with torch.no_grad():
+        target = clf.logits(x).argmax(1)
+    with np.load(out / "datasets" / "lesions" / "fit.npz") as z:
+        fit_map = torch.from_numpy(z["saliency"])
+    chosen = top_count_mask(fit_map, torch.tensor(table["counts"]))
+    assert chosen.flatten(1).sum(1).tolist() == table["counts"]
+    zero = make_baseline(x, "zero", lesion_bundle.preprocess.mean, lesion_bundle.preprocess.std)
+    ev = binary_evidence(clf.logits, x, chosen, target, zero)
+    assert table["rows"]["fit"]["per_image"]["zero"]["p_kept"] == pytest.approx(ev["p_kept"].tolist(), abs=1e-5)
+    assert table["rows"]["fit"]["per_image"]["zero"]["p_removed"] == pytest.approx(ev["p_removed"].tolist(), abs=1e-5)
+
+
+def test_each_table_is_one_holm_family_and_the_report_marks_the_survivors(report):
+    from medcam_fast.evaluation.metrics import holm
+
+    out, res = report[0], report[1]
+    ds = res["datasets"]["lesions"]
+    families = [ds["paired"]["best_peer"], ds["paired"]["random"], *ds["paired"]["own_area"].values()]
+    assert (ds["paired"]["best_peer"]["m"] > 0) == ("gradcam" in ds["methods"])  # the only peer of the run
+    for fam in families:
+        assert fam["m"] == len(fam["comparisons"]) and fam["alpha"] == 0.05
+        corrected = holm([c["p_value"] for c in fam["comparisons"]])
+        assert [c["p_holm"] for c in fam["comparisons"]] == pytest.approx(corrected.adjusted)
+        assert [c["holm"] for c in fam["comparisons"]] == corrected.reject
+        for c in fam["comparisons"]:
+            assert c["p_value"] <= c["p_holm"] <= 1 and 2 / 2 ** c["n"] <= c["p_value"] + 1e-12
+    text = (out / "report.md").read_text()
+    assert f"{ds['paired']['random']['m']} comparisons, Holm-corrected as one family" in text
+    assert "†" in text or not any(c["holm"] for fam in families for c in fam["comparisons"])
+
+
+def test_the_sanity_check_reports_both_conventions_and_ssim_where_scikit_image_is(report):
+    out, res = report[0], report[1]
+    ds = res["datasets"]["lesions"]
+    for r in ds["methods"].values():
+        for stage in r["sanity"]["stages"]:
+            assert {"spearman", "spearman_abs", "ssim"} <= set(stage)
+            assert stage["spearman_abs"] is None or -1 <= stage["spearman_abs"] <= 1
+        assert r["sanity"]["final_abs"] == r["sanity"]["stages"][-1]["spearman_abs"]
+        assert r["sanity"]["n"] == CFG.sanity_n
+    try:
+        import skimage  # noqa: F401
+    except ImportError:
+        assert ds["sanity_ssim"] and INSTALL_HINT in ds["sanity_ssim"]
+        assert all(s["ssim"] is None for r in ds["methods"].values() for s in r["sanity"]["stages"])
+    else:
+        assert ds["sanity_ssim"] is None
+        for r in ds["methods"].values():
+            for stage in r["sanity"]["stages"]:
+                assert -1 <= stage["ssim"] <= 1
+                if stage["spearman"] == pytest.approx(1.0) and not stage["undefined"]:  # the same maps
+                    assert stage["ssim"] == pytest.approx(1.0, abs=1e-6)
+    text = (out / "report.md").read_text()
+    assert "ρ / ρ abs / SSIM" in text and "ρ full random, abs" in text
+
+
+def test_the_binary_masks_readability_is_reported(report):
+    ds = report[1]["datasets"]["lesions"]
+    assert ds["strides"] and all(2 <= s <= 16 for s in ds["strides"])
+    for m in ("first-guess", "refined", "fit"):
+        read = ds["methods"][m]["readability"]
+        assert read["strides"] == ds["strides"] and len(read["per_image"]["pieces"]) == CFG.n
+        assert read["lattice_flagged"] is None or 0 <= read["lattice_flagged"] <= 1
+    assert "readability" not in ds["methods"].get("gradcam", {})
+    assert "Binary masks: verdict and readability" in (report[0] / "report.md").read_text()
+
+
+def test_a_change_of_the_sanity_settings_reruns_only_the_sanity_check(report, lesion_bundle_dir, explainer_dir,
+                                                                      lesions, tmp_path):
+    import shutil
+
+    shutil.copytree(report[0], tmp_path / "run")
+    labels: list[str] = []
+    spec = [("lesions", lesion_bundle_dir, explainer_dir, lesions)]
+    before = report[1]["datasets"]["lesions"]["methods"]["fit"]
+    again = evaluate_suite(spec, CFG.with_(methods=("fit",), sanity_stages=1), tmp_path / "run", resume=True,
+                           progress=labels.append).results["datasets"]["lesions"]["methods"]["fit"]
+    assert labels == ["lesions: fit reused", "lesions: fit sanity"]
+    assert len(again["sanity"]["stages"]) == 1 and again["per_image"] == before["per_image"]
+
+
+def test_the_report_header_states_where_the_settings_are_below_the_full_protocol(report):
+    text = (report[0] / "report.md").read_text()
+    assert "**Reduced settings**" in text and "n 6 (full: 64)" in text and "sanity stages 2 (full: 4)" in text
+    assert "### Headline" in text and "keep 10% [zero]" in text and "*control: random map*" in text
+    assert "*control: fill alone (nothing kept)*" in text and "*control: random blob" in text
+
+
+@pytest.mark.peers
+def test_with_the_peers_every_fill_runs_and_road_covers_every_image(report):
+    pytest.importorskip("pytorch_grad_cam")
+    pytest.importorskip("skimage")
+    ds = report[1]["datasets"]["lesions"]
+    assert ds["fills"] == ["zero", "mean", "blur", "noisy-linear"] and not ds["fills_skipped"]
+    assert ds["road_n"] == ds["n"] == CFG.n
+    grad_cam = ds["methods"]["gradcam"]
+    assert grad_cam["trained_fill"] is None and len(grad_cam["per_image"]["road"]["combined"]) == CFG.n
+    for r in ds["methods"].values():
+        assert set(r["fills"]["noisy-linear"]["preservation"]) == {"0.05", "0.1", "0.2", "0.3"}
+        assert all(s["ssim"] is not None for s in r["sanity"]["stages"])
+    verdict = ds["methods"]["refined"]["fills"]["noisy-linear"]["binary"]
+    assert 0 <= verdict["p_kept"] <= 1 and 0 <= verdict["p_removed"] <= 1
+    assert "ROAD combined [noisy-linear]" in (report[0] / "report.md").read_text()
 
 
 def test_medcam_fast_maps_are_the_mask_logits_a_user_gets_from_medcam(lesion_bundle, lesion_bundle_dir, explainer_dir,
@@ -255,6 +463,7 @@ def test_the_fit_needs_no_explainer_but_the_first_guess_does(lesion_bundle_dir, 
 
     cfg = CFG.with_(methods=("fit",), sanity_n=0, road_n=0, n=2)
     ds = evaluate_suite([("lesions", lesion_bundle_dir, None, lesions)], cfg, tmp_path).results["datasets"]["lesions"]
-    assert ds["explainer"] is None and ds["methods"]["fit"]["binary"]["area"] > 0
+    assert ds["explainer"] is None and 0 <= ds["methods"]["fit"]["binary"]["area"] <= 1
+    assert np.isfinite(ds["methods"]["fit"]["binary"]["p_kept"])
     with pytest.raises(UsageError, match="--explainer"):
         evaluate_suite([("lesions", lesion_bundle_dir, None, lesions)], cfg.with_(methods=("refined",)), tmp_path)

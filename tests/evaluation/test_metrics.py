@@ -9,16 +9,25 @@ import torch
 from torch import Tensor, nn
 
 from medcam_fast.data.lesions import make_lesions
+from medcam_fast.evaluation.controls import random_blob, random_map
 from medcam_fast.evaluation.metrics import (
+    LATTICE_THRESHOLD,
     auc,
     binary_evidence,
     cascade_checkpoints,
     cascading_randomization,
+    connected_pieces,
     deletion_insertion,
+    faithfulness_correlation,
+    holm,
+    lattice_score,
+    map_ssim,
+    monotonicity,
     paired_difference,
     pointing_game,
     preservation_at_area,
     spearman,
+    top_count_mask,
     top_fraction_mask,
     topk_iou,
 )
@@ -394,7 +403,35 @@ def test_paired_difference_of_a_constant_shift_is_exact_and_of_identical_scores_
     assert shifted.mean == pytest.approx(0.1) and shifted.low == pytest.approx(0.1)
     assert shifted.high == pytest.approx(0.1) and shifted.wins == 4 and shifted.n == 4
     same = paired_difference(a, a)
-    assert (same.mean, same.low, same.high, same.wins) == (0.0, 0.0, 0.0, 0)
+    assert (same.mean, same.low, same.high, same.wins, same.p_value) == (0.0, 0.0, 0.0, 0, 1.0)
+
+
+def test_sign_flip_p_value_is_exact_for_few_images_and_never_significant_on_one():
+    # a constant shift on n images: only the two all-equal sign vectors reach |Δ|, so p = 2/2ⁿ exactly
+    assert paired_difference([0.3, 1.0, 0.5, 0.8], [0.2, 0.9, 0.4, 0.7]).p_value == pytest.approx(2 / 16)
+    twelve = torch.arange(12.0)
+    assert paired_difference(twelve + 0.1, twelve).p_value == pytest.approx(2 / 4096)
+    assert paired_difference([1.0], [0.0]).p_value == 1.0  # one image proves nothing
+    # above 12 images the signs are drawn: (#{≥} + 1)/(B + 1), here only the identity reaches it
+    forty = torch.arange(40.0)
+    assert paired_difference(forty + 0.1, forty, n_boot=999).p_value == pytest.approx(1 / 1000)
+    g = torch.Generator().manual_seed(0)
+    assert paired_difference(torch.randn(200, generator=g), torch.zeros(200)).p_value > 0.05  # no shift
+
+
+def test_holm_steps_down_and_stops_at_the_first_kept_hypothesis():
+    # sorted 0.005·4 = 0.02, 0.01·3 = 0.03, 0.03·2 = 0.06, then max(0.06, 0.04·1) = 0.06
+    h = holm([0.01, 0.04, 0.03, 0.005], alpha=0.05)
+    assert h.adjusted == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert h.reject == [True, False, False, True]
+    # uncorrected, 0.03 and 0.04 would pass too; Bonferroni (·4) would keep 0.01 at 0.04 — as Holm does
+    assert holm([0.2]) == ([0.2], [False]) and holm([0.04]) == ([0.04], [True])
+    assert holm([]) == ([], [])
+    assert holm([0.5, 0.5, 0.5]).adjusted == [1.0, 1.0, 1.0]  # capped at 1
+    with pytest.raises(ValueError):
+        holm([math.nan])
+    with pytest.raises(ValueError):
+        holm([1.5])
 
 
 def test_paired_difference_interval_covers_the_mean_and_shrinks_with_more_images():
@@ -411,6 +448,184 @@ def test_paired_difference_interval_covers_the_mean_and_shrinks_with_more_images
         paired_difference([math.nan], [1.0])
 
 
+# --------------------------------------------------------------------- faithfulness correlation, monotonicity
+
+
+def _probe_images(batch: int, seed: int, size: int = SIZE) -> Tensor:
+    """Images in (0.3, 1): above the 0.2 baseline everywhere, so every pixel is evidence for class 0."""
+    g = torch.Generator().manual_seed(seed)
+    return 0.3 + 0.7 * torch.rand(batch, 2, size, size, generator=g)
+
+
+def _probe_oracle(x: Tensor, b: float) -> Tensor:
+    """The exact attribution of ``p_0 = mean(x)`` against the baseline ``b``: ``Σ_c (x_c − b)/(C·H·W)``."""
+    return (x - b).sum(1) / x[0].numel()
+
+
+def test_faithfulness_correlation_of_the_oracle_on_a_linear_model_is_one():
+    x, b = _probe_images(3, seed=1), 0.2
+    t = torch.zeros(3, dtype=torch.long)
+    oracle = _probe_oracle(x, b)
+    base = torch.full_like(x, b)
+    fc = faithfulness_correlation(mean_probe_logits, x, oracle, t, base, n_subsets=32, subset_fraction=0.1)
+    assert fc.shape == (3,) and torch.allclose(fc, torch.ones(3), atol=1e-4)
+    anti = faithfulness_correlation(mean_probe_logits, x, -oracle, t, base, n_subsets=32, subset_fraction=0.1)
+    assert torch.allclose(anti, -torch.ones(3), atol=1e-4)
+    noise = faithfulness_correlation(mean_probe_logits, x, torch.rand(3, SIZE, SIZE), t, base, n_subsets=32,
+                                     subset_fraction=0.1)
+    assert (noise.abs() < 0.9).all()
+    # the same subsets for every map scored on the same batch: reproducible
+    assert torch.equal(fc, faithfulness_correlation(mean_probe_logits, x, oracle, t, base, n_subsets=32,
+                                                    subset_fraction=0.1))
+
+
+def test_faithfulness_correlation_of_a_constant_map_is_undefined():
+    x, t = _probe_images(2, seed=2), torch.zeros(2, dtype=torch.long)
+    fc = faithfulness_correlation(mean_probe_logits, x, torch.full((2, SIZE, SIZE), 0.7), t, torch.zeros_like(x))
+    assert torch.isnan(fc).all()  # every subset sums to k·0.7: zero variance, no correlation
+    with pytest.raises(ValueError):
+        faithfulness_correlation(mean_probe_logits, x, torch.rand(2, SIZE, SIZE), t, torch.zeros_like(x), n_subsets=1)
+
+
+def test_monotonicity_of_the_oracle_on_a_linear_model_is_one_and_of_its_inverse_minus_one():
+    x, b = _probe_images(3, seed=3), 0.2
+    t = torch.zeros(3, dtype=torch.long)
+    oracle = _probe_oracle(x, b)
+    base = torch.full_like(x, b)
+    assert torch.allclose(monotonicity(mean_probe_logits, x, oracle, t, base, groups=16), torch.ones(3))
+    # |s| ranks the pixels in reverse: the groups with the largest attribution matter least
+    assert torch.allclose(monotonicity(mean_probe_logits, x, 1 / oracle, t, base, groups=16), -torch.ones(3))
+    # the sign does not matter: monotonicity correlates magnitudes
+    assert torch.allclose(monotonicity(mean_probe_logits, x, -oracle, t, base, groups=16), torch.ones(3))
+
+
+def test_monotonicity_of_a_constant_map_is_undefined():
+    x, t = _probe_images(2, seed=4), torch.zeros(2, dtype=torch.long)
+    mono = monotonicity(mean_probe_logits, x, torch.ones(2, SIZE, SIZE), t, torch.zeros_like(x), groups=10)
+    assert torch.isnan(mono).all()  # unequal groups (256 = 6·26 + 4·25 pixels) still have equal mean |s|
+    for bad in (1, SIZE * SIZE + 1):
+        with pytest.raises(ValueError):
+            monotonicity(mean_probe_logits, x, torch.ones(2, SIZE, SIZE), t, torch.zeros_like(x), groups=bad)
+
+
+def test_an_imputer_that_writes_the_baseline_scores_exactly_as_the_baseline_image():
+    x = square_images(3, seed=5)
+    t = torch.tensor([0, 1, 0])
+    s = torch.rand(3, SIZE, SIZE, generator=torch.Generator().manual_seed(5))
+    b = torch.full_like(x, -0.5)
+    calls = []
+
+    def imputer(xs: Tensor, removed: Tensor) -> Tensor:
+        calls.append(removed.shape[0])
+        return torch.where(removed[:, None], torch.full_like(xs, -0.5), xs)
+
+    for fn in (lambda sub: preservation_at_area(square_logits, x, s, t, sub, batch_size=5),
+               lambda sub: deletion_insertion(square_logits, x, s, t, sub, sub, steps=4, batch_size=5)[:2],
+               lambda sub: faithfulness_correlation(square_logits, x, s, t, sub, n_subsets=8, batch_size=5),
+               lambda sub: monotonicity(square_logits, x, s, t, sub, groups=8, batch_size=5),
+               lambda sub: tuple(binary_evidence(square_logits, x, s > 0.5, t, sub, batch_size=2).values())):
+        with_image, with_imputer = fn(b), fn(imputer)
+        for u, v in zip(with_image if isinstance(with_image, tuple) else (with_image,),
+                        with_imputer if isinstance(with_imputer, tuple) else (with_imputer,), strict=True):
+            assert torch.allclose(u, v, equal_nan=True)
+    assert calls and max(calls) <= 5  # the imputer sees chunks of at most batch_size composites
+
+
+def test_top_count_mask_takes_each_images_own_count():
+    s = torch.tensor([[[0.1, 0.9], [0.5, 0.5]], [[1.0, 1.0], [1.0, 1.0]]])
+    m = top_count_mask(s, torch.tensor([2, 3]))
+    assert m.tolist() == [[[False, True], [True, False]], [[True, True], [True, False]]]  # ties by index
+    assert not top_count_mask(s, [0, 0]).any() and top_count_mask(s, [4, 4]).all()
+    with pytest.raises(ValueError):
+        top_count_mask(s, [5, 1])
+
+
+# ------------------------------------------------------------------------------------------- controls
+
+
+def test_a_random_blob_has_the_exact_area_in_one_piece_and_is_seeded():
+    areas = torch.tensor([0, 1, 37, 400, 1024])
+    blobs = random_blob(areas, 32, 32, seed=3)
+    assert blobs.dtype == torch.bool and blobs.flatten(1).sum(1).tolist() == areas.tolist()
+    pieces = connected_pieces(blobs)
+    assert pieces.count.tolist() == [0, 1, 1, 1, 1]
+    assert torch.equal(blobs, random_blob(areas, 32, 32, seed=3))
+    assert not torch.equal(blobs, random_blob(areas, 32, 32, seed=4))
+
+
+def test_a_random_map_is_seeded_uniform_noise():
+    a = random_map(2, 8, 9, seed=1)
+    assert a.shape == (2, 8, 9) and float(a.min()) >= 0 and float(a.max()) < 1
+    assert torch.equal(a, random_map(2, 8, 9, seed=1)) and not torch.equal(a, random_map(2, 8, 9, seed=2))
+
+
+# ---------------------------------------------------------------------------------------- readability
+
+
+def test_connected_pieces_join_diagonal_neighbours_and_measure_the_largest():
+    m = torch.zeros(3, 8, 8, dtype=torch.bool)
+    m[0, 0:2, 0:2] = True  # 4 pixels
+    m[0, 5:8, 5:8] = True  # 9 pixels, apart
+    m[1, 1, 1] = m[1, 2, 2] = m[1, 3, 3] = True  # a diagonal: one piece with 8-connectivity
+    pieces = connected_pieces(m)
+    assert pieces.count.tolist() == [2, 1, 0]
+    assert pieces.largest_fraction[0] == pytest.approx(9 / 13) and pieces.largest_fraction[1] == 1.0
+    assert math.isnan(float(pieces.largest_fraction[2]))  # an empty mask has no largest piece
+
+
+def _grid(size: int = 64) -> tuple[Tensor, Tensor]:
+    return torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+
+
+def test_lattice_score_flags_a_dot_lattice_of_its_period_and_not_a_disc():
+    yy, xx = _grid()
+    dots = ((yy % 4 == 0) & (xx % 4 == 0))[None]
+    disc = (((yy - 30) ** 2 + (xx - 34) ** 2) <= 100)[None]
+    stripes = (xx % 8 < 4)[None]
+    assert float(lattice_score(dots, 4)[0]) >= 10 * LATTICE_THRESHOLD
+    assert float(lattice_score(stripes, 8)[0]) >= 10 * LATTICE_THRESHOLD
+    for stride in (2, 4, 8, 16):
+        assert float(lattice_score(disc, stride)[0]) < 2, stride  # a region: about 1 or less
+    band = ((xx >= 20) & (xx < 28))[None]  # one band 8 wide: half a period of stride 16, not a lattice
+    assert float(lattice_score(band, 16)[0]) < LATTICE_THRESHOLD
+
+
+def test_lattice_score_does_not_flag_speckle_and_is_undefined_for_empty_masks():
+    g = torch.Generator().manual_seed(0)
+    speckle = torch.rand(50, 64, 64, generator=g) < 0.15
+    assert float(lattice_score(speckle, 8).max()) < LATTICE_THRESHOLD
+    empty_full = torch.stack([torch.zeros(16, 16, dtype=torch.bool), torch.ones(16, 16, dtype=torch.bool)])
+    assert torch.isnan(lattice_score(empty_full, 4)).all()
+    with pytest.raises(ValueError):
+        lattice_score(empty_full, 9)  # a period longer than half the side is not resolved
+
+
+# ---------------------------------------------------------------------------------------------- SSIM
+
+
+@pytest.mark.peers
+def test_map_ssim_is_one_for_a_rescaled_copy_and_low_for_an_unrelated_map():
+    pytest.importorskip("skimage")
+    g = torch.Generator().manual_seed(0)
+    a = torch.nn.functional.avg_pool2d(torch.rand(3, 1, 34, 34, generator=g), 3, 1)[:, 0]  # smooth 32×32 maps
+    assert torch.allclose(map_ssim(a, 5 * a - 2), torch.ones(3), atol=1e-6)  # min–max scaling first
+    assert torch.allclose(map_ssim(torch.ones(3, 8, 8), torch.full((3, 8, 8), 4.0)), torch.ones(3))
+    other = torch.nn.functional.avg_pool2d(torch.rand(3, 1, 34, 34, generator=g), 3, 1)[:, 0]
+    assert (map_ssim(a, other) < 0.5).all()
+    assert (map_ssim(a, -a) < 0).all()  # the inverted map
+    with pytest.raises(ValueError):
+        map_ssim(torch.rand(1, 6, 6), torch.rand(1, 6, 6))
+
+
+def test_map_ssim_without_scikit_image_says_how_to_install_it(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "skimage", None)
+    monkeypatch.setitem(sys.modules, "skimage.metrics", None)
+    with pytest.raises(ImportError, match=r"medcam-fast\[baselines\]"):
+        map_ssim(torch.rand(1, 8, 8), torch.rand(1, 8, 8))
+
+
 # ------------------------------------------------------------------------------------------ devices
 
 
@@ -425,6 +640,9 @@ def test_cuda_results_match_cpu():
         *deletion_insertion(square_logits, x, saliency, target, torch.zeros_like(x), x.flip(-1), steps=8),
         *binary_evidence(square_logits, x, region, target, torch.zeros_like(x)).values(),
         pointing_game(saliency, region, tolerance=2), topk_iou(saliency, region), spearman(saliency, x[:, 0]),
+        faithfulness_correlation(square_logits, x, saliency, target, torch.zeros_like(x), n_subsets=8),
+        monotonicity(square_logits, x, saliency, target, torch.zeros_like(x), groups=8),
+        top_count_mask(saliency, torch.tensor([3, 0, 9])),
     ]
     xc, sc, tc, rc = x.cuda(), saliency.cuda(), target.cuda(), region.cuda()
     gpu = [
@@ -432,9 +650,12 @@ def test_cuda_results_match_cpu():
         *deletion_insertion(square_logits, xc, sc, tc, torch.zeros_like(xc), xc.flip(-1), steps=8),
         *binary_evidence(square_logits, xc, rc, tc, torch.zeros_like(xc)).values(),
         pointing_game(sc, rc, tolerance=2), topk_iou(sc, rc), spearman(sc, xc[:, 0]),
+        faithfulness_correlation(square_logits, xc, sc, tc, torch.zeros_like(xc), n_subsets=8),
+        monotonicity(square_logits, xc, sc, tc, torch.zeros_like(xc), groups=8),
+        top_count_mask(sc, torch.tensor([3, 0, 9], device="cuda")),
     ]
     for c, g in zip(cpu, gpu, strict=True):
-        assert g.is_cuda and torch.allclose(c, g.cpu(), atol=1e-5, equal_nan=True)
+        assert g.is_cuda and torch.allclose(c.float(), g.cpu().float(), atol=1e-5, equal_nan=True)
     model = small_cnn()
     cpu_states = [_state(m) for _, m in cascading_randomization(model, seed=3)]
     gpu_states = [_state(m) for _, m in cascading_randomization(model.cuda(), seed=3)]

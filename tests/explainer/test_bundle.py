@@ -13,7 +13,7 @@ from medcam_fast.cli.main import app
 from medcam_fast.data.lesions import make_lesions
 from medcam_fast.explainer.bundle import ExplainerSettings, load_explainer, save_explainer
 from medcam_fast.explainer.meta import MetaConfig, meta_train
-from medcam_fast.export.onnx_export import export_explainer
+from medcam_fast.export.onnx_export import export_combined
 from medcam_fast.export.runtime import OnnxExplainer
 
 
@@ -23,7 +23,7 @@ def bundle_dir(lesion_bundle, tmp_path_factory):
                     MetaConfig(inner_steps=0, outer_steps=1, meta_batch=4, width=4, depth=2))
     folder = tmp_path_factory.mktemp("explainer")
     save_explainer(ex, folder)
-    export_explainer(ex, folder / "explainer.onnx")  # into the bundle: recorded in its seal
+    export_combined(ex, lesion_bundle.model, folder / "explainer.onnx")  # into the bundle: recorded in its seal
     return folder
 
 
@@ -61,10 +61,10 @@ def test_an_edited_or_unsealed_explainer_json_is_refused(copy, edit):
 def test_a_replaced_onnx_file_is_refused(copy, lesion_bundle, tmp_path):
     other = meta_train(lesion_bundle, make_lesions(8, size=32, seed=10).images,
                        MetaConfig(inner_steps=0, outer_steps=1, meta_batch=4, width=4, depth=2, seed=1))
-    export_explainer(other, tmp_path / "other.onnx")
+    export_combined(other, lesion_bundle.model, tmp_path / "other.onnx")
     shutil.copyfile(tmp_path / "other.onnx", copy / "explainer.onnx")
     with pytest.raises(ModelError, match="changed after it was exported"):
-        MedCAM(lesion_bundle, copy)
+        load_explainer(copy)
 
 
 def test_seal_adds_the_hash_a_0_1_0_bundle_lacks_and_nothing_else(copy, lesion_bundle):

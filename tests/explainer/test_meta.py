@@ -9,14 +9,15 @@ import torch
 from medcam_fast.data.lesions import make_lesions
 from medcam_fast.explainer.bundle import load_explainer
 from medcam_fast.explainer.meta import MetaConfig, meta_train
-from medcam_fast.method.inner import adapt, task_losses
+from medcam_fast.method.inner import STEP_SIZES, adapt, task_losses
 from medcam_fast.method.losses import LossWeights
 from medcam_fast.method.objective import Objective
 from medcam_fast.method.refine import RefineConfig, refine
 from medcam_fast.types import BaselineKind, InnerMode
 
-FAST = MetaConfig(inner_steps=2, outer_steps=4, meta_batch=4, width=4, depth=2, checkpoint_every=2,
-                  weights=LossWeights(draws=1))
+# The U-Net with the weights loop (MAML proper); the decoder's logits loop is tested on its own below.
+FAST = MetaConfig(architecture="unet", inner_mode="weights", first_order=False, inner_steps=2, outer_steps=4,
+                  meta_batch=4, width=4, depth=2, checkpoint_every=2, weights=LossWeights(draws=1))
 
 
 @pytest.fixture(scope="module")
@@ -27,11 +28,11 @@ def images():
 def _refine(explainer, clf, x, config, weights=None, first_guess=None):
     """Refinement exactly as MedCAM runs it: the explainer's problem, its U-Net and its trained inner loop."""
     objective = explainer.objective(clf, x, weights=weights)
-    return refine(objective, config, unet=explainer.unet, first_guess=first_guess, trained=explainer.inner)
+    return refine(objective, config, net=explainer.net, first_guess=first_guess, trained=explainer.inner)
 
 
 def _theta(bundle):
-    return {k: v.clone() for k, v in bundle.unet.state_dict().items()}
+    return {k: v.clone() for k, v in bundle.net.state_dict().items()}
 
 
 def test_second_order_differs_from_first_order_and_both_learn(lesion_bundle, images):
@@ -68,7 +69,7 @@ def test_resume_repeats_an_uninterrupted_run_exactly(lesion_bundle, images, tmp_
     a, b = _theta(full), _theta(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a)
     loaded = load_explainer(tmp_path / "b")
-    assert all(torch.equal(loaded.unet.state_dict()[k], b[k]) for k in a)
+    assert all(torch.equal(loaded.net.state_dict()[k], b[k]) for k in a)
 
 
 def test_meta_sgd_and_amortized_variants_run(lesion_bundle, images, tmp_path):
@@ -101,8 +102,9 @@ def test_refinement_starts_from_the_clipped_first_guess(lesion_bundle, images):
     by_hand = _refine(explainer, clf, x, cfg.with_(start_clip=None), first_guess=saturated.clamp(-1.5, 1.5))
     assert torch.equal(clipped.logits, by_hand.logits)
     unclipped = _refine(explainer, clf, x, cfg.with_(start_clip=None), first_guess=saturated)
-    assert unclipped.logits.abs().min() > 30  # three Adam steps of 0.3 cannot undo a saturated start
-    assert clipped.logits.abs().max() < 1.5 + 3 * 0.3 * 3.2  # Adam's step is at most lr·(1−β₁)/√(1−β₂)
+    lr = STEP_SIZES[InnerMode.LOGITS]
+    assert unclipped.logits.abs().min() > 40 - 3 * lr * 3.2  # three Adam steps cannot undo a saturated start
+    assert clipped.logits.abs().max() < 1.5 + 3 * lr * 3.2  # Adam's step is at most lr·(1−β₁)/√(1−β₂)
 
 
 def test_logits_inner_loop_meta_trains_the_first_guess_for_refinement(lesion_bundle, images, tmp_path):
@@ -123,7 +125,9 @@ def test_logits_inner_mode_is_first_order_only():
     from medcam_fast.errors import UsageError
 
     with pytest.raises(UsageError, match="first-order"):
-        MetaConfig(inner_mode="logits")
+        MetaConfig(inner_mode="logits", first_order=False)
+    with pytest.raises(UsageError, match="U-Net"):
+        MetaConfig(inner_mode="weights", first_order=False)  # the decoder has no weights loop
     with pytest.raises(UsageError, match="meta_sgd"):
         MetaConfig(inner_mode="logits", first_order=True, meta_sgd=True)
     with pytest.raises(UsageError, match="inner mode"):
@@ -136,8 +140,30 @@ def test_the_inner_step_size_has_one_owner_per_loop():
     from medcam_fast.types import RefineMode
 
     logits = MetaConfig(inner_mode="logits", first_order=True)
-    assert logits.inner_lr is None and logits.step_size == STEP_SIZES[InnerMode.LOGITS] == 0.3
+    assert logits.inner_lr is None and logits.step_size == STEP_SIZES[InnerMode.LOGITS] == 1.0
     assert step_size(RefineMode.LOGITS) == logits.step_size
-    assert MetaConfig().step_size == STEP_SIZES[InnerMode.WEIGHTS] == step_size(RefineMode.WEIGHTS) == 0.1
-    assert logits.with_(inner_mode="weights", first_order=False).step_size == 0.1
+    assert MetaConfig().step_size == STEP_SIZES[InnerMode.LOGITS]
+    unet = MetaConfig(architecture="unet", inner_mode="weights", first_order=False)
+    assert unet.step_size == STEP_SIZES[InnerMode.WEIGHTS] == step_size(RefineMode.WEIGHTS) == 0.1
+    assert logits.with_(architecture="unet", inner_mode="weights", first_order=False).step_size == 0.1
     assert MetaConfig(inner_lr=0.02).step_size == 0.02
+
+
+def test_the_default_explainer_is_a_decoder_that_saves_loads_and_refines(lesion_bundle, images, tmp_path):
+    """The default: a decoder over the classifier's features, the logits loop (K steps, first order)."""
+    from medcam_fast.method.decoder import DecoderConfig, FeatureDecoder
+
+    cfg = MetaConfig(inner_steps=2, outer_steps=3, meta_batch=4, width=4, checkpoint_every=3)
+    explainer = meta_train(lesion_bundle, images, cfg, out_dir=tmp_path)
+    assert isinstance(explainer.net, FeatureDecoder) and explainer.training["method"] == "maml-logits"
+    loaded = load_explainer(tmp_path)
+    assert isinstance(loaded.net_config, DecoderConfig) and loaded.net_config == explainer.net_config
+    assert loaded.net_config.tap_names == lesion_bundle.frozen().layers  # the activation-matching layers
+    assert loaded.net_config.cam_tap == "layer4"  # the layer the head reads
+    clf = lesion_bundle.frozen()
+    x = torch.from_numpy(lesion_bundle.preprocess(images[:3]))
+    w = LossWeights(rob=0.0)
+    first = _refine(loaded, clf, x, RefineConfig(steps=0), weights=w)
+    better = _refine(loaded, clf, x, RefineConfig(steps=15), weights=w)
+    assert first.logits.shape == better.logits.shape == (3, 32, 32)  # reported on the image grid
+    assert better.loss.mean() < first.loss.mean()

@@ -49,7 +49,7 @@ def _unet(channels: int, seed: int) -> UNet:
 def _untrained(unet: UNet, preprocess: Preprocess, sha: str, tau: float = 1.0) -> ExplainerBundle:
     """An explainer bundle around a random U-Net (the facts a meta-training run would record)."""
     return ExplainerBundle(
-        unet=unet, unet_config=unet.config, preprocess=preprocess, classes=[f"class_{k}" for k in range(NUM_CLASSES)],
+        net=unet, net_config=unet.config, preprocess=preprocess, classes=[f"class_{k}" for k in range(NUM_CLASSES)],
         classifier_sha256=sha, tau=tau, threshold=0.5, baseline=BaselineKind.BLUR, weights=LossWeights(),
         inner=InnerLoop(steps=0, lr=0.1, first_order=False, mode=InnerMode.WEIGHTS), training={"method": "test"},
     )
@@ -76,7 +76,7 @@ def _real(name: str, n: int = 8) -> ImageSet:
 def _torch_soft(bundle: ExplainerBundle, x: np.ndarray, t: np.ndarray) -> np.ndarray:
     """Reference mask probabilities ``σ(u/τ)`` ``[B, H, W]`` from torch (``UNet.forward`` pads itself)."""
     with torch.no_grad():
-        u = bundle.unet(torch.from_numpy(x), torch.from_numpy(t))
+        u = bundle.net(torch.from_numpy(x), torch.from_numpy(t))
         return torch.sigmoid(u / bundle.tau)[:, 0].numpy()
 
 
@@ -311,7 +311,7 @@ def test_combined_graph_matches_torch(tmp_path):
     with torch.no_grad():
         p0 = torch.softmax(cnn(x), dim=-1)
         t = p0.argmax(-1)
-        soft = torch.sigmoid(bundle.unet(x, t) / bundle.tau)
+        soft = torch.sigmoid(bundle.net(x, t) / bundle.tau)
         m = (soft > bundle.threshold).float()
         b = make_baseline(x, bundle.baseline, bundle.preprocess.mean, bundle.preprocess.std)
         pick = lambda p: p.gather(1, t[:, None])[:, 0].numpy()  # noqa: E731
@@ -345,7 +345,7 @@ def test_a_combined_file_written_by_0_1_0_still_loads(tmp_path):
     cnn = _TinyCNN().eval()
     bundle = _bundle(3, (28, 28), seed=1, tmp=tmp_path / "bundle", sha=state_sha256(cnn))
     pre = bundle.preprocess
-    legacy = Legacy(bundle.unet, cnn, bundle.tau, bundle.threshold, bundle.baseline, pre.mean, pre.std).eval()
+    legacy = Legacy(bundle.net, cnn, bundle.tau, bundle.threshold, bundle.baseline, pre.mean, pre.std).eval()
     example = (torch.zeros(2, 3, 28, 28), torch.tensor([-1, 0]))
     batch = torch.export.Dim("batch", min=1)
     proto = ox._torch_to_onnx(legacy, example, ["mask_logits", "probs_original", "probs_masked", "t"],

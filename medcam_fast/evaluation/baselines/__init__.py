@@ -22,6 +22,7 @@ from torch import Tensor
 
 from ..._config import Config
 from ...classifiers.frozen import FrozenClassifier
+from ...types import BaselineKind
 from .._peers import _PEER_MODULES, _peer_problem
 from .attributions import CaptumMethod, captum_attr
 from .cam import CamVariant, grad_cam
@@ -75,6 +76,11 @@ class MethodSpec:
             ``baseline``).
         peer: the pip package it needs (``"grad-cam"``, ``"captum"``) or None.
         settings: the :class:`PeerSettings` fields ``fn`` reads.
+        uses_baseline: whether ``fn`` replaces pixels by the baseline it is given (RISE's masks, Extremal
+            Perturbations' optimization, occlusion's window, integrated gradients' path): the fill of that
+            baseline is then the one the method is tuned against, which ``evaluate``'s report says.
+        own_fill: the fill a method perturbs with whatever baseline it is given (Score-CAM multiplies the
+            normalized image by its masks, i.e. fills with 0, the data set's mean); None when there is none.
     """
 
     name: str
@@ -82,6 +88,8 @@ class MethodSpec:
     fn: SaliencyFn
     peer: str | None = None
     settings: tuple[str, ...] = ()
+    uses_baseline: bool = True
+    own_fill: BaselineKind | None = None
 
 
 def _rise_fn(classifier: FrozenClassifier, x: Tensor, target: Tensor, baseline: Tensor,
@@ -134,9 +142,10 @@ def _registry(specs: Sequence[MethodSpec]) -> dict[str, MethodSpec]:
 METHODS: dict[str, MethodSpec] = _registry([
     MethodSpec("rise", "RISE", _rise_fn, settings=("rise_masks", "seed")),
     MethodSpec("extremal", "Extremal perturbation", _extremal_fn, settings=("extremal_steps", "seed")),
-    MethodSpec("gradcam", "Grad-CAM", _cam_fn("gradcam"), "grad-cam"),
-    MethodSpec("gradcam++", "Grad-CAM++", _cam_fn("gradcam++"), "grad-cam"),
-    MethodSpec("scorecam", "Score-CAM", _cam_fn("scorecam"), "grad-cam"),
+    MethodSpec("gradcam", "Grad-CAM", _cam_fn("gradcam"), "grad-cam", uses_baseline=False),
+    MethodSpec("gradcam++", "Grad-CAM++", _cam_fn("gradcam++"), "grad-cam", uses_baseline=False),
+    MethodSpec("scorecam", "Score-CAM", _cam_fn("scorecam"), "grad-cam", uses_baseline=False,
+               own_fill=BaselineKind.MEAN),
     MethodSpec("occlusion", "Occlusion", _captum_fn("occlusion"), "captum"),
     MethodSpec("ig", "Integrated gradients", _captum_fn("integrated_gradients"), "captum"),
 ])

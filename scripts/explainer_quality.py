@@ -1,0 +1,173 @@
+"""The classifier-aware explainer against the classifier-blind U-Net and the per-image fit, per data set, in
+one run (issue 12): quality at K refinement steps, the randomization sanity check, and readability.
+
+For each set, the first ``n`` test images (lesions: ``make_lesions(n, seed=20261126)``, as ``evaluate``), each
+explained for its predicted class by
+
+* ``decoder`` — ``models/<set>/explainer`` (lesions: the shipped demo explainer), K ∈ ``--ks`` logit steps;
+* ``unet`` — ``models/<set>/unet`` (the 0.1 U-Net explainer), K ∈ ``--unet-ks``;
+* ``fit-coarse`` / ``fit-pixel`` — the per-image fit, 300 steps, on the coarse grid (the decoder's
+  parameterization, the default) and on pixels (the paper's), with the explainer's loss weights and baseline.
+
+Every row gives the medians over images of the binary masks' composite loss, ``p_kept``, ``p_removed``, area,
+the 8-connected pieces and the largest piece's share (``evaluation.metrics.connected_pieces``), the share of
+masks flagged as a lattice at any stride 2–16 (``lattice_score ≥ LATTICE_THRESHOLD``) and seconds per image
+(wall, the classifier's passes included, one thread). Sanity: every method of the explainers is run again on
+the classifier with **every** layer re-initialized (the last stage of ``cascading_randomization``), for the
+same classes; Spearman ρ between the two mask-logit maps, signed and absolute, mean and median over images.
+
+    MEDCAM_DATA_DIR=../shared/data python scripts/explainer_quality.py --sets breast --out benchmarks/results
+
+writes ``explainer_quality_<set>.json`` and ``.md``; ``--summary`` prints the README's table from them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medcam_fast._assets import DEMO_DIR
+from medcam_fast.classifiers.bundle import load_classifier
+from medcam_fast.classifiers.frozen import ClassifierBundle
+from medcam_fast.data.lesions import make_lesions
+from medcam_fast.data.medmnist import load_npz, resolve_data
+from medcam_fast.evaluation.metrics import LATTICE_THRESHOLD, cascading_randomization, connected_pieces, lattice_score, spearman
+from medcam_fast.explain import Explanation, MedCAM
+from medcam_fast.method.fit import FitConfig
+from medcam_fast.method.refine import RefineConfig
+from medcam_fast.types import MaskGrid
+
+
+def _images(name: str, n: int) -> np.ndarray:
+    if name == "lesions":
+        return make_lesions(n, size=64, seed=20261126).images
+    return load_npz(resolve_data(name), "test").images[:n]
+
+
+def _randomized(bundle: ClassifierBundle) -> ClassifierBundle:
+    *_, (_, model) = cascading_randomization(bundle.model, seed=0)
+    return ClassifierBundle(**{**bundle.__dict__, "model": model})
+
+
+def _row(r: Explanation, seconds: float) -> dict[str, float]:
+    binary = torch.from_numpy(r.binary)
+    pieces = connected_pieces(binary)
+    side = min(binary.shape[-2:])
+    strides = [s for s in (2, 4, 8, 16) if s <= side / 2]
+    lattice = torch.stack([lattice_score(binary, s) for s in strides], 1).nan_to_num(0).amax(1)
+    med = lambda a: float(np.nanmedian(a))  # noqa: E731
+    return {"loss": med(r.loss), "p_kept": med(r.p_kept), "p_removed": med(r.p_removed), "area": med(r.area),
+            "p_original": med(r.p_original), "pieces": med(pieces.count.numpy()),
+            "largest": med(pieces.largest_fraction.numpy()),
+            "lattice": float((lattice >= LATTICE_THRESHOLD).float().mean()), "seconds_per_image": seconds / len(r)}
+
+
+def _sanity(a: Explanation, b: Explanation) -> dict[str, float]:
+    la, lb = torch.from_numpy(a.logits), torch.from_numpy(b.logits)
+    out = {}
+    for key, absolute in (("rho", False), ("rho_abs", True)):
+        rho = spearman(la, lb, absolute=absolute).numpy()
+        out[key], out[key + "_median"] = float(np.nanmean(rho)), float(np.nanmedian(rho))
+    return out
+
+
+def run(name: str, n: int, n_pixel: int, ks: list[int], unet_ks: list[int], models: Path) -> dict:
+    torch.set_num_threads(1)
+    folder = DEMO_DIR if name == "lesions" else models / name
+    bundle = load_classifier(folder / "classifier")
+    rand = _randomized(bundle)
+    x = _images(name, n)
+    out: dict = {"set": name, "n": int(len(x)), "n_pixel_fit": min(n_pixel, len(x)), "rows": []}
+    main = MedCAM(bundle, folder / "explainer")
+    assert main.settings is not None
+    targets = None
+    for label, path, kk in (("decoder", folder / "explainer", ks), ("unet", models / name / "unet", unet_ks)):
+        if not (path / "explainer.json").exists():
+            continue
+        for k in kk:
+            ex = MedCAM(bundle, path, refine_config=RefineConfig(steps=k))
+            t0 = time.perf_counter()
+            r = ex(x, targets=targets)
+            seconds = time.perf_counter() - t0
+            targets = r.target if targets is None else targets
+            rr = MedCAM(rand, path, refine_config=RefineConfig(steps=k), allow_mismatch=True)(x, targets=r.target)
+            out["rows"].append({"method": label, "steps": k, **_row(r, seconds), **_sanity(r, rr)})
+            print(name, out["rows"][-1], flush=True)
+    for grid, m in ((MaskGrid.COARSE, len(x)), (MaskGrid.PIXEL, min(n_pixel, len(x)))):
+        fit = MedCAM(bundle, fit_config=FitConfig(weights=main.settings.weights, baseline=main.settings.baseline,
+                                                  grid=grid))
+        t0 = time.perf_counter()
+        r = fit(x[:m], targets=targets[:m])
+        out["rows"].append({"method": f"fit-{grid.value}", "steps": 300, **_row(r, time.perf_counter() - t0)})
+        print(name, out["rows"][-1], flush=True)
+    return out
+
+
+def markdown(res: dict) -> str:
+    ref = next(r for r in res["rows"] if r["method"] == "fit-coarse")
+    lines = [f"**{res['set']}** — {res['n']} test images (pixel fit: {res['n_pixel_fit']}); medians over images; "
+             "ρ: mean Spearman of the mask logits against the fully randomized classifier's (signed / absolute)", "",
+             "| method | K | loss | loss / fit | p_kept | p_kept / fit | p_removed | area | area / fit | pieces | "
+             "largest | lattice | ρ | ρ abs | s/image | fit speed-up |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in res["rows"]:
+        rho = f"{r['rho']:.2f} | {r['rho_abs']:.2f}" if "rho" in r else "– | –"
+        lines.append(
+            f"| {r['method']} | {r['steps']} | {r['loss']:.3f} | {r['loss'] / ref['loss']:.3f} | {r['p_kept']:.3f} | "
+            f"{r['p_kept'] / ref['p_kept']:.3f} | {r['p_removed']:.3f} | {r['area']:.3f} | "
+            f"{r['area'] / max(ref['area'], 1e-9):.2f} | {r['pieces']:.0f} | {r['largest']:.2f} | {r['lattice']:.2f} | "
+            f"{rho} | {r['seconds_per_image']:.4f} | {ref['seconds_per_image'] / r['seconds_per_image']:.0f}× |")
+    return "\n".join(lines) + "\n"
+
+
+def summary(results: list[dict]) -> str:
+    """The README table: one row per set, the issue's targets in the header."""
+    lines = ["| set | first guess p_kept ÷ fit (≥ 0.95) | area ÷ fit (≤ 1.2) | loss ÷ fit K=3 (≤ 1.05) | K=10 (≤ 1.02) | "
+             "ρ signed / abs, K=0 (< 0.3) | K=3 | K=10 | pieces / largest, K=0 (≤ 3 / ≥ 0.7) | K=10 | "
+             "lattice K=0 / K=10 | U-Net ρ K=0 / K=10 | pixel fit loss / area ÷ coarse fit |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for res in results:
+        rows = {(r["method"], r["steps"]): r for r in res["rows"]}
+        fit, pix = rows[("fit-coarse", 300)], rows[("fit-pixel", 300)]
+        d0, d3, d10 = rows[("decoder", 0)], rows[("decoder", 3)], rows[("decoder", 10)]
+        u0, u10 = rows.get(("unet", 0)), rows.get(("unet", 10))
+        unet = f"{u0['rho']:.2f} / {u10['rho']:.2f}" if u0 and u10 else "–"
+        lines.append(
+            f"| {res['set']} | {d0['p_kept'] / fit['p_kept']:.3f} | {d0['area'] / max(fit['area'], 1e-9):.2f} | "
+            f"{d3['loss'] / fit['loss']:.3f} | {d10['loss'] / fit['loss']:.3f} | {d0['rho']:.2f} / {d0['rho_abs']:.2f} | "
+            f"{d3['rho']:.2f} / {d3['rho_abs']:.2f} | {d10['rho']:.2f} / {d10['rho_abs']:.2f} | "
+            f"{d0['pieces']:.0f} / {d0['largest']:.2f} | {d10['pieces']:.0f} / {d10['largest']:.2f} | "
+            f"{d0['lattice']:.2f} / {d10['lattice']:.2f} | {unet} | "
+            f"{pix['loss'] / fit['loss']:.2f} / {pix['area'] / max(fit['area'], 1e-9):.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sets", nargs="+", required=True)
+    ap.add_argument("--n", type=int, default=32)
+    ap.add_argument("--n-pixel", type=int, default=16)
+    ap.add_argument("--ks", default="0,1,2,3,5,10,20")
+    ap.add_argument("--unet-ks", default="0,3,10")
+    ap.add_argument("--models", type=Path, default=Path("models"))
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    ap.add_argument("--summary", action="store_true", help="print the README table from the written JSON files")
+    args = ap.parse_args()
+    if args.summary:
+        print(summary([json.loads((args.out / f"explainer_quality_{n}.json").read_text()) for n in args.sets]), end="")
+        return
+    for name in args.sets:
+        res = run(name, args.n, args.n_pixel, [int(k) for k in args.ks.split(",")],
+                  [int(k) for k in args.unet_ks.split(",")], args.models)
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / f"explainer_quality_{name}.json").write_text(json.dumps(res, indent=1))
+        (args.out / f"explainer_quality_{name}.md").write_text(markdown(res))
+
+
+if __name__ == "__main__":
+    main()
