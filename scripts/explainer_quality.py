@@ -36,7 +36,13 @@ from medcam_fast.classifiers.bundle import load_classifier
 from medcam_fast.classifiers.frozen import ClassifierBundle
 from medcam_fast.data.lesions import make_lesions
 from medcam_fast.data.medmnist import load_npz, resolve_data
-from medcam_fast.evaluation.metrics import LATTICE_THRESHOLD, cascading_randomization, connected_pieces, lattice_score, spearman
+from medcam_fast.evaluation.metrics import (
+    LATTICE_THRESHOLD,
+    cascading_randomization,
+    connected_pieces,
+    lattice_score,
+    spearman,
+)
 from medcam_fast.explain import Explanation, MedCAM
 from medcam_fast.method.fit import FitConfig
 from medcam_fast.method.refine import RefineConfig
