@@ -34,7 +34,7 @@ from .classifiers.sources import classifier_from_module
 from .data.preprocess import Preprocess
 from .errors import ModelError, UsageError
 from .explainer.bundle import ExplainerBundle, ExplainerSettings, load_explainer
-from .method.decoder import DecoderConfig
+from .method.decoder import DecoderConfig, describe_taps
 from .method.fit import FitConfig
 from .method.losses import Reference
 from .method.masking import keep
@@ -206,15 +206,17 @@ class MedCAM:
             raise UsageError(f"mode {self.mode.value!r} needs an explainer; without one use mode 'full'")
         if self.mode is RefineMode.WEIGHTS and self.explainer is None:
             raise UsageError("mode 'weights' needs the explainer's torch weights (its bundle folder), not only ONNX")
-        if self.mode is RefineMode.WEIGHTS and decoder is not None:
-            raise UsageError("mode 'weights' adapts a U-Net explainer's weights; this explainer is a decoder: "
-                             "use mode 'logits'")
         if self.settings is not None:
             net, pre = self.settings.net_config, classifier.preprocess
             if (net.in_channels, net.num_classes) != (pre.channels, len(classifier.classes)):
                 raise ModelError(f"the explainer takes {net.in_channels} channel(s) and {net.num_classes} classes, "
                                  f"this classifier {pre.channels} channel(s) and {len(classifier.classes)} classes: "
                                  "no mismatch can be allowed there")
+        if decoder is not None:
+            self._check_taps(decoder)
+        if self.mode is RefineMode.WEIGHTS and decoder is not None:
+            raise UsageError("mode 'weights' adapts a U-Net explainer's weights; this explainer is a decoder: "
+                             "use mode 'logits'")
         self.warnings: list[str] = []
         if not classifier.sealed or (self.explainer is not None and not self.explainer.sealed):
             self.warnings.append("loaded without a content hash check (unsealed bundle allowed)")
@@ -231,6 +233,27 @@ class MedCAM:
             self._check_steps(refine_steps)
             self.refine_config = self.refine_config.with_(steps=refine_steps)
             self.fit_config = self.fit_config.with_(steps=refine_steps)
+
+    def _check_taps(self, decoder: DecoderConfig) -> None:
+        """The decoder reads this classifier's layers: one forward pass of a blank image must give each of its
+        taps with the width (and, for tokens, the patch grid) it was trained on, or no mismatch can be allowed.
+
+        Raises:
+            ModelError: a tap of another shape.
+        """
+        h, w = self.bundle.preprocess.size
+        with torch.no_grad():
+            _, acts = self.classifier(torch.zeros(1, self.bundle.preprocess.channels, h, w, device=self.device))
+        try:
+            found = {t.name: t for t in describe_taps(acts, (h, w))}
+        except ValueError as e:
+            raise ModelError(f"the explainer cannot read this classifier: {e}") from None
+        for tap in decoder.taps:
+            got = found.get(tap.name)
+            if got is None or (got.channels, got.tokens) != (tap.channels, tap.tokens):
+                shape = "missing" if got is None else f"{got.channels} channels"
+                raise ModelError(f"the explainer reads layer {tap.name!r} with {tap.channels} channels, this "
+                                 f"classifier gives {shape}: no mismatch can be allowed there")
 
     def __enter__(self) -> MedCAM:
         return self

@@ -226,9 +226,16 @@ def test_a_mismatched_pair_is_said_on_the_console(tmp_path, lesion_bundle_dir):
     from medcam_fast._assets import DEMO_DIR
 
     img = _make("palette", tmp_path)
+    # the 0.1 U-Net explainer re-reads the image, so it can be paired with another grey classifier
+    unet = Path(__file__).resolve().parents[2] / "models" / "lesions" / "unet"
     r = runner.invoke(app, ["explain", str(img), "--classifier", str(lesion_bundle_dir), "--explainer",
-                            str(DEMO_DIR / "explainer"), "--allow-mismatch", "--steps", "0", "--out", str(tmp_path / "o")])
+                            str(unet), "--allow-mismatch", "--steps", "0", "--out", str(tmp_path / "o")])
     assert r.exit_code == 0 and "warning: explainer was trained for classifier" in r.output
+    # the decoder reads the classifier's layers: one of other widths is refused in one line, even when allowed
+    r = runner.invoke(app, ["explain", str(img), "--classifier", str(lesion_bundle_dir), "--explainer",
+                            str(DEMO_DIR / "explainer"), "--allow-mismatch", "--steps", "0", "--out", str(tmp_path / "d")])
+    assert r.exit_code == 4 and "reads layer 'layer3' with 64 channels" in r.output, r.output
+    assert "Traceback" not in r.output and not (tmp_path / "d").exists()
 
 
 def _npz(path: Path, n: int, labels: list[int] | None = None) -> Path:

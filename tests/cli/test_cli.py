@@ -175,4 +175,4 @@ def test_cli_and_api_train_the_same_explainer_for_the_same_settings(lesion_bundl
     facts = json.loads((tmp_path / "e" / "explainer.json").read_text())
     api = MetaConfig(inner_mode="logits", first_order=True, inner_steps=1, outer_steps=1, meta_batch=2, width=4)
     assert MetaConfig.from_dict(facts["training"]["config"]) == api
-    assert InnerLoop.from_dict(facts["inner"]).lr == api.step_size == 0.3
+    assert InnerLoop.from_dict(facts["inner"]).lr == api.step_size == 1.0
