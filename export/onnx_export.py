@@ -123,13 +123,9 @@ class _DecoderGraph(nn.Module):
         grid = self.decoder(image, acts, self.classifier.head())
         every = to_image_grid(grid, image.shape[-2:])
         u = select_class(every, t)
-        m = (torch.sigmoid(u / self.tau) > self.threshold).to(image.dtype)
-        b = make_baseline(image, self.baseline, self.mean, self.std)
-        views = torch.cat([keep(image, m, b), remove(image, m, b)])
-        probs = torch.softmax(self.classifier.logits(views), dim=-1).gather(1, t.repeat(2)[:, None])[:, 0]
-        n = image.shape[0]
-        p_original = probs_original.gather(1, t[:, None])[:, 0]
-        return u, every, grid, probs_original, p_original, probs[:n], probs[n:], m.flatten(1).mean(1)
+        verdict = _verdict(self.classifier.logits, image, u, t, probs_original, self.tau, self.threshold,
+                           self.baseline, self.mean, self.std)
+        return u, every, grid, probs_original, *verdict
 
 
 class _Core(nn.Module):
@@ -173,13 +169,22 @@ class _Combined(nn.Module):
         decision = torch.argmax(probs_original, dim=-1)
         t = torch.where(target < 0, decision, target)
         u = self.unet(image, t)  # UNet.forward: static H×W, padding (if any) inside the graph
-        m = (torch.sigmoid(u / self.tau) > self.threshold).to(image.dtype)
-        b = make_baseline(image, self.baseline, self.mean, self.std)
-        views = torch.cat([keep(image, m, b), remove(image, m, b)])
-        probs = torch.softmax(_as_logits(self.classifier(views)), dim=-1).gather(1, t.repeat(2)[:, None])[:, 0]
-        n = image.shape[0]
-        p_original = probs_original.gather(1, t[:, None])[:, 0]
-        return u, probs_original, p_original, probs[:n], probs[n:], m.flatten(1).mean(1)
+        verdict = _verdict(lambda v: _as_logits(self.classifier(v)), image, u, t, probs_original, self.tau,
+                           self.threshold, self.baseline, self.mean, self.std)
+        return u, probs_original, *verdict
+
+
+def _verdict(logits: Callable[[Tensor], Tensor], image: Tensor, u: Tensor, t: Tensor, probs_original: Tensor,
+             tau: float, threshold: float, baseline: BaselineKind, mean: tuple[float, ...],
+             std: tuple[float, ...]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(p_original, p_kept, p_removed, area)`` of the binary mask ``m = σ(u/τ) > threshold`` for the classes
+    ``t``: one classifier call on the kept and removed views stacked (the graphs' :data:`VERDICT`)."""
+    m = (torch.sigmoid(u / tau) > threshold).to(image.dtype)
+    b = make_baseline(image, baseline, mean, std)
+    views = torch.cat([keep(image, m, b), remove(image, m, b)])
+    probs = torch.softmax(logits(views), dim=-1).gather(1, t.repeat(2)[:, None])[:, 0]
+    n = image.shape[0]
+    return probs_original.gather(1, t[:, None])[:, 0], probs[:n], probs[n:], m.flatten(1).mean(1)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -348,6 +353,15 @@ def _max_diff(a: np.ndarray, b: np.ndarray) -> float:
 # Public API
 # ----------------------------------------------------------------------------------------------------------
 
+#: Doc strings of the outputs every graph with the classifier inside shares.
+_VERIFY_DOC = {
+    "probs_original": "classifier softmax on the image [B, K]",
+    "p_original": "p_target(image) [B]",
+    "p_kept": "p_target(m*x + (1-m)*baseline), m = sigmoid(u/tau) > threshold [B]",
+    "p_removed": "p_target((1-m)*x + m*baseline) [B]",
+    "area": "fraction of pixels in m [B]",
+}
+
 _INPUT_DOC = {
     "image": "normalized images float32 [B, C, H, W]: ((pixels on [0,1]) - mean) / std, see metadata",
     "target": "class to explain per image, int64 [B]",
@@ -510,36 +524,43 @@ def export_combined(bundle: ExplainerBundle, classifier_module: nn.Module, out: 
              "classifier's decision; p_kept / p_removed: the classifier on the image with only the binary "
              "evidence kept / removed."),
         inputs_doc={**_INPUT_DOC, "target": "class to explain per image, int64 [B]; -1 = argmax of probs_original"},
-        outputs_doc={
-            "mask_logits": "mask logits u float32 [B, 1, H, W]; mask m = sigmoid(u / tau)",
-            "probs_original": "classifier softmax on the image [B, K]",
-            "p_original": "p_target(image) [B]",
-            "p_kept": "p_target(m*x + (1-m)*baseline), m = sigmoid(u/tau) > threshold [B]",
-            "p_removed": "p_target((1-m)*x + m*baseline) [B]",
-            "area": "fraction of pixels in m [B]",
-        },
+        outputs_doc={"mask_logits": "mask logits u float32 [B, 1, H, W]; mask m = sigmoid(u / tau)", **_VERIFY_DOC},
     )
+
+    check = _combined_check(combined, names, "mask_logits", bundle, k, out)
+    return _write(proto, out, check if verify else None)
+
+
+def _combined_check(module: nn.Module, names: list[str], masks: str, bundle: ExplainerBundle, k: int,
+                    out: Path) -> Callable[[Path], None]:
+    """The verification of a graph with the classifier inside: onnxruntime against torch on 3 random images
+    (targets −1, 0, K−1) — mask probabilities ``σ(·/τ)`` of the output ``masks`` and ``probs_original``
+    everywhere, the :data:`VERDICT` where both binary target masks (``mask_logits``) agree — within
+    :data:`PARITY_TOLERANCE`."""
+    pre = bundle.preprocess
+    tau = np.float32(bundle.tau)
+    at = {name: i for i, name in enumerate(names)}
 
     def check(tmp: Path) -> None:
         runtime = OnnxExplainer(tmp, providers=["CPUExecutionProvider"])
-        rng = np.random.default_rng(0)
         n = 3
-        x = rng.standard_normal((n, pre.channels, h, w)).astype(np.float32)
+        x = np.random.default_rng(0).standard_normal((n, pre.channels, *pre.size)).astype(np.float32)
         t = np.array([-1, 0, k - 1], dtype=np.int64)
         with torch.no_grad():
-            ref = [o.numpy() for o in combined(torch.from_numpy(x), torch.from_numpy(t))]
+            ref = [o.numpy() for o in module(torch.from_numpy(x), torch.from_numpy(t))]
         got = runtime._session.run(names, {"image": x, "target": t})
-        soft_ref = _sigmoid(ref[0] / np.float32(bundle.tau))
-        soft_got = _sigmoid(got[0] / np.float32(bundle.tau))
-        same = ((soft_ref > bundle.threshold) == (soft_got > bundle.threshold)).reshape(n, -1).all(axis=1)
-        checks = [("mask", _max_diff(soft_got, soft_ref)), ("probs_original", _max_diff(got[1], ref[1]))]
-        checks += [(name, _max_diff(got[i][same], ref[i][same])) for i, name in enumerate(VERDICT, start=2)]
+        u = at["mask_logits"]
+        same = ((_sigmoid(ref[u] / tau) > bundle.threshold)
+                == (_sigmoid(got[u] / tau) > bundle.threshold)).reshape(n, -1).all(axis=1)
+        checks = [(masks, _max_diff(_sigmoid(got[at[masks]] / tau), _sigmoid(ref[at[masks]] / tau))),
+                  ("probs_original", _max_diff(got[at["probs_original"]], ref[at["probs_original"]]))]
+        checks += [(name, _max_diff(got[at[name]][same], ref[at[name]][same])) for name in VERDICT]
         for name, diff in checks:
             if not diff <= PARITY_TOLERANCE:
                 raise ModelError(f"onnxruntime disagrees with torch on {name}: max diff {diff:.3g} > "
                                  f"{PARITY_TOLERANCE:g}", out)
 
-    return _write(proto, out, check if verify else None)
+    return check
 
 
 _DECODER_OUTPUTS = ["mask_logits", "class_mask_logits", "mask_grid", "probs_original", *VERDICT]
@@ -581,32 +602,9 @@ def _export_decoder(bundle: ExplainerBundle, model: nn.Module, out: Path, opset:
             "mask_logits": "mask logits u of the target float32 [B, 1, H, W]; mask m = sigmoid(u / tau)",
             "class_mask_logits": f"mask logits of every class float32 [B, {k}, H, W]",
             "mask_grid": f"the coarse logits they are upsampled from (bilinear) [B, {k}, {g_h}, {g_w}]",
-            "probs_original": "classifier softmax on the image [B, K]",
-            "p_original": "p_target(image) [B]",
-            "p_kept": "p_target(m*x + (1-m)*baseline), m = sigmoid(u/tau) > threshold [B]",
-            "p_removed": "p_target((1-m)*x + m*baseline) [B]",
-            "area": "fraction of pixels in m [B]",
+            **_VERIFY_DOC,
         },
     )
 
-    def check(tmp: Path) -> None:
-        runtime = OnnxExplainer(tmp, providers=["CPUExecutionProvider"])
-        rng = np.random.default_rng(0)
-        n = 3
-        x = rng.standard_normal((n, pre.channels, h, w)).astype(np.float32)
-        t = np.array([-1, 0, k - 1], dtype=np.int64)
-        with torch.no_grad():
-            ref = [o.numpy() for o in graph(torch.from_numpy(x), torch.from_numpy(t))]
-        got = runtime._session.run(_DECODER_OUTPUTS, {"image": x, "target": t})
-        soft_ref = _sigmoid(ref[1] / np.float32(bundle.tau))
-        soft_got = _sigmoid(got[1] / np.float32(bundle.tau))
-        same = ((_sigmoid(ref[0] / np.float32(bundle.tau)) > bundle.threshold)
-                == (_sigmoid(got[0] / np.float32(bundle.tau)) > bundle.threshold)).reshape(n, -1).all(axis=1)
-        checks = [("masks", _max_diff(soft_got, soft_ref)), ("probs_original", _max_diff(got[3], ref[3]))]
-        checks += [(name, _max_diff(got[i][same], ref[i][same])) for i, name in enumerate(VERDICT, start=4)]
-        for name, diff in checks:
-            if not diff <= PARITY_TOLERANCE:
-                raise ModelError(f"onnxruntime disagrees with torch on {name}: max diff {diff:.3g} > "
-                                 f"{PARITY_TOLERANCE:g}", out)
-
+    check = _combined_check(graph, _DECODER_OUTPUTS, "class_mask_logits", bundle, k, out)
     return _write(proto, out, check if verify else None)
