@@ -82,18 +82,25 @@ def _sanity(a: Explanation, b: Explanation) -> dict[str, float]:
     return out
 
 
-def run(name: str, n: int, n_pixel: int, ks: list[int], unet_ks: list[int], models: Path) -> dict:
+def run(name: str, n: int, n_pixel: int, ks: list[int], unet_ks: list[int], models: Path,
+        explainer: Path | None = None, reuse: dict | None = None) -> dict:
+    """One set's rows. ``explainer`` replaces the shipped decoder (a candidate); ``reuse`` is a previous result
+    of the same set and ``n`` whose U-Net and fit rows are kept instead of recomputed (they do not depend on
+    the decoder: the same classifier, images, predicted classes, loss weights and baseline)."""
     torch.set_num_threads(1)
     folder = DEMO_DIR if name == "lesions" else models / name
     bundle = load_classifier(folder / "classifier")
     rand = _randomized(bundle)
     x = _images(name, n)
     out: dict = {"set": name, "n": int(len(x)), "n_pixel_fit": min(n_pixel, len(x)), "rows": []}
-    main = MedCAM(bundle, folder / "explainer")
+    decoder = explainer if explainer is not None else folder / "explainer"
+    main = MedCAM(bundle, decoder)
     assert main.settings is not None
     targets = None
-    for label, path, kk in (("decoder", folder / "explainer", ks), ("unet", models / name / "unet", unet_ks)):
-        if not (path / "explainer.json").exists():
+    if reuse is not None and reuse["n"] != len(x):
+        raise SystemExit(f"{name}: the reused result has {reuse['n']} images, not {len(x)}")
+    for label, path, kk in (("decoder", decoder, ks), ("unet", models / name / "unet", unet_ks)):
+        if not (path / "explainer.json").exists() or (reuse is not None and label == "unet"):
             continue
         for k in kk:
             ex = MedCAM(bundle, path, refine_config=RefineConfig(steps=k))
@@ -104,6 +111,10 @@ def run(name: str, n: int, n_pixel: int, ks: list[int], unet_ks: list[int], mode
             rr = MedCAM(rand, path, refine_config=RefineConfig(steps=k), allow_mismatch=True)(x, targets=r.target)
             out["rows"].append({"method": label, "steps": k, **_row(r, seconds), **_sanity(r, rr)})
             print(name, out["rows"][-1], flush=True)
+    if reuse is not None:
+        out["rows"] += [r for r in reuse["rows"] if r["method"] != "decoder"]
+        out["n_pixel_fit"] = reuse["n_pixel_fit"]
+        return out
     for grid, m in ((MaskGrid.COARSE, len(x)), (MaskGrid.PIXEL, min(n_pixel, len(x)))):
         fit = MedCAM(bundle, fit_config=FitConfig(weights=main.settings.weights, baseline=main.settings.baseline,
                                                   grid=grid))
@@ -163,13 +174,18 @@ def main() -> None:
     ap.add_argument("--models", type=Path, default=Path("models"))
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     ap.add_argument("--summary", action="store_true", help="print the README table from the written JSON files")
+    ap.add_argument("--explainer", type=Path, help="a candidate decoder bundle instead of the shipped one (one set)")
+    ap.add_argument("--reuse", action="store_true",
+                    help="keep the U-Net and fit rows of the JSON already in --out (they do not depend on the decoder)")
     args = ap.parse_args()
     if args.summary:
         print(summary([json.loads((args.out / f"explainer_quality_{n}.json").read_text()) for n in args.sets]), end="")
         return
     for name in args.sets:
+        previous = args.out / f"explainer_quality_{name}.json"
+        reuse = json.loads(previous.read_text()) if args.reuse else None
         res = run(name, args.n, args.n_pixel, [int(k) for k in args.ks.split(",")],
-                  [int(k) for k in args.unet_ks.split(",")], args.models)
+                  [int(k) for k in args.unet_ks.split(",")], args.models, args.explainer, reuse)
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / f"explainer_quality_{name}.json").write_text(json.dumps(res, indent=1))
         (args.out / f"explainer_quality_{name}.md").write_text(markdown(res))

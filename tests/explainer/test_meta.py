@@ -167,3 +167,51 @@ def test_the_default_explainer_is_a_decoder_that_saves_loads_and_refines(lesion_
     better = _refine(loaded, clf, x, RefineConfig(steps=15), weights=w)
     assert first.logits.shape == better.logits.shape == (3, 32, 32)  # reported on the image grid
     assert better.loss.mean() < first.loss.mean()
+
+
+def test_independence_loss_is_the_squared_correlation_of_the_two_first_guesses():
+    """``r²`` over grid cells: 1 for an affine copy (either sign), 0 for an orthogonal or a constant map."""
+    from medcam_fast.explainer.meta import independence_loss
+
+    u = torch.tensor([[1.0, 2.0], [3.0, 4.0]]).view(1, 1, 2, 2)
+    flip = torch.tensor([[1.0, -1.0], [1.0, -1.0]]).view(1, 1, 2, 2)
+    assert independence_loss(u, 3 * u + 2).item() == pytest.approx(1.0, abs=1e-5)
+    assert independence_loss(u, -u).item() == pytest.approx(1.0, abs=1e-5)
+    assert independence_loss(u, torch.full_like(u, 5.0)).item() == pytest.approx(0.0, abs=1e-6)
+    checker = torch.tensor([[1.0, -1.0], [-1.0, 1.0]]).view(1, 1, 2, 2)  # centred u is (-1.5,-.5,.5,1.5)
+    assert independence_loss(u, checker).item() == pytest.approx(0.0, abs=1e-6)
+    assert independence_loss(u, flip).item() == pytest.approx(0.2, abs=1e-5)  # r = -1/√5
+
+
+def test_the_decoder_is_trained_against_a_randomized_classifier_and_the_unet_is_not(lesion_bundle, images):
+    """The independence term is logged for the decoder (it reads the classifier) and absent for the U-Net;
+    with λ_ind = 0 it is not computed, and the run is otherwise unchanged."""
+    logs: dict[str, list[dict[str, float]]] = {"dec": [], "off": [], "unet": []}
+    cfg = MetaConfig(inner_steps=0, outer_steps=2, meta_batch=4, width=4)
+    meta_train(lesion_bundle, images, cfg, callback=lambda s, log: logs["dec"].append(log))
+    meta_train(lesion_bundle, images, MetaConfig(inner_steps=0, outer_steps=2, meta_batch=4, width=4, independence=0),
+               callback=lambda s, log: logs["off"].append(log))
+    meta_train(lesion_bundle, images, FAST, stop_after=1, callback=lambda s, log: logs["unet"].append(log))
+    assert all(0.0 <= log["independence"] <= 1.0 for log in logs["dec"])
+    assert not any("independence" in log for log in logs["off"] + logs["unet"])
+    assert logs["off"][0]["zero"] == pytest.approx(logs["dec"][0]["zero"])  # the same first step's loss
+
+
+def test_the_randomized_classifier_is_the_last_cascade_stage_and_never_the_sanity_checks_draw(lesion_bundle):
+    """``randomized(model, s)`` equals the cascade's last stage at seed ``s``; meta-training's draws start at 1."""
+    from medcam_fast.classifiers.randomize import cascading_randomization, randomized
+    from medcam_fast.explainer.meta import RANDOM_CLASSIFIER_EVERY, _random_classifier
+
+    model = lesion_bundle.model
+    *_, (_, last) = cascading_randomization(model, seed=3)
+    full = randomized(model, seed=3)
+    for (n, a), (_, b) in zip(last.state_dict().items(), full.state_dict().items(), strict=True):
+        assert torch.equal(a, b), n
+    clf = lesion_bundle.frozen()
+    sanity = randomized(model, seed=0).state_dict()
+    draws = [_random_classifier(clf, step, MetaConfig()).model.state_dict() for step in (0, RANDOM_CLASSIFIER_EVERY)]
+    weights = [n for n, t in sanity.items() if t.is_floating_point() and t.dim() > 1]
+    for drawn in draws:
+        assert all(not torch.equal(drawn[n], sanity[n]) for n in weights)
+    assert all(not torch.equal(draws[0][n], draws[1][n]) for n in weights)  # a new draw every N steps
+
