@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,7 +46,18 @@ from .types import Architecture, RefineMode, choice
 if TYPE_CHECKING:
     from .export.runtime import OnnxExplainer
 
-__all__ = ["MedCAM", "Explanation"]
+__all__ = ["MedCAM", "Explanation", "CHUNK"]
+
+#: Images computed together. Every call is cut into chunks of exactly this many images, the last one padded
+#: with copies of its last image, so that every image always meets the same kernel shapes: float32 kernels
+#: round differently at different batch sizes (oneDNN's batch-1 convolutions, for one), and refinement's
+#: first Adam steps (≈ lr·sign(g)) turn that rounding into flipped pixels where a gradient is ~0. With a fixed
+#: chunk a mask and its numbers are bit-identical whatever batch the image came in, alone, in any
+#: ``--batch-size`` or after a resume. Measured on the demo (64 px, K = 10, one thread, CPU time;
+#: ``benchmarks/results/batch_invariance.md``): at the CLI's batch of 16, 13.3 images/s against 13.0 before
+#: the chunks, 13.6 with 16, 11.2 with 4 and 6.3 image by image; 8 keeps that while a short call pays half of
+#: 16's padding (7 images: 10.6 images/s, 16: 5.0, before: 12.8; one image: 1.6, before: 6.3).
+CHUNK = 8
 
 
 @dataclass(frozen=True)
@@ -150,6 +161,10 @@ class MedCAM:
             other tools) would run the classifier a second time.
         device: torch device for the classifier, refinement and the per-image fit (``"cpu"``, ``"cuda"``).
             onnxruntime picks its own provider (CUDA with onnxruntime-gpu and a GPU).
+        chunk: images computed together (see :data:`CHUNK`): a call is cut into chunks of exactly this many
+            images, the last padded, so results do not depend on the batch an image came in; results are
+            bit-identical between runs with the same chunk (and device and torch build). 1 computes image by
+            image (no padding, the lowest latency for single images, about half the throughput).
 
     Example::
 
@@ -175,7 +190,11 @@ class MedCAM:
         allow_unsealed: bool = False,
         use_onnx: bool = True,
         device: str = "cpu",
+        chunk: int = CHUNK,
     ) -> None:
+        if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
+            raise UsageError(f"chunk must be a positive integer, got {chunk!r}")
+        self.chunk = chunk
         if isinstance(classifier, (str, Path)):
             classifier = load_classifier(classifier, allow_unsealed=allow_unsealed)
         elif isinstance(classifier, nn.Module):
@@ -289,7 +308,8 @@ class MedCAM:
         targets: Sequence[int] | np.ndarray | Tensor | int | None = None,
         refine_steps: int | None = None,
     ) -> Explanation:
-        """Explain a batch.
+        """Explain a batch: in chunks of :attr:`chunk` images (the last padded with copies of its last image),
+        so that an image's result does not depend on the others in ``images``.
 
         Args:
             images: raw images (numpy / PIL / list) or a normalized ``[B,C,H,W]`` float tensor.
@@ -297,10 +317,12 @@ class MedCAM:
             refine_steps: optimization steps per image for this call (overrides the instance's).
 
         Raises:
-            UsageError: a target class outside the classifier's classes, or a negative step count.
+            UsageError: no image, a target class outside the classifier's classes, or a negative step count.
         """
         start = time.perf_counter()
         x = self.prepare(images)
+        if x.shape[0] == 0:
+            raise UsageError("no images to explain")
         k = len(self.bundle.classes)
         t = None
         if targets is not None:
@@ -314,6 +336,23 @@ class MedCAM:
                 raise UsageError(f"got {t.numel()} targets for {x.shape[0]} images")
         if refine_steps is not None:
             self._check_steps(refine_steps)
+        n, w = x.shape[0], self.chunk
+        parts = []
+        for s in range(0, n, w):
+            xs = x[s : s + w]
+            ts = t if t is None or t.numel() == 1 else t[s : s + w]
+            if xs.shape[0] < w:  # pad: every image meets the kernels at the same batch size
+                pad = w - xs.shape[0]
+                xs = torch.cat([xs, xs[-1:].expand(pad, *xs.shape[1:])])
+                ts = ts if ts is None or ts.numel() == 1 else torch.cat([ts, ts[-1:].expand(pad)])
+            parts.append(self._explain_chunk(xs, ts, refine_steps))
+        arrays = {f.name: np.concatenate([getattr(p, f.name) for p in parts])[:n] for f in fields(Explanation)
+                  if isinstance(getattr(parts[0], f.name), np.ndarray)}
+        return replace(parts[0], **arrays, seconds=time.perf_counter() - start)
+
+    def _explain_chunk(self, x: Tensor, t: Tensor | None, refine_steps: int | None) -> Explanation:
+        """:meth:`__call__` on one chunk ``x`` (targets ``t``: one per image, one for all, or None)."""
+        start = time.perf_counter()
         with torch.no_grad():
             reference = Reference(*self.classifier(x))  # once: picks the target and anchors the loss
         if self.mode is RefineMode.FULL:

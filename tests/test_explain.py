@@ -149,3 +149,29 @@ def test_a_unet_explainer_of_0_1_still_explains_beside_the_decoder():
     assert explain.settings is not None and explain.settings.architecture is Architecture.UNET
     assert explain.onnx is not None  # a U-Net bundle's first guess comes from its own ONNX core graph
     assert r.binary.shape == (2, 64, 64) and np.all((0 <= r.p_kept) & (r.p_kept <= 1))
+
+
+@pytest.mark.parametrize(("explainer", "mode", "steps"), [
+    ("decoder", "logits", 0), ("decoder", "logits", 4), ("unet", "logits", 2), ("unet", "weights", 2),
+    (None, "full", 2)])
+def test_an_image_gets_bit_identical_results_alone_or_in_any_batch(explainer, mode, steps):
+    """Batched float32 kernels round differently at different batch sizes (oneDNN's batch-1 convolutions, for
+    one), and refinement's first Adam steps turned that rounding into flipped pixels (10 of 49,152 between
+    batch sizes 1 and 12 on the demo). MedCAM computes in chunks of a fixed size, the last padded: every
+    array is bit-identical whether an image is explained alone or among others — first guess, refinement in
+    every mode, and the per-image fit."""
+    from pathlib import Path
+
+    from medcam_fast._assets import DEMO_DIR
+
+    folder = {"decoder": DEMO_DIR / "explainer", None: None,
+              "unet": Path(__file__).resolve().parents[1] / "models" / "lesions" / "unet"}[explainer]
+    images = make_lesions(6, size=64, seed=4).images
+    with MedCAM(DEMO_DIR / "classifier", folder, mode=mode, refine_steps=steps) as explain:
+        runs = {b: [explain(images[s : s + b]) for s in range(0, len(images), b)] for b in (1, 4, 6)}
+    for b in (4, 6):
+        for f in ("soft", "binary", "logits", "kept", "predicted", "target", "p_original", "p_kept", "p_removed",
+                  "area", "loss"):
+            alone, batched = (np.concatenate([getattr(r, f) for r in runs[k]]) for k in (1, b))
+            assert np.array_equal(alone, batched), (b, f)
+    assert runs[6][0].binary.shape == (6, 64, 64)

@@ -80,6 +80,10 @@ def refine(
 ) -> MaskResult:
     """Masks for the objective's images: the first guess plus ``config.steps`` refinement steps.
 
+    Images are independent up to float rounding, which depends on the batch's size (batched kernels): for
+    results that never depend on the batch, call it on batches of one fixed size, as ``MedCAM`` does
+    (``medcam_fast.explain.CHUNK``).
+
     Args:
         objective: the batch's problem (images, targets, reference, baseline, weights, τ).
         config: how to refine.
