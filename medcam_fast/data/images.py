@@ -1,7 +1,8 @@
 """Image files and labelled image sets: one file, a folder or glob of files, a folder of class subfolders.
 
 :class:`ImageSet` holds labelled uint8 images (NHW or NHWC) and, for procedural data, bool evidence masks
-and the class they are evidence for. :func:`load_image` reads one file — anything Pillow opens, first
+and the class they are evidence for. :func:`decode` reads one frame of any input file — an image, a DICOM object or a
+NIfTI slice (:mod:`.medical`) — through the one window/level path, with a record of what was applied. :func:`load_image` reads one file — anything Pillow opens, first
 frame, EXIF orientation applied, transparency composited on black — and refuses more than ``max_pixels``
 from the header, before any pixel is decoded; :func:`list_images` expands a file, folder or glob into
 image files (:data:`IMAGE_SUFFIXES`); :func:`load_folder` reads one subfolder per class. Every failure a user
@@ -23,9 +24,20 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import DataError, one_line
+from .medical import (
+    DEFAULT_SLICE_AXIS,
+    Decoded,
+    SourceKind,
+    Window,
+    apply_window,
+    data_window,
+    decode_medical,
+    list_frames,
+    sniff_kind,
+)
 from .preprocess import _LUMA, PathLike, _pil_to_array
 
-__all__ = ["IMAGE_SUFFIXES", "ImageSet", "load_image", "probe_image", "list_images", "load_folder"]
+__all__ = ["IMAGE_SUFFIXES", "MEDICAL_SUFFIXES", "ImageSet", "decode", "load_image", "probe_image", "list_images", "load_folder"]
 
 
 #: File suffixes (lower case) that :func:`list_images` treats as images.
@@ -121,11 +133,11 @@ def _unsupported_format(path: Path) -> str:
     except OSError:
         head = b""
     if head[128:132] == b"DICM":
-        return ("a DICOM file: medcam-fast does not read DICOM yet; export the image to PNG or TIFF (e.g. with "
-                "pydicom or dcm2niix) with the window you read it at")
+        return ("a DICOM file: load_image reads Pillow formats only; decode() reads DICOM (as explain and "
+                "train-classifier do)")
     if head[344:348] in (b"n+1\x00", b"ni1\x00") or path.name.lower().endswith((".nii", ".nii.gz")):
-        return ("a NIfTI volume: medcam-fast does not read NIfTI yet; save the slices to explain as PNG or TIFF "
-                "(e.g. with nibabel)")
+        return ("a NIfTI volume: load_image reads Pillow formats only; decode() reads NIfTI slices (as explain "
+                "and train-classifier do)")
     return "not an image file (Pillow cannot identify its format)"
 
 
@@ -209,9 +221,97 @@ def load_image(path: PathLike, *, max_pixels: int = _DEFAULT_MAX_PIXELS) -> np.n
             raise DataError(f"cannot convert image mode {img.mode!r}: {one_line(e)}", path) from None
 
 
+#: Medical file names :func:`list_images` also takes (DICOM and NIfTI; extension-less DICOM is found by content).
+MEDICAL_SUFFIXES: tuple[str, ...] = (".dcm", ".dicom", ".nii", ".nii.gz")
+
+
+def _has_dicom_magic(p: Path) -> bool:
+    """The DICOM magic ``DICM`` at byte 128 (how an extension-less DICOM file such as ``IM000001`` is found)."""
+    try:
+        with open(p, "rb") as f:
+            return f.read(132)[128:132] == b"DICM"
+    except OSError:
+        return False
+
+
+def _decode_image(path: Path, window: Window | None, max_pixels: int) -> Decoded:
+    """A Pillow image: 8-bit as read (uint8, unchanged); 16-bit, 32-bit and float windowed."""
+    with _open_checked(path, max_pixels) as img:
+        try:
+            img.load()
+        except Exception as e:
+            raise DataError(f"truncated or corrupt image: {one_line(e)}", path) from None
+        try:
+            img = ImageOps.exif_transpose(img)
+        except Exception:
+            pass
+        mode = img.mode
+        record: dict[str, Any] = {"format": (img.format or path.suffix.lstrip(".")).lower(), "mode": mode}
+        if not (mode.startswith("I") or mode == "F"):
+            try:
+                arr = _pil_to_array(img)
+            except DataError as e:
+                raise DataError(e.cause, path) from None
+            except Exception as e:
+                raise DataError(f"cannot convert image mode {mode!r}: {one_line(e)}", path) from None
+            record["window"] = None
+            return Decoded(np.ascontiguousarray(arr), SourceKind.IMAGE, record)
+        try:
+            raw = np.asarray(img)
+            if raw.dtype.kind not in "iuf":
+                raw = np.asarray(img.convert("I" if mode.startswith("I") else "F"))
+        except Exception as e:
+            raise DataError(f"cannot convert image mode {mode!r}: {one_line(e)}", path) from None
+    raw = raw.astype(np.float64)
+    if raw.size and not np.isfinite(raw).all():
+        raise DataError("float image contains NaN or infinite values", path)
+    lo, hi = (float(raw.min()), float(raw.max())) if raw.size else (0.0, 0.0)
+    record["value_range"] = [lo, hi]
+    warnings: list[str] = []
+    if window is None:
+        window, warning = data_window(mode, lo, hi)
+        if warning:
+            warnings.append(warning)
+    record["window"] = window.to_dict()
+    if warnings:
+        record["warnings"] = list(warnings)
+    return Decoded(np.ascontiguousarray(apply_window(raw, window)), SourceKind.IMAGE, record, warnings)
+
+
+def decode(path: PathLike, *, kind: SourceKind | None = None, frame: int = 0, window: Window | None = None,
+           slice_axis: int = DEFAULT_SLICE_AXIS, max_pixels: int = 50_000_000) -> Decoded:
+    """Decode one frame of an image, DICOM or NIfTI file through the one window/level path.
+
+    Args:
+        path: the file.
+        kind: what it is (default: :func:`sniff_kind`).
+        frame: the frame of a multi-frame DICOM object, or the slice of a NIfTI volume along ``slice_axis``.
+        window: the user's window (``--window``), applied to raw values after the Modality LUT; None for the
+            file's own (DICOM) or the data's range.
+        slice_axis: the canonical axis NIfTI volumes are sliced along (0, 1 or 2).
+        max_pixels: refuse frames with more pixels (rows × columns).
+
+    Raises:
+        DataError: unreadable, not an image, a transfer syntax without an installed decoder (one line naming
+            it and the package), too many pixels.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise DataError("file not found", p)
+    kind = sniff_kind(p) if kind is None else kind
+    if kind is SourceKind.IMAGE:
+        return _decode_image(p, window, max_pixels)
+    return decode_medical(p, kind, frame=frame, window=window, slice_axis=slice_axis, max_pixels=max_pixels)
+
+
 def _is_image_file(p: Path) -> bool:
-    """A visible file with an image suffix."""
-    return p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
+    """A visible file with an image or medical suffix, or a DICOM file by content whatever its name."""
+    if not p.is_file() or p.name.startswith("."):
+        return False
+    name = p.name.lower()
+    if p.suffix.lower() in IMAGE_SUFFIXES or name.endswith(MEDICAL_SUFFIXES):
+        return True
+    return not name.endswith((".csv", ".json", ".txt", ".md", ".npz", ".npy", ".py")) and _has_dicom_magic(p)
 
 
 def list_images(path: PathLike) -> list[Path]:
@@ -237,14 +337,18 @@ def list_images(path: PathLike) -> list[Path]:
     else:
         raise DataError("no such file or folder", path)
     if not found:
-        raise DataError(f"no images found in {path} (suffixes: {', '.join(sorted(IMAGE_SUFFIXES))})", path)
+        raise DataError(f"no images found in {path} (suffixes: {', '.join(sorted(IMAGE_SUFFIXES))}, "
+                        f"{', '.join(MEDICAL_SUFFIXES)}, or DICOM files by content)", path)
     return found
 
 
 def _to_uint8(x: np.ndarray) -> np.ndarray:
-    """uint16 pixels scaled to uint8 (divide by 257, round); uint8 unchanged."""
+    """uint16 pixels scaled to uint8 (divide by 257, round); float pixels on [0, 1] times 255, rounded;
+    uint8 unchanged."""
     if x.dtype == np.uint8:
         return x
+    if np.issubdtype(x.dtype, np.floating):
+        return np.round(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8)
     return np.round(x.astype(np.float64) / 257.0).astype(np.uint8)
 
 
@@ -258,6 +362,16 @@ def _fit_image(x: np.ndarray, size: tuple[int, int], channels: int) -> np.ndarra
         x = np.asarray(Image.fromarray(np.ascontiguousarray(x)).resize((size[1], size[0]),
                                                                        Image.Resampling.BILINEAR))
     return x
+
+
+def _load_any(path: Path) -> np.ndarray:
+    """An image file through :func:`load_image`, a DICOM/NIfTI file (its first frame or middle slice) through
+    :func:`~medcam_fast.data.medical.decode` with its own window, as uint8/uint16/float pixels."""
+    kind = sniff_kind(path)
+    if kind is SourceKind.IMAGE:
+        return load_image(path)
+    frames = list_frames(path, kind)
+    return decode(path, kind=kind, frame=frames[len(frames) // 2]).pixels
 
 
 def load_folder(path: PathLike) -> ImageSet:
@@ -287,7 +401,7 @@ def load_folder(path: PathLike) -> ImageSet:
         if not files:
             raise DataError(f"no images found in class folder {d.name!r}", d)
         for f in files:
-            raw.append(_to_uint8(load_image(f)))
+            raw.append(_to_uint8(_load_any(f)))
             labels.append(k)
     votes = Counter(1 if x.ndim == 2 else 3 for x in raw)
     channels = 3 if votes[3] >= votes[1] else 1
