@@ -1,6 +1,7 @@
 """Rich tables of what ``evaluate`` and ``bench`` measured: the library returns results, the CLI shows them.
 
-Every cell that comes from user input (a data set or method name) is escaped before rich renders it.
+Every cell that comes from user input (a data set or method name), and every bracket meant as text
+(``[fill]``), is escaped before rich renders it: rich would read ``[zero]`` as a style tag and print nothing.
 """
 
 from __future__ import annotations
@@ -28,12 +29,14 @@ def _dig(node: Any, *path: str) -> Any:
 def evaluate_table(results: Mapping[str, Any]) -> Table:
     """One row per data set and method (and the random-map control): keep 10 % and faithfulness correlation
     under the first headline fill (one no method was trained against), ROAD combined, top-k IoU, ρ after full
-    randomization on signed and absolute maps, the binary verdict with the run's baseline, seconds per image.
+    randomization on signed and absolute maps, the binary verdict with the run's baseline beside the data
+    set's p_original (the explained class's probability on the unchanged image), seconds per image.
     ``report.md`` has every fill and column."""
     table = Table(title=f"medcam-fast evaluate, {results['config']['n']} test images per data set")
     for col in ("data set", "method", "keep 10% ↑ [fill]", "faithfulness corr. ↑", "ROAD combined ↑",
-                "top-k IoU ↑", "ρ full random ↓ (signed / abs)", "p_kept / p_removed / area [baseline]", "s/image"):
-        table.add_column(col)
+                "top-k IoU ↑", "ρ full random ↓ (signed / abs)", "p_original / p_kept / p_removed / area [baseline]",
+                "s/image"):
+        table.add_column(escape(col))  # "[fill]" is text, not a rich style tag
     for name, ds in results["datasets"].items():
         head = (ds.get("headline_fills") or [None])[0]
         rows = list(ds["methods"].values())
@@ -44,11 +47,12 @@ def evaluate_table(results: Mapping[str, Any]) -> Table:
             sanity = r.get("sanity") or {}
             table.add_row(
                 escape(name), escape(r["label"]),
-                "–" if head is None else f"{_f(_dig(r, 'fills', head, 'preservation', '0.1'))} [{escape(head)}]",
+                "–" if head is None else f"{_f(_dig(r, 'fills', head, 'preservation', '0.1'))} {escape(f'[{head}]')}",
                 "–" if head is None else _f(_dig(r, "fills", head, "faithfulness_correlation")),
                 _f(_dig(r, "road", "combined")), _f(r.get("iou")),
                 "–" if not sanity else f"{_f(sanity.get('final'))} / {_f(sanity.get('final_abs'))}",
-                "–" if not b else f"{_f(b['p_kept'])} / {_f(b['p_removed'])} / {_f(b['area'])}",
+                "–" if not b else f"{_f(ds.get('p_original'))} / {_f(b['p_kept'])} / {_f(b['p_removed'])} / "
+                                  f"{_f(b['area'])}",
                 f"{r['seconds_per_image']:.4f}",
             )
         for m, why in ds["skipped"].items():

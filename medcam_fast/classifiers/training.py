@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from ..data.images import ImageSet
     from ..data.preprocess import Preprocess
 
-__all__ = ["TrainConfig", "train_classifier", "EpochCallback"]
+__all__ = ["TrainConfig", "train_classifier", "EpochCallback", "class_rates", "useless_warning"]
 
 #: ``callback(epoch, epochs, {"loss": training loss, "val_accuracy": …})`` after each epoch.
 EpochCallback = Callable[[int, int, dict[str, float]], None]
@@ -92,6 +92,49 @@ def _augment(x: Tensor, g: torch.Generator) -> Tensor:
     return x * scale + shift
 
 
+def class_rates(predicted: Tensor, labels: Tensor, num_classes: int) -> dict[str, float]:
+    """Accuracy beside what a useless classifier scores on the same images.
+
+    ``accuracy = mean(ŷ = y)``; ``balanced_accuracy = mean_c recall_c`` over the classes present in ``labels``
+    (``recall_c`` = share of class ``c``'s images predicted as ``c``; a constant answer scores ``1/C``);
+    ``majority_rate = max_c n_c / n``, the accuracy of always answering the most frequent class of these
+    images. A classifier whose accuracy is not above ``majority_rate`` has learned nothing an explanation
+    could show.
+
+    Args:
+        predicted: predicted classes ``[N]``.
+        labels: true classes ``[N]`` (N ≥ 1).
+        num_classes: the number of classes.
+    """
+    counts = torch.bincount(labels, minlength=num_classes).double()
+    hits = torch.bincount(labels[predicted == labels], minlength=num_classes).double()
+    present = counts > 0
+    return {
+        "accuracy": float((predicted == labels).double().mean()),
+        "balanced_accuracy": float((hits[present] / counts[present]).mean()),
+        "majority_rate": float(counts.max() / counts.sum()),
+    }
+
+
+def useless_warning(metrics: dict[str, float | int | None | list[str]], split: str) -> str | None:
+    """The warning for a classifier not better than always answering the majority class on ``split``
+    (``"test"`` or ``"val"``), from its ``{split}_accuracy`` and ``{split}_majority_rate``; None otherwise."""
+    acc, majority = metrics.get(f"{split}_accuracy"), metrics.get(f"{split}_majority_rate")
+    if not isinstance(acc, float) or not isinstance(majority, float) or acc > majority:
+        return None
+    return (f"{split} accuracy {acc:.3f} is not above the majority-class rate {majority:.3f}: the classifier "
+            "does no better than always answering the most frequent class, and an explanation of it explains "
+            "nothing (balanced accuracy "
+            f"{metrics.get(f'{split}_balanced_accuracy', float('nan')):.3f})")
+
+
+@torch.no_grad()
+def _predict(model: nn.Module, x: Tensor, batch_size: int = 256) -> Tensor:
+    """Predicted classes of ``model`` (eval mode) for ``x``."""
+    model.eval()
+    return torch.cat([model(x[i : i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
+
+
 @torch.no_grad()
 def _evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 256) -> tuple[float, float]:
     """``(accuracy, mean cross-entropy)`` of ``model`` on ``x``, ``y`` in eval mode.
@@ -145,8 +188,10 @@ def train_classifier(
     (weight decay 0.01) with a one-cycle schedule (20 % warm-up, cosine decay), cross-entropy with label
     smoothing 0.05, weighted by inverse class frequency when the largest class has ≥ 1.5× the images of the
     smallest. The weights of the epoch with the best validation accuracy (ties: lower validation loss) are
-    kept. The run is deterministic for a given seed on the CPU; the caller's global RNG state is restored
-    afterwards. The number of threads is left to the caller (``torch.set_num_threads``).
+    kept. The run is deterministic for a given seed and thread count on the CPU (another thread count splits
+    float sums differently and trains another classifier; the count is recorded in the metrics); the
+    caller's global RNG state is restored afterwards. The number of threads is left to the caller
+    (``torch.set_num_threads``).
 
     Args:
         train: training images and labels.
@@ -157,7 +202,10 @@ def train_classifier(
 
     Returns:
         A ``source="builtin"`` bundle with metrics ``val_accuracy``, ``test_accuracy`` (None without a test
-        set), ``epochs``, ``best_epoch``, ``seconds`` and ``n_train``.
+        set), each split's ``*_balanced_accuracy`` and ``*_majority_rate`` (:func:`class_rates`), ``epochs``,
+        ``best_epoch``, ``seconds``, ``n_train``, ``threads`` (torch's intra-op threads: float sums, and so
+        the trained weights, depend on it — the same seed at another thread count trains another
+        classifier) and ``warnings`` (:func:`useless_warning` on the test split, else the validation split).
 
     Raises:
         UsageError: invalid arguments, empty sets, mismatched classes or labels out of range.
@@ -224,17 +272,23 @@ def train_classifier(
         model.eval()
         for p in model.parameters():
             p.requires_grad_(False)
+        rates = {"val": class_rates(_predict(model, x_val), y_val, k)}
         test_acc = None
         if test is not None:
             x_test, y_test = _as_tensors(test, preprocess, k, "test")
-            test_acc = _evaluate(model, x_test, y_test)[0]
-    metrics = {
+            rates["test"] = class_rates(_predict(model, x_test), y_test, k)
+            test_acc = rates["test"]["accuracy"]
+    metrics: dict[str, float | int | None | list[str]] = {
         "val_accuracy": best[0],
         "test_accuracy": test_acc,
+        **{f"{s}_{key}": v[key] for s, v in rates.items() for key in ("balanced_accuracy", "majority_rate")},
         "epochs": epochs,
         "best_epoch": best_epoch,
         "seconds": round(time.perf_counter() - start, 3),
         "n_train": n,
+        "threads": torch.get_num_threads(),
     }
+    warning = useless_warning(metrics, "test" if test is not None else "val")
+    metrics["warnings"] = [warning] if warning else []
     config = dict(model.config)
     return ClassifierBundle(model, preprocess, classes, arch, config, metrics, state_sha256(model), "builtin")

@@ -1,9 +1,9 @@
 """MedMNIST-style ``.npz`` files: both layouts, a seeded stratified split, and short data-set names.
 
 :func:`load_npz` reads the official layout (``train_images`` / ``train_labels``, ``val_*``, ``test_*``) or a
-flat one (``images``, ``labels``, optional ``classes``) that :func:`stratified_split` splits 70/10/20 per
-class from the seed alone; class names come from the file, else from the known MedMNIST files, else
-``class_<k>``. :data:`DATASETS` and :func:`resolve_data` map short names (``breast``, ``pneumonia``,
+flat one (``images``, ``labels``) that :func:`stratified_split` splits 70/10/20 per class from the seed
+alone; class names come from the file's ``classes`` key, else the known MedMNIST files' table, else its
+``class_names`` key (both: an array of strings in label order; no pickled objects), else ``class_<k>``. :data:`DATASETS` and :func:`resolve_data` map short names (``breast``, ``pneumonia``,
 ``blood``, ``path``, ``brain``) to files in the shared data folder or ``$MEDCAM_DATA_DIR``. Arrays are read
 with ``allow_pickle=False`` and nothing is downloaded; every failure is a
 :class:`~medcam_fast.errors.DataError` naming the file. numpy only.
@@ -39,7 +39,7 @@ _CLASS_TABLE: dict[str, list[str]] = {
                    "platelet"],
     "pathmnist": ["adipose", "background", "debris", "lymphocytes", "mucus", "smooth muscle",
                   "normal colon mucosa", "cancer-associated stroma", "colorectal adenocarcinoma epithelium"],
-    # the file's own ``class_names`` key (glioma, meningioma, notumor, pituitary) is not a layout member
+    # the file's own ``class_names`` key says "notumor": the table, read before that key, keeps "no tumour"
     "brain_tumor_mri4": ["glioma", "meningioma", "no tumour", "pituitary"],
 }
 
@@ -58,8 +58,11 @@ DATASETS: dict[str, str] = {
 #: anything is decompressed: a 2 MB file can hold a 2 GB array of zeros.
 NPZ_MAX_BYTES = 2 * 1024**3
 
+#: The keys a file may name its classes with (an array of strings in label order), in the order they are read.
+_CLASS_KEYS = ("classes", "class_names")
+
 #: The members a MedMNIST-layout file may use; anything else in the archive is never read.
-_NPZ_KEYS = frozenset({"images", "labels", "classes", *(f"{s}_{k}" for s in _SPLITS for k in ("images", "labels"))})
+_NPZ_KEYS = frozenset({"images", "labels", *_CLASS_KEYS, *(f"{s}_{k}" for s in _SPLITS for k in ("images", "labels"))})
 
 
 def _read_npz(path: Path, max_bytes: int = NPZ_MAX_BYTES) -> tuple[dict[str, np.ndarray], list[str]]:
@@ -141,21 +144,37 @@ def _npz_labels(labels: np.ndarray, path: Path, key: str) -> np.ndarray:
     return labels.astype(np.int64)
 
 
+def _names_in(arrays: dict[str, np.ndarray], key: str, path: Path) -> list[str]:
+    """The strings of the ``key`` member (bytes decoded as UTF-8), checked: none empty, none repeated."""
+    raw = arrays[key].reshape(-1)
+    if raw.dtype.kind == "S":
+        names = [b.decode("utf-8", "replace").strip() for b in raw.tolist()]
+    elif raw.dtype.kind == "U":
+        names = [str(s).strip() for s in raw.tolist()]
+    else:
+        raise DataError(f"'{key}' must be an array of strings, got type {raw.dtype}", path)
+    if any(not n for n in names):
+        raise DataError(f"'{key}' holds an empty class name", path)
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise DataError(f"'{key}' names a class twice: {repeated[0]!r}", path)
+    return names
+
+
 def _class_names(arrays: dict[str, np.ndarray], name: str, n_needed: int, path: Path) -> list[str]:
-    """Class names from the ``classes`` key, else the table of known files, else ``class_<k>``."""
-    if "classes" in arrays:
-        raw = arrays["classes"].reshape(-1)
-        if raw.dtype.kind == "S":
-            classes = [b.decode("utf-8", "replace") for b in raw.tolist()]
-        elif raw.dtype.kind == "U":
-            classes = [str(s) for s in raw.tolist()]
-        else:
-            raise DataError(f"'classes' must be an array of strings, got type {raw.dtype}", path)
-        return classes
+    """Class names from the ``classes`` key, else the table of known files, else the ``class_names`` key,
+    else ``class_<k>``. A file with both keys must give the same names in both."""
+    given = {k: _names_in(arrays, k, path) for k in _CLASS_KEYS if k in arrays}
+    if len(given) == 2 and given["classes"] != given["class_names"]:
+        raise DataError(f"'classes' {given['classes']} and 'class_names' {given['class_names']} disagree", path)
+    if "classes" in given:
+        return given["classes"]
     lower = name.lower()
     for prefix, classes in _CLASS_TABLE.items():
         if lower.startswith(prefix):
             return list(classes)
+    if "class_names" in given:
+        return given["class_names"]
     return [f"class_{k}" for k in range(n_needed)]
 
 
@@ -183,7 +202,7 @@ def load_npz(path: PathLike, split: str = "test", seed: int = 0, max_bytes: int 
     """Load a MedMNIST-style ``.npz`` file.
 
     Two layouts are read: the official one (``train_images``, ``train_labels``, ``val_*``, ``test_*``, labels
-    (N,) or (N, 1)) and a flat one (``images``, ``labels``, optional ``classes``), which gets a seeded,
+    (N,) or (N, 1)) and a flat one (``images``, ``labels``), which gets a seeded,
     stratified 70 % / 10 % / 20 % train / val / test split (disjoint, covering every image).
 
     Args:
@@ -196,7 +215,8 @@ def load_npz(path: PathLike, split: str = "test", seed: int = 0, max_bytes: int 
 
     Returns:
         an :class:`ImageSet` named after the file (e.g. ``"breastmnist_64"``), classes from the ``classes``
-        key, else from the known MedMNIST files' names, else ``class_0`` … ``class_{K-1}``.
+        key, else from the known MedMNIST files' names, else from the ``class_names`` key, else ``class_0`` …
+        ``class_{K-1}``. Either key is optional in both layouts: an array of strings in label order.
 
     Raises:
         DataError: missing or invalid file, neither layout, an unknown or absent split, NaN/Inf pixels,

@@ -18,6 +18,13 @@ runtime itself. Machines are noisy, so every timing is a median — over images 
 time over the chunk's size) or over repeats — and comparisons are ratios taken in the same run; the
 samples each median is taken over are kept in the results.
 
+Every timed explainer is called once, untimed, on the first chunk before its first measured point, so no
+point pays for lazy set-up (an ONNX session's first run, first kernel calls, allocator growth): without it the
+first point of a curve was the slowest and the plotted time-quality curve looped back at K = 1.
+
+What is measured is given per data set as a :class:`BenchSet` — the test images and the bundles' folders,
+from any path (:meth:`BenchSet.under` builds the ``models/<data set>/`` convention).
+
 Nothing here prints: a ``progress`` callback gets one line per unit of work, and the CLI renders the
 tables. Given ``out_dir``, each function writes its JSON and Markdown (and ``bench quality`` its plot).
 """
@@ -29,6 +36,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,10 +53,56 @@ from ..explain import MedCAM
 from ..method.fit import FitConfig
 from ._measure import Explained, explain_in_chunks, machine_facts
 
-__all__ = ["bench_per_image", "bench_quality", "bench_speed", "per_image_markdown", "quality_markdown",
-           "speed_markdown"]
+__all__ = ["BenchSet", "QUALITY_FOLDERS", "bench_per_image", "bench_quality", "bench_speed", "per_image_markdown",
+           "quality_markdown", "speed_markdown"]
 
 Progress = Callable[[str], None]
+
+#: The explainer folders ``bench quality`` measures when present, beside the shipped ``explainer``: the
+#: equal-budget amortized explainer (``meta-train --comparison``) and the classifier-blind U-Net of 0.1.
+QUALITY_FOLDERS: tuple[str, ...] = ("explainer", "amortized", "unet")
+
+
+@dataclass(frozen=True)
+class BenchSet:
+    """One data set to benchmark: its test images and the bundles that explain it.
+
+    Args:
+        images: raw test images (the first ``n`` are measured).
+        classifier: the classifier bundle's folder.
+        explainer: the explainer's folder (``bench quality`` only): its loss weights and baseline define the
+            loss every curve and the per-image fit are measured on, and it also explains a class other than
+            the predicted one.
+        compare: other explainers measured beside it (the equal-budget amortized one, the 0.1 U-Net), same loss.
+    """
+
+    images: ImageSet
+    classifier: Path
+    explainer: Path | None = None
+    compare: tuple[Path, ...] = ()
+
+    @classmethod
+    def beside(cls, images: ImageSet, classifier: Path, explainer: Path | None,
+               folders: Sequence[str] = QUALITY_FOLDERS) -> BenchSet:
+        """The explainer and, for comparison, those of ``folders`` beside it (in its parent folder) that hold
+        an ``explainer.json``."""
+        compare: tuple[Path, ...] = ()
+        if explainer is not None:
+            compare = tuple(explainer.parent / f for f in folders
+                            if f != explainer.name and (explainer.parent / f / "explainer.json").is_file())
+        return cls(images, classifier, explainer, compare)
+
+    @classmethod
+    def under(cls, models: Path, name: str, images: ImageSet, folders: Sequence[str] = QUALITY_FOLDERS) -> BenchSet:
+        """The ``models/<name>/`` convention: ``classifier``, ``explainer`` and the other ``folders`` present."""
+        return cls.beside(images, models / name / "classifier", models / name / "explainer", folders)
+
+
+def _warm(medcam: MedCAM, x: Tensor, batch_size: int, refine_steps: int | None) -> MedCAM:
+    """Call ``medcam`` once, untimed, on the first chunk (the shape every timed call has), so its first timed
+    call pays for no lazy set-up (module docstring). Returns it."""
+    medcam(x[:batch_size], refine_steps=refine_steps)
+    return medcam
 
 
 def _say(progress: Progress | None) -> Progress:
@@ -76,8 +130,7 @@ def _verdict(ex: Explained) -> dict[str, Any]:
 
 
 def bench_per_image(
-    models: Path,
-    sets: Mapping[str, ImageSet],
+    sets: Mapping[str, BenchSet],
     *,
     n: int = 32,
     steps: int | None = None,
@@ -94,8 +147,7 @@ def bench_per_image(
     ``area ≤ 0.25``, drop ``≥ 0.3``. Writes ``per_image.json`` and ``per_image.md`` under ``out_dir`` when given.
 
     Args:
-        models: folder holding ``<dataset>/classifier`` bundles.
-        sets: data set name → its test images (raw).
+        sets: data set name → its test images and classifier.
         n: test images per data set (the first ``n``).
         steps: fit steps per image (default ``config.steps``).
         batch_size: images fitted together.
@@ -108,10 +160,12 @@ def bench_per_image(
     if steps is not None:
         cfg = cfg.with_(steps=steps)
     results: dict[str, Any] = {"config": cfg.to_dict(), "n": n, "machine": machine_facts(), "datasets": {}}
-    for name, images in sets.items():
-        bundle = load_classifier(models / name / "classifier")
+    for name, spec in sets.items():
+        images = spec.images
+        bundle = load_classifier(spec.classifier)
         x = _x(bundle, images, n)
-        ex = explain_in_chunks(MedCAM(bundle, fit_config=cfg), x, batch_size=batch_size,
+        fit = _warm(MedCAM(bundle, fit_config=cfg), x, batch_size, 1)
+        ex = explain_in_chunks(fit, x, batch_size=batch_size,
                                on_chunk=lambda done, total, s, name=name: say(
                                    f"{name}: {done}/{total} images, {s:.2f} s/image"))
         v = _verdict(ex)
@@ -148,15 +202,13 @@ def per_image_markdown(results: Mapping[str, Any]) -> str:
 
 
 def bench_quality(
-    models: Path,
-    sets: Mapping[str, ImageSet],
+    sets: Mapping[str, BenchSet],
     *,
     n: int = 32,
     ks: Sequence[int] = (0, 1, 2, 3, 5, 10, 20),
     fit_steps: Sequence[int] = (10, 50, 100, 300),
     modes: Sequence[str] = ("logits", "weights"),
     weights_ks: Sequence[int] | None = None,
-    folders: Sequence[str] = ("explainer", "unet"),
     batch_size: int = 16,
     use_onnx: bool = True,
     progress: Progress | None = None,
@@ -166,12 +218,13 @@ def bench_quality(
     """Quality against wall time per image: explainers + K refinement steps (``logits`` and ``weights``
     modes) against the per-image fit from scratch, in one run.
 
-    Needs ``<models>/<dataset>/classifier`` and ``<models>/<dataset>/explainer`` (the shipped explainer), and
-    also measures the other ``folders`` there when present (``unet``: the classifier-blind U-Net explainer of
-    0.1, for comparison); the ``weights`` mode runs for U-Net explainers only (a decoder has no weights loop);
+    Each :class:`BenchSet` names the classifier and the explainer (required), and the explainers to compare
+    with it (``amortized``: the equal-budget amortized explainer; ``unet``: the classifier-blind U-Net
+    explainer of 0.1); the ``weights`` mode runs for U-Net explainers only (a decoder has no weights loop);
     curves are labelled by each explainer's training method
-    (``maml-logits+init`` = logits-inner-loop MAML started from amortized training, ``amortized``, …) and
-    mode. Every explainer must share the shipped one's loss weights and baseline (refused otherwise), so
+    (``maml-logits+init`` = logits-inner-loop MAML started from amortized training, ``amortized``, …; two
+    explainers with one method add their folder's name) and mode. Every explainer must share the main one's
+    loss weights and baseline (refused otherwise), so
     every curve, and the per-image fit on those weights, minimizes the same loss. ``weights_ks`` limits
     the (slow, per-image) ``weights`` mode to these K (default: ``ks``). Loss and verdict are of the binary
     masks.
@@ -186,33 +239,39 @@ def bench_quality(
     Args:
         use_onnx: take the ``logits`` mode's first guess from a bundle's ``explainer.onnx`` when it has one
             (as ``MedCAM`` does by default); False times the torch U-Net.
+
+    Raises:
+        UsageError: a data set without an explainer, or explainers trained on other loss weights.
     """
     say = _say(progress)
     results: dict[str, Any] = {"n": n, "machine": machine_facts(), "datasets": {}}
-    for name, images in sets.items():
-        folder = models / name
-        bundle = load_classifier(folder / "classifier")
+    for name, spec in sets.items():
+        images = spec.images
+        if spec.explainer is None:
+            raise UsageError(f"bench quality needs an explainer for {name!r}", spec.classifier)
+        bundle = load_classifier(spec.classifier)
         x = _x(bundle, images, n)
-        main = MedCAM(bundle, folder / "explainer", use_onnx=use_onnx)
+        main = MedCAM(bundle, spec.explainer, use_onnx=use_onnx)
         assert main.settings is not None  # an explainer's settings
         explainers: dict[str, Path] = {}
         trained: dict[str, Any] = {}
-        for sub in folders:
-            if (folder / sub / "explainer.json").exists():
-                settings = MedCAM(bundle, folder / sub, use_onnx=False).settings
-                assert settings is not None
-                if (settings.weights, settings.baseline) != (main.settings.weights, main.settings.baseline):
-                    raise UsageError(f"{sub} was trained on other loss weights or another baseline than "
-                                     "explainer: their losses are not comparable", folder / sub)
-                label = settings.training.get("method", sub)
-                explainers[label], trained[label] = folder / sub, settings.training.get("seconds")
+        for path in (spec.explainer, *spec.compare):
+            settings = main.settings if path == spec.explainer else MedCAM(bundle, path, use_onnx=False).settings
+            assert settings is not None
+            if (settings.weights, settings.baseline) != (main.settings.weights, main.settings.baseline):
+                raise UsageError(f"{path.name} was trained on other loss weights or another baseline than "
+                                 f"{spec.explainer.name}: their losses are not comparable", path)
+            label = str(settings.training.get("method", path.name))
+            if label in explainers:
+                label = f"{label} ({path.name})"
+            explainers[label], trained[label] = path, settings.training.get("seconds")
         curves: dict[str, list[dict[str, Any]]] = {}
         for label, path in explainers.items():
             for mode in modes:
                 if mode == "weights" and (path / "explainer.json").is_file() and \
                         json.loads((path / "explainer.json").read_text()).get("architecture") == "decoder":
                     continue
-                medcam = MedCAM(bundle, path, mode=mode, use_onnx=use_onnx)
+                medcam = _warm(MedCAM(bundle, path, mode=mode, use_onnx=use_onnx), x, batch_size, 1)
                 pts = []
                 for k in (ks if mode != "weights" or weights_ks is None else weights_ks):
                     if mode == "weights" and k == 0 and f"{label}+logits" in curves:  # K = 0: the same first guess
@@ -223,7 +282,8 @@ def bench_quality(
                     say(f"{name} {label}+{mode} K={k}: loss {pts[-1]['loss']:.3f} p_kept {pts[-1]['p_kept']:.3f} "
                         f"{pts[-1]['seconds_per_image']:.3f} s/image")
                 curves[f"{label}+{mode}"] = pts
-        fit = MedCAM(bundle, fit_config=FitConfig(weights=main.settings.weights, baseline=main.settings.baseline))
+        fit = _warm(MedCAM(bundle, fit_config=FitConfig(weights=main.settings.weights,
+                                                         baseline=main.settings.baseline)), x, batch_size, 1)
         pts = []
         for steps in fit_steps:
             pts.append({**_verdict(explain_in_chunks(fit, x, batch_size=batch_size, refine_steps=steps)),
@@ -233,7 +293,7 @@ def bench_quality(
         # another class than the predicted one: its probability must rise when only its evidence is kept
         with torch.no_grad():
             other = (main.classifier.logits(x).argmax(1) + 1) % len(bundle.classes)
-        ex = explain_in_chunks(main, x, other, batch_size=batch_size)
+        ex = explain_in_chunks(_warm(main, x, batch_size, 1), x, other, batch_size=batch_size)
         results["datasets"][name] = {
             "curves": curves,
             "other_class": {"steps": main.refine_config.steps, "mode": str(main.mode),

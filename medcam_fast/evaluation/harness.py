@@ -28,7 +28,9 @@ Spearman ρ on the signed and on the absolute maps, and SSIM — for every metho
 ``MedCAM`` too (the randomized classifier is not the one the explainer was trained for:
 ``allow_mismatch=True``). Each method records the fill it was trained or tuned against
 (``trained_fill``); the fills no method was trained against are the report's headline. The paired
-comparisons (bootstrap intervals and p-values) of each table are Holm-corrected as one family.
+comparisons (bootstrap intervals and p-values) of each table are Holm-corrected as one family. Each data
+set records ``p_original`` (mean, and ``p_original_per_image``): the explained class's probability on the
+unchanged image, which every binary mask's ``p_kept`` is to be read against (``p_kept ≥ p_original``).
 
 Each finished method is cached in ``<out>/datasets/<name>/<method>.{json,npz}``: its maps under a key of
 exactly the settings they depend on (so ``resume`` reruns only what a change touches: a new explainer — the
@@ -614,6 +616,7 @@ def evaluate_dataset(
     with torch.no_grad():
         logits = torch.cat([clf.logits(x[s : s + 256]) for s in range(0, len(x), 256)])
     target = logits.argmax(1)
+    p_original = logits.softmax(1).gather(1, target[:, None])[:, 0]
     fit_config = FitConfig(steps=cfg.fit_steps, seed=cfg.seed)
     medcam = explainer_sha256 = None
     if explainer is not None:  # the fit optimizes the explainer's objective; every method shares its baseline
@@ -678,6 +681,9 @@ def evaluate_dataset(
         "explainer": None if explainer is None else str(explainer),
         "explainer_sha256": explainer_sha256,
         "accuracy": float((target.cpu().numpy() == sel.labels).mean()),
+        # p(original): the explained class's probability on the image itself, what p_kept is judged against
+        "p_original": float(p_original.mean()),
+        "p_original_per_image": [float(v) for v in p_original.cpu()],
         "localization": run.evidence is not None,
         "localization_n": int(run.evidence.rows.numel()) if run.evidence is not None else 0,
         "evidence_class": (classifier.classes[sel.evidence_class] if run.evidence is not None

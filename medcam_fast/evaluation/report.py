@@ -159,24 +159,26 @@ def _fill_table(res: dict[str, Any], f: str, fractions: Sequence[float]) -> list
 
 
 def _binary_table(res: dict[str, Any]) -> list[str]:
-    """Each binary method's verdict under every fill beside a random blob of its area, and its readability."""
+    """Each binary method's verdict under every fill — p_kept beside the data set's p(original), which it is
+    read against — beside a random blob of its area, and its readability."""
     fills = res.get("fills", [])
     own = res.get("controls", {}).get("own_area", {})
-    head = ["mask", "area", *(f"p_kept / p_removed [{f}]" for f in fills), "pieces (median)",
+    head = ["mask", "area", "p_original", *(f"p_kept / p_removed [{f}]" for f in fills), "pieces (median)",
             "largest piece (median)", "lattice score (median)", "lattice flagged"]
+    p_original = _fmt(res.get("p_original"))
     rows = []
     for m, r in res["methods"].items():
         if m not in own:
             continue
         read = r.get("readability") or {}
         area = _dig(r, "fills", fills[0], "binary", "area") if fills else None
-        rows.append([r["label"], _fmt(area), *(
+        rows.append([r["label"], _fmt(area), p_original, *(
             f"{_fmt(_dig(r, 'fills', f, 'binary', 'p_kept'))} / {_fmt(_dig(r, 'fills', f, 'binary', 'p_removed'))}"
             for f in fills), _fmt(read.get("pieces_median"), 1), _fmt(read.get("largest_fraction_median")),
             _fmt(read.get("lattice_median"), 2),
             "–" if read.get("lattice_flagged") is None else f"{read['lattice_flagged']:.0%}"])
         blob = own[m]["rows"].get("blob", {}).get("means", {})
-        rows.append([f"*control: random blob, area of {r['label']}*", _fmt(area), *(
+        rows.append([f"*control: random blob, area of {r['label']}*", _fmt(area), p_original, *(
             f"{_fmt(_dig(blob, f, 'p_kept'))} / {_fmt(_dig(blob, f, 'p_removed'))}" for f in fills),
             "1.0", "1.000", "–", "–"])
     return _table(head, rows) if rows else []
@@ -351,7 +353,9 @@ def report_markdown(results: dict[str, Any]) -> str:
     for name, res in results["datasets"].items():
         home = _home(res)
         lines += [f"## {name}", "",
-                  f"{res['n']} images, classifier accuracy on them {res['accuracy']:.3f}." + _localization_note(res),
+                  f"{res['n']} images, classifier accuracy on them {res['accuracy']:.3f}; p(original) — the "
+                  f"explained class's probability on the unchanged image, what p_kept is read against — "
+                  f"{_fmt(res.get('p_original'))} (mean)." + _localization_note(res),
                   "Trained or tuned against: " + ("; ".join(f"{f} — {', '.join(ms)}" for f, ms in home.items())
                                                   or "no fill") + ". Headline fills (no method trained on them): "
                   + (", ".join(res.get("headline_fills", [])) or "none") + (" and ROAD" if res.get("road_n") else "")

@@ -1,0 +1,138 @@
+"""``medcam-fast meta-train``'s recipe job: amortized, then MAML, within one budget, optionally with the
+equal-budget amortized comparison (:mod:`medcam_fast.explainer.recipe`), shown with :class:`~.progress.StepProgress`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+
+from ..classifiers.bundle import load_classifier
+from ..errors import UsageError
+from ..explainer.bundle import ExplainerBundle, load_explainer, save_explainer
+from ..explainer.meta import MetaConfig
+from ..explainer.recipe import COMPARISON, RecipeConfig, RecipeResult, phase_folders, train_recipe
+from .console import escape
+from .jobs import _training_images, load_splits
+from .progress import StepProgress
+
+__all__ = ["meta_train_recipe", "default_work", "default_comparison_out"]
+
+
+def default_work(out: Path) -> Path:
+    """The phases' folder beside the explainer: ``<OUT>-phases``."""
+    return out.parent / f"{out.name}-phases"
+
+
+def default_comparison_out(out: Path) -> Path:
+    """The comparison beside the explainer, where ``bench quality`` looks: ``<OUT's folder>/amortized``."""
+    return out.parent / "amortized"
+
+
+def _folder_for_bundle(path: Path) -> None:
+    if path.exists() and not path.is_dir():
+        raise UsageError("output path exists and is not a folder", path)
+
+
+def meta_train_recipe(
+    classifier: str | Path,
+    data: str | Path,
+    out: str | Path,
+    meta: MetaConfig,
+    recipe: RecipeConfig,
+    *,
+    work: str | Path | None = None,
+    comparison: bool = False,
+    comparison_out: str | Path | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    data_dir: str | Path | None = None,
+    init: str | Path | None = None,
+    console: Console | None = None,
+    workers: int = 1,
+) -> RecipeResult:
+    """Train an explainer with the shipped recipe (:mod:`medcam_fast.explainer.recipe`) on the training split
+    of ``data`` and save it to ``out`` (and the comparison to ``comparison_out``); the phases' checkpoints stay in
+    ``work``. Refuses to replace a bundle or checkpoint unless ``resume`` or ``overwrite``.
+
+    Args:
+        classifier: the classifier bundle folder.
+        data: a short name, an ``.npz`` file or a class-per-folder tree.
+        out: the explainer bundle's folder.
+        meta: the MAML phase's settings (and the network's, every phase's).
+        recipe: the budget and its split.
+        work: the phases' folder (default :func:`default_work`).
+        comparison: also train the equal-budget amortized comparison.
+        comparison_out: its folder (default :func:`default_comparison_out`).
+        resume: continue an interrupted recipe (finished phases are loaded).
+        overwrite: start afresh.
+        data_dir: where short data-set names are looked up.
+        init: an explainer bundle to start the first phase from.
+        console: where progress and the result go.
+        workers: processes per phase (:mod:`medcam_fast.explainer.distributed`).
+    """
+    console = console or Console()
+    out = Path(out)
+    work = Path(work) if work is not None else default_work(out)
+    base_out = Path(comparison_out) if comparison_out is not None else default_comparison_out(out)
+    if resume and overwrite:
+        raise UsageError("--resume and --overwrite exclude each other")
+    if not comparison and comparison_out is not None:
+        raise UsageError("--comparison-out names where --comparison goes: pass --comparison too")
+    targets = [out, base_out] if comparison else [out]
+    if len({t.resolve() for t in targets}) != len(targets) or any(
+            t.resolve() in {f.resolve() for f in phase_folders(work).values()} for t in targets):
+        raise UsageError("the explainer, the comparison and the phases' folders must differ", out)
+    for t in targets:
+        _folder_for_bundle(t)
+    if not resume and not overwrite:
+        busy = [t for t in targets if (t / "explainer.json").exists() or (t / "explainer.onnx").exists()]
+        busy += [f for f in phase_folders(work).values()
+                 if (f / "checkpoint.json").exists() or (f / "explainer.json").exists()]
+        if busy:
+            raise UsageError("holds an explainer or checkpoint; pass --resume to continue or --overwrite", busy[0])
+    bundle = load_classifier(classifier)
+    start = load_explainer(init) if init is not None else None
+    sets = load_splits(data, data_dir)
+    _training_images(sets, data, ("train",))
+    phases = recipe.phases(comparison)
+    progress: dict[str, StepProgress] = {}
+
+    def show(phase: str, step: int, log: dict[str, float]) -> None:
+        if phase not in progress:
+            for done in progress.values():
+                done.__exit__(None, None, None)
+            n = phases.index(phase) + 1
+            progress.clear()
+            progress[phase] = StepProgress(console, f"meta-train {phase} ({n}/{len(phases)})",
+                                           budget_seconds=recipe.seconds(phase)).__enter__()
+        progress[phase].update(step, log)
+
+    try:
+        result = train_recipe(bundle, sets["train"].images, meta, recipe, work, comparison=comparison, resume=resume,
+                              init=start, callback=show, workers=workers)
+    except BaseException as e:
+        for p in progress.values():
+            p.__exit__(type(e), e, e.__traceback__)
+        raise
+    for p in progress.values():
+        p.__exit__(None, None, None)
+    written = [(out, result.explainer)] + ([(base_out, result.comparison)] if result.comparison is not None else [])
+    for folder, made in written:
+        _save_fresh(made, folder)
+    for phase, f in result.phases.items():
+        state = "finished earlier, loaded" if f["loaded"] else f"{f['steps']} steps, {float(f['seconds'] or 0):.0f} s"
+        console.print(escape(f"  {phase}: {f['method']}, {state} (budget {float(f['budget_seconds']):.0f} s), "
+                             f"in {f['folder']}"), soft_wrap=True, highlight=False)
+    console.print(escape(f"wrote {out}: {result.explainer.training.get('method')}"
+                         + (f"; comparison {base_out}" if COMPARISON in result.phases else "")), soft_wrap=True,
+                  highlight=False)
+    return result
+
+
+def _save_fresh(bundle: ExplainerBundle, folder: Path) -> None:
+    """Save ``bundle`` to ``folder``, first removing an ``explainer.onnx`` there: it was exported from an earlier
+    explainer and would otherwise be recorded (sealed) as this one's."""
+    (folder / "explainer.onnx").unlink(missing_ok=True)
+    save_explainer(bundle, folder)
