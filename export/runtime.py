@@ -258,8 +258,9 @@ class OnnxExplainer:
         t = t.reshape(-1)
         if t.shape[0] != n:
             raise UsageError(f"got {t.shape[0]} targets for {n} images")
-        if t.size and (int(t.min()) < 0 or int(t.max()) >= self._num_classes):
-            raise UsageError(f"targets must lie in [0, {self._num_classes - 1}], found "
+        low = -1 if allow_none else 0  # a combined graph reads -1 as "the classifier's decision", per image
+        if t.size and (int(t.min()) < low or int(t.max()) >= self._num_classes):
+            raise UsageError(f"targets must lie in [{low}, {self._num_classes - 1}], found "
                              f"[{int(t.min())}, {int(t.max())}]")
         return t
 
@@ -319,7 +320,8 @@ class OnnxExplainer:
                 float32 ``[B, C, H, W]`` array (any ``H×W`` for the core graph).
             targets: the class each mask explains: an int for every image or an int array ``[B]``. Required
                 for the core graph, which does not run the classifier (pass its predictions). For a combined
-                graph None means the classifier's own decision, argmax of ``probs_original``.
+                graph None means the classifier's own decision, argmax of ``probs_original``, and so does a
+                target of -1 (per image: one batch may mix given targets and decisions).
             preprocessed: ``images`` is already normalized float32 NCHW.
             batched: how to read a 3-D raw array (True NHW, False HWC, None guess), as in
                 :meth:`Preprocess.__call__ <medcam_fast.data.preprocess.Preprocess.__call__>`.

@@ -15,7 +15,7 @@ from .errors import UsageError
 if TYPE_CHECKING:
     from torch import Tensor
 
-__all__ = ["BaselineKind", "RefineMode", "InnerMode", "MaskGrid", "Architecture", "Classifier", "choice"]
+__all__ = ["BaselineKind", "RefineMode", "InnerMode", "MaskGrid", "Architecture", "Engine", "Classifier", "choice"]
 
 
 class _Choice(str, Enum):
@@ -49,6 +49,14 @@ class RefineMode(_Choice):
     LOGITS = "logits"
     WEIGHTS = "weights"
     FULL = "full"
+
+
+class Engine(_Choice):
+    """Where ``explain`` computes: ``LOCAL`` — this process; ``RAY`` — a pool of Ray actors (``[scale]`` extra),
+    on a local instance or a cluster, with the same outputs, manifest and resume."""
+
+    LOCAL = "local"
+    RAY = "ray"
 
 
 class InnerMode(_Choice):

@@ -51,7 +51,9 @@ decoder shows must come from what the classifier learned. Only θ is trained; ne
 
 Targets: the predicted class, or with probability ``other_class_prob`` another class, so one explainer
 explains any class. Sampling depends only on ``(seed, step)``, so a resumed run repeats an uninterrupted
-one exactly.
+one exactly; each image's robustness draws come from its own generator, seeded by ``(seed, step, position
+in the batch)``, so a meta-batch split over processes (``workers``, :mod:`~.distributed`) draws what one
+process draws.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -92,6 +95,9 @@ from ..method.objective import Objective
 from ..method.unet import UNetConfig, auto_downsample
 from ..types import Architecture, BaselineKind, InnerMode, choice
 from .bundle import ExplainerBundle, NetConfig, build_net, save_explainer
+
+if TYPE_CHECKING:
+    from .distributed import World
 
 __all__ = ["MetaConfig", "meta_train", "independence_loss", "soft_clip", "RANDOM_CLASSIFIER_EVERY"]
 
@@ -193,6 +199,14 @@ def _targets(pred: Tensor, k: int, step: int, cfg: MetaConfig) -> Tensor:
         shift = torch.from_numpy(rng.integers(1, k, size=len(t)))
         t = torch.where(torch.from_numpy(other), (t + shift) % k, t)
     return t
+
+
+def _draws(cfg: MetaConfig, step: int, n: int) -> list[torch.Generator]:
+    """One random source per image of step ``step``'s meta-batch, seeded by ``(seed, step, position)``: an
+    image's robustness draws do not depend on the other images of the batch, nor on which process computes it
+    (:mod:`~medcam_fast.explainer.distributed`)."""
+    states = [np.random.SeedSequence([cfg.seed, step, j]).generate_state(2, np.uint32) for j in range(n)]
+    return [torch.Generator().manual_seed(int(a) << 31 | int(b) >> 1) for a, b in states]
 
 
 def independence_loss(u: Tensor, u_random: Tensor, eps: float = 1e-6) -> Tensor:
@@ -306,6 +320,8 @@ def meta_train(
     stop_after: int | None = None,
     time_budget: float | None = None,
     init: ExplainerBundle | None = None,
+    workers: int = 1,
+    world: World | None = None,
 ) -> ExplainerBundle:
     """Meta-train (or, with ``inner_steps=0``, amortize-train) an explainer for ``classifier``.
 
@@ -321,10 +337,19 @@ def meta_train(
             all, even before ``outer_steps`` — for comparisons at equal wall time.
         init: start θ from this explainer's U-Net (e.g. meta-train on top of amortized training) instead
             of a fresh initialization; its shape must match ``width``/``depth``.
+        workers: train on this many processes, each computing a share of every meta-batch, gradients averaged
+            (:mod:`medcam_fast.explainer.distributed`; the same result to float rounding).
+        world: set by :mod:`~medcam_fast.explainer.distributed` in each of those processes: this process's
+            rank and the number of processes.
 
     Returns:
         The explainer bundle (also saved to ``out_dir`` when given).
     """
+    if workers > 1 and world is None:
+        from .distributed import meta_train_parallel
+
+        return meta_train_parallel(meta_train, workers, classifier, images, config, out_dir=out_dir, resume=resume,
+                                   callback=callback, stop_after=stop_after, time_budget=time_budget, init=init)
     cfg = config
     pre = classifier.preprocess
     clf: FrozenClassifier = classifier.frozen()
@@ -355,11 +380,14 @@ def meta_train(
     while step < cfg.outer_steps:
         t0 = time.perf_counter()
         idx = torch.from_numpy(_sample(len(x_all), step, cfg))
-        x = x_all[idx]
         target = _targets(pred_all[idx], k, step, cfg)
+        gen = _draws(cfg, step, len(idx))
+        if world is not None:  # this process's share of the meta-batch
+            part = world.share(len(idx))
+            idx, target, gen = idx[part], target[part], gen[part]
+        x = x_all[idx]
         obj = Objective.build(clf, x, target, baseline=cfg.baseline, weights=cfg.weights, tau=cfg.tau,
                               normalization=(pre.mean, pre.std))
-        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         # θ is shared at zero steps: one batched call (GroupNorm and FiLM act per image).
         u0 = first_guess(net, obj, theta)
         zero_total, zero_terms = obj.loss_of_logits(u0, generator=gen)
@@ -392,17 +420,24 @@ def meta_train(
             log["independence"] = float(ind.detach().mean())
         opt.zero_grad(set_to_none=True)
         objective.backward()
+        if world is not None:
+            world.average_gradients(list(theta.values()) + list(lrs.values()))
         opt.step()
         step += 1
         done_here += 1
         seconds += time.perf_counter() - t0
         log["step"] = step
         log["seconds"] = seconds
+        if world is not None:
+            log = world.mean_log(log)
         history.append(log)
         if callback is not None:
             callback(step, log)
         out_of_time = time_budget is not None and seconds >= time_budget
-        if folder is not None and (step % cfg.checkpoint_every == 0 or step == cfg.outer_steps or out_of_time):
+        if world is not None:
+            out_of_time = world.any(out_of_time)  # every process stops at the same step
+        writes = folder is not None and (world is None or world.root)
+        if writes and (step % cfg.checkpoint_every == 0 or step == cfg.outer_steps or out_of_time):
             _save_checkpoint(folder, step, theta, lrs, opt, cfg, history, seconds)
         if (stop_after is not None and done_here >= stop_after) or out_of_time:
             break
@@ -434,6 +469,6 @@ def meta_train(
                   "steps_done": step, "seconds": seconds, "n_images": int(len(x_all)),
                   "final": history[-1] if history else {}},
     )
-    if folder is not None and (step >= cfg.outer_steps or out_of_time):
+    if folder is not None and (world is None or world.root) and (step >= cfg.outer_steps or out_of_time):
         save_explainer(bundle, folder)
     return bundle
