@@ -11,7 +11,7 @@ import re
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -34,29 +34,44 @@ from .._io import SEAL_KEY, atomic_write_json, seal, sha256_file
 from ..classifiers.bundle import load_classifier, save_classifier
 from ..classifiers.frozen import ClassifierBundle
 from ..classifiers.training import TrainConfig, train_classifier
-from ..data.images import ImageSet, list_images, load_folder, load_image, probe_image
+from ..data.geometry import DEFAULT_OUTPUT_GRID, OutputGrid, input_views
+from ..data.images import ImageSet, decode, list_images, load_folder, probe_image
+from ..data.labelled import LabelTable
 from ..data.lesions import make_lesions
+from ..data.medical import (
+    DEFAULT_SLICE_AXIS,
+    Decoded,
+    SourceKind,
+    Window,
+    list_frames,
+    medical_stem,
+    parse_window,
+    sniff_kind,
+)
 from ..data.medmnist import load_npz, resolve_data, stratified_split
+from ..data.preprocess import Preprocess
 from ..errors import DataError, MedCamError, UsageError
 from ..explain import Explanation, MedCAM
 from ..explainer.bundle import ExplainerBundle, load_explainer
 from ..explainer.meta import MetaConfig, meta_train
 from ..method.fit import FitConfig
 from ..method.refine import RefineConfig
-from ..types import Architecture, RefineMode
-from .console import escape, print_error
+from ..types import Architecture, Engine, RefineMode, choice
+from .console import LogConsole, escape, print_error
+from .progress import StepProgress
 from .runfolder import RunFolder, output_stems
 from .writers import FORMATS, output_paths, write_explanation, write_summary
 
 __all__ = [
     "train_classifier_bundle", "import_classifier_bundle", "meta_train_bundle", "export_bundle", "explain_inputs", "run_demo",
-    "load_splits", "evaluate_job",
+    "load_splits", "evaluate_job", "dataset_name",
 ]
 
 
 
 def load_splits(data: str | Path, data_dir: str | Path | None = None, seed: int = 0) -> dict[str, ImageSet]:
-    """Train/val/test sets of a data set: a short name (breast, …), an ``.npz`` file or a class-per-folder tree."""
+    """Train/val/test sets of a data set: a short name (breast, …), an ``.npz`` file, a class-per-folder tree, or
+    a flat folder of files (one ``unlabelled`` class: images for meta-training; train-classifier refuses it)."""
     if str(data) == "lesions":
         return {
             "train": make_lesions(2000, size=64, seed=seed),
@@ -64,6 +79,12 @@ def load_splits(data: str | Path, data_dir: str | Path | None = None, seed: int 
             "test": make_lesions(500, size=64, seed=seed + 2),
         }
     path = Path(data) if Path(data).exists() else resolve_data(str(data), None if data_dir is None else str(data_dir))
+    if path.is_dir() and not any(d.is_dir() and not d.name.startswith(".") for d in path.iterdir()):
+        from ..data.labelled import load_unlabelled  # a flat folder (of DICOM files, say): images, no labels
+
+        full = load_unlabelled(path)
+        parts = stratified_split(full.labels, seed)
+        return {k: full.subset(v) for k, v in parts.items()}
     if path.is_dir():
         full = load_folder(path)
         parts = stratified_split(full.labels, seed)
@@ -110,16 +131,36 @@ def train_classifier_bundle(
     data_dir: str | Path | None = None,
     overwrite: bool = False,
     console: Console | None = None,
+    classes: Sequence[str] | None = None,
+    labels: LabelTable | None = None,
+    image_size: int | None = None,
 ) -> tuple[ClassifierBundle, Path]:
     """Train a built-in classifier on ``data`` and save its bundle to ``out``, with a progress bar on
-    ``console``'s stderr twin. Returns the bundle and folder."""
+    ``console``'s stderr twin. Returns the bundle and folder.
+
+    Args:
+        classes: class names in label order, replacing the data's own (an ``.npz`` file's ``classes`` /
+            ``class_names``, a tree's folder names, else ``class_<k>``); as many as the data has classes.
+        labels: a label table naming files of the folder ``data`` (DICOM, NIfTI or images) and their labels; the
+            split keeps each of its groups (``group_column``, e.g. ``PatientID``) in one split only.
+        image_size: the side labelled images are resized to (default
+            :data:`~medcam_fast.data.labelled.DEFAULT_LABELLED_SIZE`).
+    """
     out = Path(out)
     _check_out(out, "classifier.json", overwrite)
-    sets = load_splits(data, data_dir, config.seed)
+    split_facts = None
+    if labels is not None:
+        sets, split_facts = _labelled_splits(data, labels, image_size, config.seed)
+    else:
+        if image_size is not None:
+            raise UsageError("--image-size resizes the files of a --labels table; other data keep their size")
+        sets = load_splits(data, data_dir, config.seed)
+    if classes is not None:
+        sets = {k: _renamed(v, classes, data) for k, v in sets.items()}
     _training_images(sets, data, ("train", "val"), classes=True)
     bar = Progress(TextColumn("{task.description}"), BarColumn(),
                    TextColumn("loss {task.fields[loss]:.3f}  val acc {task.fields[acc]:.3f}"), TimeElapsedColumn(),
-                   console=Console(stderr=True), disable=console is None)
+                   console=LogConsole(stderr=True), disable=console is None)
     with bar:
         task = bar.add_task(f"epoch 0/{config.epochs}", total=config.epochs, loss=float("nan"), acc=float("nan"))
 
@@ -129,7 +170,46 @@ def train_classifier_bundle(
 
         bundle = train_classifier(sets["train"], sets["val"], sets["test"], config, callback=show)
     bundle.metrics["data"] = sets["train"].name
+    if split_facts is not None:
+        bundle.metrics["split"] = split_facts
     return bundle, save_classifier(bundle, out)
+
+
+def _labelled_splits(data: str | Path, labels: LabelTable, image_size: int | None,
+                     seed: int) -> tuple[dict[str, ImageSet], dict[str, Any]]:
+    """Train/val/test of a labelled folder, split by group; and the split's facts for the bundle."""
+    from ..data.labelled import DEFAULT_LABELLED_SIZE, grouped_split, load_labelled
+
+    size = DEFAULT_LABELLED_SIZE if image_size is None else int(image_size)
+    if size < 8:
+        raise UsageError(f"--image-size must be at least 8, got {size}")
+    full, groups = load_labelled(data, labels, size)
+    parts = grouped_split(full.labels, groups, seed)
+    facts: dict[str, Any] = {"labels": str(labels.path), "label_column": labels.label_column,
+                             "group_column": labels.group_column, "image_size": size,
+                             "grouped": labels.group_column is not None}
+    for name, idx in parts.items():
+        facts[f"{name}_images"] = int(len(idx))
+        facts[f"{name}_groups"] = int(len(set(groups[idx].tolist())))
+    return {k: full.subset(v) for k, v in parts.items()}, facts
+
+
+def _renamed(images: ImageSet, classes: Sequence[str], data: str | Path) -> ImageSet:
+    """``images`` with its classes named ``classes`` (UsageError unless there are as many, distinct, non-empty)."""
+    names = [c.strip() for c in classes]
+    if len(names) != len(images.classes):
+        raise UsageError(f"--classes names {len(names)} classes, the data has {len(images.classes)} "
+                         f"({', '.join(images.classes)})", data)
+    if any(not c for c in names) or len(set(names)) != len(names):
+        raise UsageError(f"--classes needs distinct, non-empty names, got {','.join(names)!r}")
+    return replace(images, classes=names)
+
+
+def dataset_name(data: str | Path) -> str:
+    """What a data set is called in reports and result files: an existing file's or folder's stem
+    (``own.npz`` → ``own``), else the short name as given (``breast``)."""
+    p = Path(data)
+    return p.stem if p.exists() else str(data)
 
 
 @dataclass
@@ -142,14 +222,28 @@ class _Item:
     array: np.ndarray | None = None
     error: DataError | None = None
     sha256: str | None = None
+    frame: int = 0
+    kind: SourceKind | None = None
+    window: Window | None = None
+    slice_axis: int = DEFAULT_SLICE_AXIS
+    decoded: Decoded | None = None
 
     def load(self, max_pixels: int) -> np.ndarray:
-        """The image's pixels (decoded now, for a file; its sha256 recorded)."""
+        """The image's pixels (decoded now, for a file, through :func:`~medcam_fast.data.medical.decode`: the
+        window applied and recorded in ``decoded``; its sha256 recorded)."""
         if self.array is not None:
             return self.array
         assert self.path is not None
         self.sha256 = sha256_file(self.path)
-        return load_image(self.path, max_pixels=max_pixels)
+        self.decoded = decode(self.path, kind=self.kind, frame=self.frame, window=self.window,
+                              slice_axis=self.slice_axis, max_pixels=max_pixels)
+        return self.decoded.pixels
+
+    def outputs(self, out: Path, formats: Sequence[str]) -> dict[str, Path]:
+        """The files this input's explanation writes (a DICOM SEG for a DICOM source, NIfTI masks for a NIfTI
+        one, when ``formats`` asks for them)."""
+        medical = self.kind.value if self.kind in (SourceKind.DICOM, SourceKind.NIFTI) else None
+        return output_paths(out, self.stem, formats, source=medical)
 
 
 def _parse_index(spec: str | None, n: int, where: str) -> list[int]:
@@ -168,8 +262,29 @@ def _parse_index(spec: str | None, n: int, where: str) -> list[int]:
     return out
 
 
+def _file_items(f: Path, max_pixels: int, window: Window | None, slice_axis: int,
+                slices: str | None) -> list[_Item]:
+    """The items of one file: one per frame of a multi-frame DICOM object (``NAME_f0003``), one per slice of a
+    NIfTI volume (``NAME_z012``: the canonical axis letter x, y or z), else one. Reads headers only."""
+    kind = sniff_kind(f)
+    if kind is SourceKind.IMAGE:
+        probe_image(f, max_pixels=max_pixels)  # the header only: pixels are decoded batch by batch
+        return [_Item(f.stem, str(f), path=f, kind=kind, window=window)]
+    frames = list_frames(f, kind, slice_axis=slice_axis, slices=slices)
+    stem = medical_stem(f)
+    if len(frames) == 1 and frames[0] == 0:
+        return [_Item(stem, str(f), path=f, kind=kind, window=window, slice_axis=slice_axis)]
+    if kind is SourceKind.DICOM:
+        return [_Item(f"{stem}_f{k:04d}", f"{f}#frame={k}", path=f, kind=kind, window=window, frame=k)
+                for k in frames]
+    axis = "xyz"[slice_axis]
+    return [_Item(f"{stem}_{axis}{k:03d}", f"{f}#{axis}={k}", path=f, kind=kind, window=window, frame=k,
+                  slice_axis=slice_axis) for k in frames]
+
+
 def _gather(inputs: Sequence[str], split: str, index: str | None, fail_fast: bool,
-            max_pixels: int = 50_000_000) -> list[_Item]:
+            max_pixels: int = 50_000_000, window: Window | None = None, slice_axis: int = DEFAULT_SLICE_AXIS,
+            slices: str | None = None) -> list[_Item]:
     items: list[_Item] = []
     for spec in inputs:
         p = Path(spec)
@@ -182,8 +297,7 @@ def _gather(inputs: Sequence[str], split: str, index: str | None, fail_fast: boo
             continue
         for f in list_images(spec):
             try:
-                probe_image(f, max_pixels=max_pixels)  # the header only: pixels are decoded batch by batch
-                items.append(_Item(f.stem, str(f), path=f))
+                items.extend(_file_items(f, max_pixels, window, slice_axis, slices))
             except DataError as e:
                 if fail_fast:
                     raise
@@ -208,22 +322,62 @@ def _summary_table(rows: list[dict[str, Any]], title: str) -> Table:
     return table
 
 
-def _write_batch(run: RunFolder, items: Sequence[_Item], ex: Explanation, formats: Sequence[str]) -> None:
-    """Write one batch's outputs, then list them in the run's manifest. If a write fails (a full disk), the
-    batch's files are removed again, so nothing half-written or unlisted stays behind."""
+def _bit_depth_warning(source: str, pixels: np.ndarray) -> str | None:
+    """The warning for a 16-bit image that uses 12 bits at most (it looks nearly black once scaled), or None."""
+    if pixels.dtype == np.uint16 and 0 < int(pixels.max()) < 4096:
+        return (f"{source}: a 16-bit image that uses 12 bits at most (max {int(pixels.max())}); it is scaled by "
+                "1/65535 and looks nearly black to the classifier")
+    return None
+
+
+def _write_images(out: Path, items: Sequence[_Item], ex: Explanation, formats: Sequence[str],
+                  preprocess: Preprocess | None = None, grid: OutputGrid = DEFAULT_OUTPUT_GRID,
+                  ) -> tuple[dict[str, dict[str, Path]], dict[str, dict[str, Any]]]:
+    """Write each image's outputs (atomically; not the manifest): ``(stem → kind → path, stem → record)``. If a
+    write fails (a full disk), the batch's files are removed again and the OSError raised.
+
+    With ``preprocess`` (the classifier's), masks and overlays are mapped back to each input's own grid when
+    ``grid`` is ``input`` (the geometry is recorded either way); DICOM SEG and NIfTI masks are always on the
+    source's grid. Without it, everything stays on the model's grid."""
     written, rows = {}, {}
     try:
-        run.intend(p for it in items for p in output_paths(run.out, it.stem, formats).values())
         for i, it in enumerate(items):
             rec = {"image": it.stem, "source": it.source, "source_sha256": it.sha256, **ex.record(i)}
+            views = [ex.images[i], ex.soft[i], ex.binary[i], ex.kept[i]]
+            source_masks = None
+            if it.decoded is not None:
+                rec["input"] = it.decoded.record
+            pixels = it.decoded.pixels if it.decoded is not None else it.array
+            if preprocess is not None and pixels is not None:
+                geometry, *on_input = input_views(np.asarray(pixels), preprocess, *views[1:])
+                rec["geometry"] = geometry.to_dict()
+                rec["mask_grid"] = grid.value
+                source_masks = (on_input[2], on_input[1])  # binary, soft on the source's grid
+                if grid is OutputGrid.INPUT:
+                    views = on_input
             written[it.stem] = write_explanation(
-                run.out, it.stem, ex.images[i], ex.soft[i], ex.binary[i], ex.kept[i], rec, formats
+                out, it.stem, *views, rec, formats, paths=it.outputs(out, formats),
+                source=it.decoded, source_masks=source_masks,
             )
             rows[it.stem] = rec
-        run.record(written, rows)
     except OSError:
         for it in items:
-            for path in output_paths(run.out, it.stem, formats).values():
+            for path in it.outputs(out, formats).values():
+                path.unlink(missing_ok=True)
+        raise
+    return written, rows
+
+
+def _write_batch(run: RunFolder, items: Sequence[_Item], ex: Explanation, formats: Sequence[str],
+                 preprocess: Preprocess | None = None, grid: OutputGrid = DEFAULT_OUTPUT_GRID) -> None:
+    """Write one batch's outputs, then list them in the run's manifest. If a write fails (a full disk), the
+    batch's files are removed again, so nothing half-written or unlisted stays behind."""
+    try:
+        run.intend(p for it in items for p in it.outputs(run.out, formats).values())
+        run.record(*_write_images(run.out, items, ex, formats, preprocess, grid))
+    except OSError:
+        for it in items:
+            for path in it.outputs(run.out, formats).values():
                 path.unlink(missing_ok=True)
         raise
 
@@ -242,7 +396,7 @@ def explain_inputs(
     steps: int | None = None,
     target: int | None = None,
     batch_size: int = 16,
-    formats: str = "png,npy,json",
+    formats: str = "png,npy,json,seg,nii",
     split: str = "test",
     index: str | None = None,
     overwrite: bool = False,
@@ -253,8 +407,26 @@ def explain_inputs(
     console: Console | None = None,
     err_console: Console | None = None,
     title: str = "medcam-fast",
+    engine: Engine | str = Engine.LOCAL,
+    address: str | None = None,
+    workers: int | None = None,
+    window: str | None = None,
+    slice_axis: int = DEFAULT_SLICE_AXIS,
+    slices: str | None = None,
+    mask_grid: OutputGrid | str = DEFAULT_OUTPUT_GRID,
 ) -> int:
-    """Explain every input image and write its outputs; returns the exit code (0, or 5 if some inputs failed)."""
+    """Explain every input image and write its outputs; returns the exit code (0, or 5 if some inputs failed).
+
+    ``window`` (``C,W`` or a preset, :func:`~medcam_fast.data.medical.parse_window`) overrides the window of
+    DICOM, NIfTI, 16-bit and float inputs; ``slice_axis`` and ``slices`` pick the slices of NIfTI volumes;
+    ``mask_grid`` says whether masks and overlays are written on the input's grid or the model's.
+
+    ``engine="ray"`` explains and writes the pending images in a pool of ``workers`` Ray actors (on the cluster
+    at ``address``, else a local instance), with the same listing, manifest, resume and outputs
+    (:mod:`medcam_fast.cli.ray_engine`)."""
+    engine = choice(Engine, engine, "engine")
+    grid = choice(OutputGrid, mask_grid, "--mask-grid")
+    user_window = parse_window(window)
     console = console or Console()
     err_console = err_console or Console(stderr=True, soft_wrap=True)
     fmts = [f.strip() for f in formats.split(",") if f.strip()]
@@ -275,14 +447,14 @@ def explain_inputs(
         explainer = DEMO_DIR / "explainer"
     if not any(Path(i).suffix.lower() == ".npz" for i in inputs) and (index is not None or split != "test"):
         raise UsageError("--index and --split select images of .npz inputs; none of the inputs is one")
-    items = _gather(inputs, split, index, fail_fast, max_pixels)
+    items = _gather(inputs, split, index, fail_fast, max_pixels, user_window, slice_axis, slices)
     failures = [it for it in items if it.error]
     todo = [it for it in items if not it.error]
     if not todo:
         _no_readable_image(failures, inputs, err_console)
+    threads = threads or default_threads(max(bundle.preprocess.size))
     medcam = MedCAM(bundle, explainer, mode=mode, refine_steps=steps, allow_mismatch=allow_mismatch,
-                    allow_unsealed=allow_unsealed, device=device,
-                    threads=threads or default_threads(max(bundle.preprocess.size)))
+                    allow_unsealed=allow_unsealed, device=device, threads=threads)
     for warning in medcam.warnings:  # also in every record; said once here, where the user looks
         print_error(warning, "warning", on=err_console)
     with RunFolder(out) as run:
@@ -290,21 +462,34 @@ def explain_inputs(
         run.plan("summary", {"csv": out / "summary.csv", "json": out / "summary.json"}, overwrite=True,
                  resume=True)
         pending = [it for it in todo
-                   if run.plan(it.stem, output_paths(out, it.stem, fmts), overwrite=overwrite, resume=resume)]
+                   if run.plan(it.stem, it.outputs(out, fmts), overwrite=overwrite, resume=resume)]
         with medcam as explain, Progress(
             TextColumn("[bold]explain"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console,
             transient=True,
         ) as bar:
             task = bar.add_task("explain", total=len(pending))
-            for start in range(0, len(pending), batch_size):
+            if engine is Engine.RAY:  # the same images, explained and written by Ray actors
+                from .ray_engine import WorkerSpec, explain_on_ray
+
+                spec = WorkerSpec(str(classifier if classifier is not None else DEMO_DIR / "classifier"),
+                                  None if explainer is None else str(explainer), None if mode is None else str(mode),
+                                  steps, target, allow_mismatch, allow_import, allow_unsealed, device, threads,
+                                  tuple(fmts), grid.value, max_pixels, str(out), os.getcwd(), _write_images,
+                                  _bit_depth_warning)
+                explain_on_ray(run, pending, failures, spec, batch_size=batch_size, workers=workers, address=address,
+                               fail_fast=fail_fast, warn=lambda w: print_error(w, "warning", on=err_console),
+                               advance=lambda n: bar.advance(task, n),
+                               finish=lambda: _finish(run, out, todo, items, bundle, classifier, explainer, console,
+                                                      title))
+            for start in range(0, len(pending) if engine is Engine.LOCAL else 0, batch_size):
                 chunk, xs = [], []
                 for it in pending[start : start + batch_size]:  # at most one batch of pixels in memory
                     try:
                         pixels = it.load(max_pixels)
-                        if pixels.dtype == np.uint16 and 0 < int(pixels.max()) < 4096:
-                            print_error(f"{it.source}: a 16-bit image that uses 12 bits at most (max "
-                                        f"{int(pixels.max())}); it is scaled by 1/65535 and looks nearly black to "
-                                        "the classifier", "warning", on=err_console)
+                        if warning := _bit_depth_warning(it.source, pixels):
+                            print_error(warning, "warning", on=err_console)
+                        for warning in it.decoded.warnings if it.decoded is not None else ():
+                            print_error(f"{it.source}: {warning}", "warning", on=err_console)
                         xs.append(bundle.preprocess(pixels))
                         chunk.append(it)
                     except DataError as e:
@@ -316,11 +501,15 @@ def explain_inputs(
                     x = torch.from_numpy(np.concatenate(xs))
                     ex = explain(x, targets=target)
                     try:
-                        _write_batch(run, chunk, ex, fmts)
+                        _write_batch(run, chunk, ex, fmts, bundle.preprocess, grid)
                     except OSError as e:  # a full disk, a quota, a file-size limit: stop, keep what is whole
                         _finish(run, out, todo, items, bundle, classifier, explainer, console, title)
                         raise DataError(f"cannot write the outputs of {chunk[0].stem}: {e.strerror or e}; the "
                                         "images before it are complete (--resume goes on)", out) from None
+                    for it in chunk:
+                        it.decoded = None  # at most one batch of pixels in memory
+                        if seg_error := run.images.get(it.stem, {}).get("seg_error"):
+                            print_error(f"{it.source}: {seg_error}", "warning", on=err_console)
                 bar.advance(task, len(pending[start : start + batch_size]))
         if failures and not any(it.stem in run.images for it in todo):
             _no_readable_image(failures, inputs, err_console)
@@ -469,8 +658,10 @@ def meta_train_bundle(
     console: Console | None = None,
     time_budget: float | None = None,
     init: str | Path | None = None,
+    workers: int = 1,
 ) -> ExplainerBundle:
-    """Meta-train an explainer for the classifier bundle on the training split of ``data``; live progress."""
+    """Meta-train an explainer for the classifier bundle on the training split of ``data``; live progress
+    (on ``workers`` processes: :mod:`medcam_fast.explainer.distributed`)."""
     console = console or Console()
     out = Path(out)
     if not resume and not overwrite and ((out / "explainer.json").exists() or (out / "checkpoint.json").exists()):
@@ -482,18 +673,10 @@ def meta_train_bundle(
     sets = load_splits(data, data_dir)
     _training_images(sets, data, ("train",))
     train = sets["train"]
-    columns = (TextColumn("[bold]meta-train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-               TimeRemainingColumn())
-    with Progress(*columns, console=console) as bar:
-        task = bar.add_task("meta", total=config.outer_steps, info="")
-
-        def show(step: int, log: dict[str, float]) -> None:
-            terms = " ".join(f"{k}={log[k]:.3f}" for k in ("act", "kl", "ce", "area", "nec") if k in log)
-            k = f" K-step={log['adapted']:.3f}" if "adapted" in log else ""
-            bar.update(task, completed=step, info=f"zero-step={log['zero']:.3f}{k} {terms}")
-
-        explainer = meta_train(bundle, train.images, config, out_dir=out, resume=resume, callback=show,
-                               time_budget=time_budget, init=None if init is None else load_explainer(init))
+    with StepProgress(console, "meta-train", total_steps=config.outer_steps, budget_seconds=time_budget) as bar:
+        explainer = meta_train(bundle, train.images, config, out_dir=out, resume=resume, callback=bar.update,
+                               time_budget=time_budget, init=None if init is None else load_explainer(init),
+                               workers=workers)
     console.print(f"wrote {out}: {explainer.training['method']}, {explainer.training['steps_done']} steps, "
                   f"{explainer.training['seconds']:.0f} s")
     return explainer
@@ -561,22 +744,25 @@ def evaluate_specs(
     """``(name, classifier, explainer, test images)`` per data set for :func:`~medcam_fast.evaluation.harness.evaluate_suite`.
 
     With ``classifier`` (and ``explainer``) given, ``datasets`` must hold one data set, explained by them.
-    Otherwise each data set ``d`` uses ``models/d/classifier`` and ``models/d/explainer``, and ``lesions``
+    Otherwise each data set ``d`` uses ``models/d/classifier`` and ``models/d/explainer`` (a path: its stem,
+    ``own.npz`` → ``models/own/``), and ``lesions``
     (the procedural set with known evidence) the embedded demo bundle.
     """
     if classifier is not None:
         if len(datasets) != 1:
             raise UsageError("--classifier evaluates one data set: give one --data")
-        name = Path(datasets[0]).stem if Path(datasets[0]).exists() else datasets[0]
+        name = dataset_name(datasets[0])
         ex = Path(explainer) if explainer is not None else None
         return [(name, Path(classifier), ex, load_splits(datasets[0], data_dir)["test"])]
     specs: list[tuple[str, Path, Path | None, ImageSet]] = []
     for d in datasets:
-        folder = DEMO_DIR if d == "lesions" else Path(models) / d
+        name = dataset_name(d)  # a path's stem: own.npz → models/own/
+        folder = DEMO_DIR if d == "lesions" else Path(models) / name
         for part in ("classifier", "explainer"):
             if not (folder / part).is_dir():
-                raise UsageError(f"no {part} bundle for data set {d!r}", folder / part)
-        specs.append((d, folder / "classifier", folder / "explainer", load_splits(d, data_dir)["test"]))
+                raise UsageError(f"no {part} bundle for data set {d!r} (pass --classifier and --explainer, or "
+                                 f"put them in {Path(models) / name}/)", folder / part)
+        specs.append((name, folder / "classifier", folder / "explainer", load_splits(d, data_dir)["test"]))
     return specs
 
 
@@ -598,6 +784,7 @@ def evaluate_job(
     :class:`~medcam_fast.evaluation.harness.Evaluation`."""
     from ..evaluation.baselines import available_peers
     from ..evaluation.harness import EXPLAINER_METHODS, evaluate_suite
+    from ..evaluation.quiet import quiet_progress_bars
     from ..evaluation.report import write_report
     from .reports import evaluate_table
 
@@ -627,7 +814,7 @@ def evaluate_job(
     units = len(specs) * (len(config.methods) + len(live) * (config.sanity_stages if config.sanity_n else 0))
     columns = (TextColumn("[bold]evaluate"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                TimeRemainingColumn())
-    with Progress(*columns, console=console) as bar:
+    with Progress(*columns, console=console) as bar, quiet_progress_bars():  # ours only: no peer's tqdm bars
         task = bar.add_task("evaluate", total=units, info="")
         evaluation = evaluate_suite(specs, config, out, resume=resume,
                                     progress=lambda label: bar.update(task, advance=1, info=escape(label)))

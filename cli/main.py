@@ -14,23 +14,50 @@ from typing import Any, TypeVar, cast
 
 import typer
 
-from medcam_fast.cli.console import console, err_console, escape, print_error
+from medcam_fast.cli.console import LOG_WIDTH, console, err_console, escape, print_error
+from medcam_fast.data.geometry import DEFAULT_OUTPUT_GRID, OutputGrid
 from medcam_fast.errors import EXIT_CODES, MedCamError
-from medcam_fast.types import Architecture, InnerMode, RefineMode
+from medcam_fast.types import Architecture, Engine, InnerMode, RefineMode
 
 _EXIT_HELP = "Exit codes: " + "; ".join(f"{k} {v}" for k, v in EXIT_CODES.items()) + "."
 
-app = typer.Typer(
+
+class _Typer(typer.Typer):
+    """A Typer app whose help is rich's panels on a terminal and click's plain text elsewhere: in a pipe or a
+    log rich would cut option names, types and choices to 80 columns with "…"; the plain text is
+    :data:`~medcam_fast.cli.console.LOG_WIDTH` wide (``context_settings`` below, which rich's help ignores), so
+    no word is cut and no option name is broken at a hyphen. Decided when the command is built (each run),
+    from standard output."""
+
+    @property  # type: ignore[override]
+    def rich_markup_mode(self) -> Any:
+        return self._markup_mode if sys.stdout.isatty() else None
+
+    @rich_markup_mode.setter
+    def rich_markup_mode(self, mode: Any) -> None:
+        self._markup_mode = mode
+
+
+app = _Typer(
     name="medcam-fast",
     help="Evidence masks for frozen medical-image classifiers (Med-CAM, made fast).\n\n" + _EXIT_HELP,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings={"terminal_width": LOG_WIDTH, "max_content_width": LOG_WIDTH},
 )
 bench_app = typer.Typer(help="Benchmarks: measure, compare peers in the same run, print ratios.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+#: ``bench quality``'s explainer folders (``medcam_fast.evaluation.bench.QUALITY_FOLDERS``, held equal by a test).
+_QUALITY_FOLDERS: tuple[str, ...] = ("explainer", "amortized", "unet")
+
+#: ``evaluate``'s methods, as ``--methods`` lists them (tests/cli/test_own_data.py holds it equal to
+#: ``medcam_fast.evaluation.harness.ALL_METHODS``, which is not imported here: it imports torch).
+EVALUATE_METHODS: tuple[str, ...] = ("first-guess", "refined", "fit", "rise", "extremal", "gradcam", "gradcam++",
+                                     "scorecam", "occlusion", "ig")
 
 
 def handle_errors(fn: F) -> F:
@@ -74,9 +101,12 @@ def _threads(n: int | None) -> None:
 @app.command("train-classifier")
 @handle_errors
 def train_classifier_cmd(
-    data: str = typer.Option(..., help="Data set: a .npz path, a class-per-folder directory, or "
-                             "breast|pneumonia|blood|path|brain."),
+    data: str = typer.Option(..., help="Data set: a .npz path, a class-per-folder directory, "
+                             "breast|pneumonia|blood|path|brain, or with --labels the folder of the table's files."),
     out: Path = typer.Option(..., help="Output folder of the classifier bundle."),
+    classes: str | None = typer.Option(None, help="Class names in label order, comma-separated (default: the "
+                                       ".npz file's classes or class_names key, the class folders' names, else "
+                                       "class_0, class_1 and so on)."),
     arch: str | None = typer.Option(None, help="Architecture: resnet18 or vit (default: resnet18)."),
     epochs: int | None = typer.Option(None, min=1, help="Training epochs (default: 30)."),
     width: int | None = typer.Option(None, help="Architecture width (default: per architecture)."),
@@ -86,19 +116,48 @@ def train_classifier_cmd(
     data_dir: Path | None = typer.Option(None, envvar="MEDCAM_DATA_DIR", help="Folder of the shared .npz data sets."),
     threads: int | None = typer.Option(None, min=1, help="CPU threads for torch."),
     overwrite: bool = typer.Option(False, help="Replace an existing bundle in OUT."),
+    labels: Path | None = typer.Option(None, help="A CSV table naming files of the --data folder (DICOM, NIfTI or "
+                                       "images) and their labels."),
+    label_column: str | None = typer.Option(None, help="With --labels: the column of labels (e.g. Contrast)."),
+    file_column: str | None = typer.Option(None, help="With --labels: the column of file names (e.g. dicom_name)."),
+    group_column: str | None = typer.Option(None, help="With --labels: the table column, or else the DICOM "
+                                            "attribute, that groups images (e.g. PatientID); no group straddles "
+                                            "the train/val/test split."),
+    image_size: int | None = typer.Option(None, min=8, help="With --labels: the side images are resized to "
+                                          "(default: 128)."),
 ) -> None:
     """Train a built-in classifier and write a classifier bundle (safetensors + JSON)."""
     from medcam_fast.classifiers.training import TrainConfig
     from medcam_fast.cli.jobs import train_classifier_bundle
+    from medcam_fast.data.labelled import LabelTable
 
+    table = None
+    if labels is not None:
+        if label_column is None or file_column is None:
+            raise typer.BadParameter("--labels needs --label-column and --file-column")
+        table = LabelTable(labels, label_column, file_column, group_column)
+    elif any(v is not None for v in (label_column, file_column, group_column)):
+        raise typer.BadParameter("--label-column, --file-column and --group-column need --labels")
     _threads(threads)
     cfg = TrainConfig(**_given(arch=arch, epochs=epochs, width=width, batch_size=batch_size, lr=lr, seed=seed))
-    bundle, path = train_classifier_bundle(data, out, cfg, data_dir=data_dir, overwrite=overwrite, console=console)
-    m = bundle.metrics
-    console.print(
-        f"wrote {path}: {bundle.arch}, val accuracy {m.get('val_accuracy', float('nan')):.3f}, "
-        f"test accuracy {m.get('test_accuracy', float('nan')):.3f}"
-    )
+    bundle, path = train_classifier_bundle(data, out, cfg, data_dir=data_dir, overwrite=overwrite, console=console,
+                                           classes=None if classes is None else _csv(classes), labels=table,
+                                           image_size=image_size)
+    console.print(escape(_accuracy_line(path, bundle.arch, bundle.metrics, bundle.classes)), soft_wrap=True)
+    for warning in bundle.metrics.get("warnings") or []:  # also in classifier.json
+        print_error(warning, "warning")
+
+
+def _accuracy_line(path: Path, arch: str, m: dict[str, Any], classes: list[str]) -> str:
+    """``wrote PATH: arch, classes; per split: accuracy (majority-class rate, balanced accuracy)``."""
+    def split(name: str) -> str:
+        acc = m.get(f"{name}_accuracy")
+        if acc is None:
+            return f"{name}: –"
+        return (f"{name} accuracy {acc:.3f} (majority class {m.get(f'{name}_majority_rate', float('nan')):.3f}, "
+                f"balanced {m.get(f'{name}_balanced_accuracy', float('nan')):.3f})")
+    return (f"wrote {path}: {arch}, classes {', '.join(classes)}; {split('val')}; {split('test')}; "
+            f"trained with {m.get('threads', '?')} thread(s)")
 
 
 @app.command("import-classifier")
@@ -129,7 +188,8 @@ def import_classifier_cmd(
 @app.command("explain")
 @handle_errors
 def explain_cmd(
-    inputs: list[str] = typer.Argument(..., help="Image files, folders, glob patterns or MedMNIST .npz files."),
+    inputs: list[str] = typer.Argument(..., help="Image files (PNG, TIFF and the other Pillow formats, DICOM, NIfTI), folders, glob patterns or "
+                                       "MedMNIST .npz files."),
     classifier: Path | None = typer.Option(None, help="Classifier bundle folder (default: the embedded demo)."),
     explainer: Path | None = typer.Option(None, help="Explainer bundle folder or .onnx file (default: the demo's, "
                                           "with the demo classifier; none with another classifier: per-image fit)."),
@@ -143,9 +203,19 @@ def explain_cmd(
                                         "`medcam-fast seal` adds one)."),
     out: Path = typer.Option(Path("medcam-out"), help="Output folder."),
     target: int | None = typer.Option(None, min=0, help="Class to explain (default: the predicted class)."),
-    batch_size: int = typer.Option(16, min=1, help="Images explained together."),
+    batch_size: int = typer.Option(16, min=1, help="Images read and written per step (computed in chunks of "
+                                    "8, the last padded: no result depends on it)."),
     device: str = typer.Option("cpu", help="torch device: cpu or cuda (onnxruntime picks CUDA itself when it can)."),
-    fmt: str = typer.Option("png,npy,json", "--format", help="Outputs: any of png, npy, json (comma-separated)."),
+    fmt: str = typer.Option("png,npy,json,seg,nii", "--format", help="Outputs: any of png, npy, json, seg (a DICOM "
+                            "SEG for DICOM inputs), nii (NIfTI masks for NIfTI inputs), comma-separated."),
+    window: str | None = typer.Option(None, help="Window for DICOM, NIfTI, 16-bit and float inputs: CENTER,WIDTH in "
+                                      "the data's units (HU for CT) or lung, mediastinum, brain, bone (default: the "
+                                      "DICOM file's first window, else the data's range)."),
+    slice_axis: int = typer.Option(2, min=0, max=2, help="NIfTI volumes: the canonical (RAS+) axis to slice along "
+                                   "(2: axial)."),
+    slices: str | None = typer.Option(None, help="NIfTI volumes: which slices, all or a-b (default: all)."),
+    mask_grid: OutputGrid = typer.Option(DEFAULT_OUTPUT_GRID, help="Grid of masks and overlays: input (the image's own pixels) or "
+                                  "model (the classifier's input size)."),
     split: str = typer.Option("test", help="Split of .npz inputs: train, val, test or all."),
     index: str | None = typer.Option(None, help="Indices of .npz images, e.g. 0-9,15 (default: all)."),
     overwrite: bool = typer.Option(False, help="Replace existing outputs."),
@@ -154,6 +224,12 @@ def explain_cmd(
     max_pixels: int = typer.Option(50_000_000, min=1, help="Refuse image files with more pixels (checked before decoding)."),
     threads: int | None = typer.Option(None, min=1, help="CPU threads for torch and onnxruntime (default: 1 for "
                                        "images up to 96 px, else the cores not busy with other work)."),
+    engine: Engine = typer.Option(Engine.LOCAL, help="Where to compute: local (this process) or ray (a pool of Ray "
+                                  "actors, same outputs; needs the [scale] extra)."),
+    address: str | None = typer.Option(None, help="With --engine ray: the Ray cluster to join, e.g. "
+                                       "ray://head:10001 (default: start a local instance)."),
+    workers: int | None = typer.Option(None, min=1, help="With --engine ray: actors in the pool (default: the "
+                                       "cluster's CPUs)."),
 ) -> None:
     """Explain images: binary mask, soft mask, overlay and JSON per image; summary.csv/json per run."""
     from medcam_fast.cli.jobs import explain_inputs
@@ -161,13 +237,16 @@ def explain_cmd(
     _warn_unsealed(allow_unsealed)
     if not refine and steps:
         raise typer.BadParameter("--no-refine and --steps exclude each other")
+    if engine is Engine.LOCAL and (address is not None or workers is not None):
+        raise typer.BadParameter("--address and --workers need --engine ray")
     code = explain_inputs(
         inputs, classifier=classifier, explainer=explainer, mode=mode, allow_mismatch=allow_mismatch,
         allow_import=allow_import, allow_unsealed=allow_unsealed, device=device, out=out,
         steps=0 if not refine else steps, target=target, batch_size=batch_size,
         formats=fmt, split=split, index=index, overwrite=overwrite, resume=resume, fail_fast=fail_fast,
         max_pixels=max_pixels, threads=threads,
-        console=console, err_console=err_console,
+        console=console, err_console=err_console, engine=engine, address=address, workers=workers,
+        window=window, slice_axis=slice_axis, slices=slices, mask_grid=mask_grid,
     )
     raise typer.Exit(code)
 
@@ -177,7 +256,8 @@ def explain_cmd(
 def meta_train_cmd(
     classifier: Path = typer.Option(..., help="Classifier bundle folder the explainer is for."),
     data: str = typer.Option(..., help="Training images: a .npz path, a class-per-folder directory, or a short name."),
-    out: Path = typer.Option(..., help="Output folder: checkpoints and the explainer bundle."),
+    out: Path = typer.Option(..., help="Output folder of the explainer bundle (with --one-phase: and its "
+                             "checkpoints)."),
     architecture: Architecture | None = typer.Option(None, help="First-guess network: decoder (reads the "
                                                      "classifier's features, every class at once) or unet "
                                                      "(classifier-blind) (default: decoder)."),
@@ -189,30 +269,77 @@ def meta_train_cmd(
     first_order: bool | None = typer.Option(None, "--first-order/--second-order",
                                             help="First-order MAML, no second-order terms (default: first order)."),
     meta_sgd: bool | None = typer.Option(None, "--meta-sgd", help="Learn the inner step sizes (Meta-SGD)."),
-    outer_steps: int | None = typer.Option(None, min=1, help="Meta-updates (default: 400)."),
+    outer_steps: int | None = typer.Option(None, min=1, help="Meta-updates: with the recipe at most this many per "
+                                           "phase (default: until the time is up); with --one-phase (default: "
+                                           "400)."),
     meta_batch: int | None = typer.Option(None, min=1, help="Images per meta-update (default: 8)."),
     inner_lr: float | None = typer.Option(None, help="Inner step size (default: 0.1 weights, 1.0 logits)."),
-    outer_lr: float | None = typer.Option(None, help="Outer (Adam) learning rate (default: 0.002)."),
+    outer_lr: float | None = typer.Option(None, help="Outer (Adam) learning rate: of the recipe's MAML phase "
+                                          "(default: 0.001), or of --one-phase (default: 0.002)."),
     width: int | None = typer.Option(None, min=2, help="Network width (default: 32 decoder, 16 U-Net)."),
     checkpoint_every: int | None = typer.Option(None, min=1, help="Outer steps between checkpoints (default: 25)."),
     seed: int | None = typer.Option(None, help="Random seed (default: 0)."),
-    minutes: float | None = typer.Option(None, min=0.1, help="Finish after this much training time."),
+    independence: float | None = typer.Option(None, min=0.0, help="Weight of the decoder's independence term: its "
+                                              "first guess read through a randomized copy of the classifier must "
+                                              "not correlate with the trained one's (default: 3; 0: off)."),
+    minutes: float | None = typer.Option(None, min=0.001, help="Training time in minutes: the recipe's whole "
+                                         "budget, split between its phases (default: 10); with --one-phase, "
+                                         "finish after this much (default: no limit)."),
+    amortized_share: float | None = typer.Option(None, min=0.0, max=1.0, help="Share of --minutes for the "
+                                                 "recipe's amortized phase; the logits-MAML phase gets the rest "
+                                                 "(default: 0.5)."),
+    comparison: bool = typer.Option(False, "--comparison", help="Also train the equal-budget explainer that "
+                                    "bench quality compares against: amortized training alone for all of "
+                                    "--minutes."),
+    comparison_out: Path | None = typer.Option(None, help="Folder of the --comparison explainer (default: "
+                                               "amortized beside OUT, where bench quality looks)."),
+    work: Path | None = typer.Option(None, help="Folder of the recipe's phases, each with its checkpoint (default: "
+                                     "OUT-phases beside OUT)."),
+    one_phase: bool = typer.Option(False, "--one-phase", help="Run one meta-training exactly as the other "
+                                   "options set it, checkpoints in OUT, instead of the recipe."),
     init: Path | None = typer.Option(None, help="Start from this explainer bundle (e.g. an amortized one)."),
-    resume: bool = typer.Option(False, help="Continue from the checkpoint in OUT."),
+    resume: bool = typer.Option(False, help="Continue an interrupted run: the recipe's finished phases are "
+                                "kept, the interrupted one continues from its checkpoint."),
     overwrite: bool = typer.Option(False, help="Start afresh even if OUT holds a checkpoint or bundle."),
     data_dir: Path | None = typer.Option(None, envvar="MEDCAM_DATA_DIR", help="Folder of the shared .npz data sets."),
-    threads: int | None = typer.Option(None, min=1, help="CPU threads for torch."),
+    threads: int | None = typer.Option(None, min=1, help="CPU threads for torch (shared by the --workers)."),
+    workers: int = typer.Option(1, min=1, help="Training processes (torch.distributed, gloo): each computes a share "
+                                "of every meta-batch, gradients averaged; --meta-batch must be a multiple."),
 ) -> None:
-    """Meta-train a shared explainer for a classifier (MAML on the composite loss)."""
+    """Meta-train an explainer for a classifier with the shipped recipe: amortized training for a share of
+    --minutes, then MAML through the logits inner loop that refinement runs (K = 10) for the rest.
+    The inner-loop options and --outer-lr set the MAML phase (--outer-lr default: 0.001 there; the amortized
+    phase keeps 0.002); --outer-steps caps each phase (default: the time decides). --one-phase runs a single
+    meta-training as the options say."""
     from medcam_fast.cli.jobs import meta_train_bundle
     from medcam_fast.explainer.meta import MetaConfig
 
     _threads(threads)
+    if not one_phase:
+        from medcam_fast.cli.metatrain import meta_train_recipe
+        from medcam_fast.explainer.recipe import RecipeConfig
+
+        recipe = RecipeConfig(**_given(minutes=minutes, amortized_share=amortized_share, maml_outer_lr=outer_lr,
+                                       phase_steps=outer_steps))
+        cfg = MetaConfig(**_given(architecture=architecture, inner_steps=inner_steps, inner_mode=inner_mode,
+                                  first_order=first_order, meta_sgd=meta_sgd, meta_batch=meta_batch,
+                                  inner_lr=inner_lr, width=width, seed=seed, checkpoint_every=checkpoint_every,
+                                  independence=independence))
+        meta_train_recipe(classifier, data, out, cfg, recipe, work=work, comparison=comparison,
+                          comparison_out=comparison_out, resume=resume, overwrite=overwrite, data_dir=data_dir,
+                          init=init, console=console, workers=workers)
+        return
+    for flag, given in (("--amortized-share", amortized_share is not None), ("--comparison", comparison),
+                        ("--comparison-out", comparison_out is not None), ("--work", work is not None)):
+        if given:
+            raise typer.BadParameter(f"{flag} sets the recipe: leave out --one-phase")
     cfg = MetaConfig(**_given(architecture=architecture, inner_steps=inner_steps, inner_mode=inner_mode, first_order=first_order,
                               meta_sgd=meta_sgd, outer_steps=outer_steps, meta_batch=meta_batch, inner_lr=inner_lr,
-                              outer_lr=outer_lr, width=width, seed=seed, checkpoint_every=checkpoint_every))
+                              outer_lr=outer_lr, width=width, seed=seed, checkpoint_every=checkpoint_every,
+                              independence=independence))
     meta_train_bundle(classifier, data, out, cfg, resume=resume, overwrite=overwrite, data_dir=data_dir,
-                      console=console, time_budget=None if minutes is None else minutes * 60, init=init)
+                      console=console, time_budget=None if minutes is None else minutes * 60, init=init,
+                      workers=workers)
 
 
 @app.command("export")
@@ -269,8 +396,10 @@ def evaluate_cmd(
     explainer: Path | None = typer.Option(None, help="Explainer bundle folder or explainer.onnx for --classifier."),
     data: list[str] = typer.Option(["breast", "pneumonia", "blood", "path", "lesions"], help="Data set: a short "
                                    "name, an .npz file or a class-per-folder tree (repeat the option for several)."),
-    models: Path = typer.Option(Path("models"), help="Folder with <dataset>/classifier and <dataset>/explainer."),
-    methods: str | None = typer.Option(None, help="Comma-separated subset of the methods (default: all)."),
+    models: Path = typer.Option(Path("models"), help="Folder with <dataset>/classifier and <dataset>/explainer "
+                                "(a --data path's stem: own.npz → <models>/own/); not read with --classifier."),
+    methods: str | None = typer.Option(None, help="Comma-separated subset of the methods: "
+                                       + ", ".join(EVALUATE_METHODS) + " (default: all)."),
     n: int | None = typer.Option(None, min=1, help="Test images per data set (default: 64)."),
     out: Path = typer.Option(Path("evaluate-out"), help="Output folder: report.md, results.json, figures/."),
     fills: str | None = typer.Option(None, help="Comma-separated fills for removed pixels, each scored in its own "
@@ -301,7 +430,7 @@ def evaluate_cmd(
     threads: int | None = typer.Option(None, min=1, help="CPU threads for torch."),
 ) -> None:
     """Faithfulness under several fills, controls, localization, sanity and speed of medcam-fast against Grad-CAM,
-    RISE, … on the same images."""
+    RISE and the other peers on the same images."""
     from medcam_fast.cli.jobs import evaluate_job
     from medcam_fast.evaluation.harness import EvalConfig
 
@@ -320,17 +449,6 @@ def _csv(text: str) -> list[str]:
     return [v.strip() for v in text.split(",") if v.strip()]
 
 
-def _bench_sets(models: Path, datasets: list[str], data_dir: Path | None) -> dict[str, Any]:
-    """Test images of each data set whose classifier bundle ``models/<d>/classifier`` loads (checked first:
-    a missing bundle fails before any data is read)."""
-    from medcam_fast.classifiers.bundle import load_classifier
-    from medcam_fast.cli.jobs import load_splits
-
-    for d in datasets:
-        load_classifier(models / d / "classifier")
-    return {d: load_splits(d, data_dir)["test"] for d in datasets}
-
-
 def _ints(text: str, option: str) -> tuple[int, ...]:
     try:
         return tuple(int(v) for v in _csv(text))
@@ -338,11 +456,19 @@ def _ints(text: str, option: str) -> tuple[int, ...]:
         raise typer.BadParameter(f"{option} must be comma-separated integers, got {text!r}") from None
 
 
+_BENCH_DATA_HELP = ("Data set: an .npz file, a class-per-folder tree or a short name (repeat the option for "
+                    "several); its bundles are --classifier/--explainer, else <models>/<stem>/.")
+_BENCH_DATASETS_HELP = "Data sets, comma-separated, as --data takes them (default: breast,pneumonia,blood,path)."
+
+
 @bench_app.command("per-image")
 @handle_errors
 def bench_per_image_cmd(
-    models: Path = typer.Option(Path("models"), help="Folder with one classifier bundle per data set."),
-    datasets: str = typer.Option("breast,pneumonia,blood,path", help="Data sets (comma-separated)."),
+    data: list[str] | None = typer.Option(None, help=_BENCH_DATA_HELP),
+    classifier: Path | None = typer.Option(None, help="Classifier bundle folder of the one --data."),
+    models: Path = typer.Option(Path("models"), help="Folder with <dataset>/classifier per data set (not read "
+                                "with --classifier)."),
+    datasets: str | None = typer.Option(None, help=_BENCH_DATASETS_HELP),
     n: int = typer.Option(32, min=1, help="Test images per data set."),
     steps: int | None = typer.Option(None, min=1, help="Steps of the per-image fit (default: 300)."),
     batch_size: int = typer.Option(16, min=1, help="Images fitted together."),
@@ -350,13 +476,15 @@ def bench_per_image_cmd(
     data_dir: Path | None = typer.Option(None, envvar="MEDCAM_DATA_DIR", help="Folder of the shared .npz data sets."),
     threads: int | None = typer.Option(None, min=1, help="CPU threads for torch."),
 ) -> None:
-    """The paper's per-image fit on the shared data sets: p_kept, p_removed, area, seconds."""
+    """The paper's per-image fit on test images of each data set: p_kept, p_removed, area, seconds."""
+    from medcam_fast.cli.benchsets import bench_sets
     from medcam_fast.cli.reports import per_image_table
     from medcam_fast.evaluation.bench import bench_per_image
 
     _threads(threads)
-    sets = _bench_sets(models, _csv(datasets), data_dir)
-    results = bench_per_image(models, sets, n=n, steps=steps, batch_size=batch_size, out_dir=out,
+    sets = bench_sets(data, None if datasets is None else _csv(datasets), models=models, classifier=classifier,
+                      data_dir=data_dir)
+    results = bench_per_image(sets, n=n, steps=steps, batch_size=batch_size, out_dir=out,
                               progress=lambda line: console.print("  " + escape(line)))
     console.print(per_image_table(results))
 
@@ -364,29 +492,44 @@ def bench_per_image_cmd(
 @bench_app.command("quality")
 @handle_errors
 def bench_quality_cmd(
-    models: Path = typer.Option(Path("models"), help="Folder with <dataset>/classifier, explainer, amortized bundles."),
-    datasets: str = typer.Option("breast,pneumonia,blood,path", help="Data sets (comma-separated)."),
+    data: list[str] | None = typer.Option(None, help=_BENCH_DATA_HELP),
+    classifier: Path | None = typer.Option(None, help="Classifier bundle folder of the one --data."),
+    explainer: Path | None = typer.Option(None, help="Explainer bundle folder of the one --data; the --explainers "
+                                          "folders beside it are measured too."),
+    models: Path = typer.Option(Path("models"), help="Folder with <dataset>/classifier, explainer, amortized, unet "
+                                "(not read with --classifier)."),
+    datasets: str | None = typer.Option(None, help=_BENCH_DATASETS_HELP),
     n: int = typer.Option(32, min=1, help="Test images per data set."),
-    ks: str = typer.Option("0,1,2,5,10,20,50", help="Refinement steps K to measure."),
-    fit_steps: str = typer.Option("10,50,100,300", help="Per-image fit steps to measure (the last is the reference)."),
-    modes: str = typer.Option("logits,weights", help="Refinement modes to measure."),
-    weights_ks: str | None = typer.Option(None, help="K for the (slow) weights mode (default: --ks)."),
-    explainers: str = typer.Option("explainer,unet", help="Explainer folders under <models>/<dataset>."),
+    ks: str = typer.Option("0,1,2,5,10,20,50", help="Refinement steps K to measure, comma-separated."),
+    fit_steps: str = typer.Option("10,50,100,300", help="Per-image fit steps to measure, comma-separated (the last "
+                                  "is the reference)."),
+    modes: str = typer.Option("logits,weights", help="Refinement modes to measure, comma-separated: logits, "
+                              "weights (U-Net explainers only)."),
+    weights_ks: str | None = typer.Option(None, help="K to measure in the (slow) weights mode, comma-separated "
+                                          "(default: the --ks values)."),
+    explainers: str = typer.Option(",".join(_QUALITY_FOLDERS), help="Explainer folders measured when present "
+                                   "beside the explainer: explainer (the meta-trained one), amortized (meta-train "
+                                   "--comparison), unet (0.1), comma-separated."),
+    batch_size: int = typer.Option(16, min=1, help="Images explained together."),
     out: Path = typer.Option(Path("benchmarks/results"), help="Folder of the result files."),
     data_dir: Path | None = typer.Option(None, envvar="MEDCAM_DATA_DIR", help="Folder of the shared .npz data sets."),
     threads: int | None = typer.Option(None, min=1, help="CPU threads for torch."),
 ) -> None:
     """Composite loss, p_kept and area against seconds per image: meta-trained, amortized, per-image fit."""
+    from medcam_fast.cli.benchsets import bench_sets
     from medcam_fast.cli.reports import quality_table
     from medcam_fast.evaluation.bench import bench_quality
 
     _threads(threads)
-    sets = _bench_sets(models, _csv(datasets), data_dir)
-    results = bench_quality(models, sets, n=n, ks=_ints(ks, "--ks"), fit_steps=_ints(fit_steps, "--fit-steps"),
+    unknown = [m for m in _csv(modes) if m not in ("logits", "weights")]
+    if unknown:
+        raise typer.BadParameter(f"unknown mode {unknown[0]!r}: choose from logits, weights")
+    sets = bench_sets(data, None if datasets is None else _csv(datasets), models=models, classifier=classifier,
+                      explainer=explainer, folders=tuple(_csv(explainers)), need_explainer=True, data_dir=data_dir)
+    results = bench_quality(sets, n=n, ks=_ints(ks, "--ks"), fit_steps=_ints(fit_steps, "--fit-steps"),
                             modes=tuple(_csv(modes)),
                             weights_ks=None if weights_ks is None else _ints(weights_ks, "--weights-ks"),
-                            folders=tuple(_csv(explainers)), out_dir=out,
-                            progress=lambda line: console.print("  " + escape(line)))
+                            batch_size=batch_size, out_dir=out, progress=lambda line: console.print("  " + escape(line)))
     console.print(quality_table(results))
 
 
@@ -402,6 +545,12 @@ def bench_speed_cmd(
 
     results = bench_speed(out_dir=out, repeats=repeats, progress=lambda line: console.print("  " + escape(line)))
     console.print(speed_table(results))
+
+
+from medcam_fast.cli.scale_commands import bench_serve_cmd, serve_cmd  # noqa: E402 — Ray is imported on use
+
+app.command("serve")(handle_errors(serve_cmd))
+bench_app.command("serve")(handle_errors(bench_serve_cmd))
 
 
 def main() -> None:

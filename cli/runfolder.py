@@ -42,7 +42,8 @@ _FORMAT = "medcam-fast-run/1"
 #: An atomic write's temporary file (``tempfile.mkstemp(prefix=".NAME.", suffix=".tmp")``).
 _TMP = re.compile(r"\.(.+)\.[a-z0-9_]{8}\.tmp")
 #: Endings of the files a run writes.
-_OWN_SUFFIXES = ("_mask.png", "_soft.png", "_overlay.png", "_soft.npy", ".json", "summary.csv")
+_OWN_SUFFIXES = ("_mask.png", "_soft.png", "_overlay.png", "_soft.npy", ".json", "summary.csv", "_seg.dcm",
+                 "_mask.nii.gz", "_soft.nii.gz")
 #: Stems the run's own files use.
 _RESERVED = frozenset({"summary", "manifest"})
 
@@ -97,12 +98,13 @@ class RunFolder:
                              "--out", self.out) from None
         self._fd = fd
         self._load()
-        self._sweep()
+        self.sweep()
         return self
 
-    def _sweep(self) -> None:
-        """Remove the temporary files of writes a killed run left behind (``.NAME.XXXXXXXX.tmp`` of an atomic
-        write of one of the run's own files): the lock says no other run is writing."""
+    def sweep(self) -> None:
+        """Remove the temporary files of writes a killed run (or a killed worker of this one, ``--engine ray``)
+        left behind (``.NAME.XXXXXXXX.tmp`` of an atomic write of one of the run's own files): the lock says no
+        other run is writing."""
         for tmp in self.out.glob(".*.tmp"):
             m = _TMP.fullmatch(tmp.name)
             if m and m.group(1).endswith(_OWN_SUFFIXES) and tmp.is_file() and not tmp.is_symlink():

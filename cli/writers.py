@@ -1,4 +1,5 @@
-"""Output files of an explanation: binary mask PNG, soft mask (16-bit PNG or .npy), overlay PNG, JSON.
+"""Output files of an explanation: binary mask PNG, soft mask (16-bit PNG or .npy), overlay PNG, JSON; for a
+DICOM source a DICOM SEG and for a NIfTI source NIfTI masks (:mod:`.medical_writers`).
 
 Every file is written atomically (temporary file, then ``os.replace``), so an interrupted run never leaves a
 half-written output. Nothing here imports torch: arrays come in as numpy.
@@ -23,8 +24,8 @@ __all__ = [
     "spreadsheet_safe",
 ]
 
-#: Output kinds ``--format`` accepts.
-FORMATS = ("png", "npy", "json")
+#: Output kinds ``--format`` accepts (``seg``: a DICOM SEG for DICOM inputs; ``nii``: NIfTI masks for NIfTI inputs).
+FORMATS = ("png", "npy", "json", "seg", "nii")
 
 _RED = np.array([255, 40, 40], dtype=np.uint8)
 
@@ -72,9 +73,17 @@ def overlay(image01: np.ndarray, mask: np.ndarray, masked01: np.ndarray, min_sid
     return np.concatenate([left, gap, right], axis=1)
 
 
-def output_paths(out_dir: Path, stem: str, formats: Sequence[str]) -> dict[str, Path]:
-    """Files an explanation of image ``stem`` writes under ``out_dir`` for the given formats."""
+def output_paths(out_dir: Path, stem: str, formats: Sequence[str], source: str | None = None) -> dict[str, Path]:
+    """Files an explanation of image ``stem`` writes under ``out_dir`` for the given formats; ``source``
+    (``"dicom"`` or ``"nifti"``) adds the DICOM SEG or the NIfTI masks when ``formats`` holds ``seg`` / ``nii``."""
+    from .medical_writers import NIFTI_MASK_SUFFIX, NIFTI_SOFT_SUFFIX, SEG_SUFFIX
+
     paths: dict[str, Path] = {}
+    if "seg" in formats and source == "dicom":
+        paths["seg"] = out_dir / f"{stem}{SEG_SUFFIX}"
+    if "nii" in formats and source == "nifti":
+        paths["nii_mask"] = out_dir / f"{stem}{NIFTI_MASK_SUFFIX}"
+        paths["nii_soft"] = out_dir / f"{stem}{NIFTI_SOFT_SUFFIX}"
     if "png" in formats:
         paths["mask"] = out_dir / f"{stem}_mask.png"
         paths["soft"] = out_dir / f"{stem}_soft.png"
@@ -101,6 +110,10 @@ def write_explanation(
     masked01: np.ndarray,
     record: Mapping[str, Any],
     formats: Sequence[str] = FORMATS,
+    *,
+    paths: Mapping[str, Path] | None = None,
+    source: Any = None,
+    source_masks: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict[str, Path]:
     """Write every output of one explained image; the JSON, written last, marks the set complete.
 
@@ -113,8 +126,38 @@ def write_explanation(
         masked01: the kept view in [0,1].
         record: JSON-safe facts about the explanation (probabilities, area, models, timings …).
         formats: any of :data:`FORMATS`.
+        paths: the files to write (default :func:`output_paths` without medical outputs).
+        source: the decoded DICOM/NIfTI source (:class:`~medcam_fast.data.medical.Decoded`) for ``seg``/``nii``.
+        source_masks: ``(binary, soft)`` on the source's grid, for the SEG and NIfTI masks.
+
+    A DICOM SEG that highdicom cannot build for its source (a multi-frame object without a Frame of
+    Reference, say) is left out, and the JSON (and ``record`` itself, when it is a dict) says why
+    (``seg_error``); the other outputs are written.
+
+    Raises:
+        OSError: a file cannot be written.
     """
-    paths = output_paths(out_dir, stem, formats)
+    paths = dict(output_paths(out_dir, stem, formats) if paths is None else paths)
+    if ("seg" in paths or "nii_mask" in paths) and (source is None or source_masks is None):
+        raise ValueError("a DICOM SEG or NIfTI mask needs the decoded source and the masks on its grid")
+    if "seg" in paths:
+        from ..errors import one_line
+        from .medical_writers import write_dicom_seg
+
+        try:
+            write_dicom_seg(paths["seg"], source.dicom, source_masks[0], str(record.get("target_name")), record,
+                            frame=int(source.record.get("frame", 0)))
+        except (ValueError, TypeError, AttributeError, KeyError) as e:  # a source highdicom cannot reference
+            del paths["seg"]
+            if isinstance(record, dict):  # the caller's record (and so the run's summary) says it too
+                record["seg_error"] = f"no DICOM SEG written: {one_line(e)}"
+            else:
+                record = {**record, "seg_error": f"no DICOM SEG written: {one_line(e)}"}
+    if "nii_mask" in paths:
+        from .medical_writers import write_nifti_masks
+
+        write_nifti_masks(paths["nii_mask"], paths["nii_soft"], source_masks[0], source_masks[1],
+                          source.nifti_affine, source.nifti_shape, int(source.record["slice_axis"]))
     if "mask" in paths:
         atomic_write_bytes(paths["mask"], png_bytes(binary.astype(np.uint8) * 255))
         soft16 = (np.clip(soft, 0, 1) * 65535 + 0.5).astype(np.uint16)

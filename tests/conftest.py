@@ -17,16 +17,19 @@ torch.set_num_threads(1)  # predictable on a shared 2-core machine
 #: ``importorskip``), is a failure — a peer that stopped importing cannot pass as "skipped". Elsewhere (``.venv``)
 #: those tests skip as usual.
 REQUIRE_PEERS = os.environ.get("MEDCAM_REQUIRE_PEERS") == "1"
+#: ``make test-scale`` sets it: the same for tests marked ``scale`` (Ray: ``serve``, ``explain --engine ray``).
+REQUIRE_SCALE = os.environ.get("MEDCAM_REQUIRE_SCALE") == "1"
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> object:
     outcome = yield
     report = outcome.get_result()  # type: ignore[attr-defined]
-    if REQUIRE_PEERS and report.skipped and item.get_closest_marker("peers") is not None:
-        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
-        report.outcome = "failed"
-        report.longrepr = f"MEDCAM_REQUIRE_PEERS=1, but this peers test was skipped: {reason}"
+    for marker, required in (("peers", REQUIRE_PEERS), ("scale", REQUIRE_SCALE)):
+        if required and report.skipped and item.get_closest_marker(marker) is not None:
+            reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+            report.outcome = "failed"
+            report.longrepr = f"MEDCAM_REQUIRE_{marker.upper()}=1, but this {marker} test was skipped: {reason}"
     return None
 
 
@@ -34,10 +37,11 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> objec
 def pytest_make_collect_report(collector: pytest.Collector) -> object:
     outcome = yield
     report = outcome.get_result()  # type: ignore[attr-defined]
-    if REQUIRE_PEERS and report.skipped and isinstance(collector, pytest.Module):
+    required = REQUIRE_PEERS or (REQUIRE_SCALE and "/scale/" in str(getattr(collector, "path", "")))
+    if required and report.skipped and isinstance(collector, pytest.Module):
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         report.outcome = "failed"
-        report.longrepr = f"MEDCAM_REQUIRE_PEERS=1, but this test module was skipped: {reason}"
+        report.longrepr = f"MEDCAM_REQUIRE_{'PEERS' if REQUIRE_PEERS else 'SCALE'}=1, but this test module was skipped: {reason}"
     return None
 
 

@@ -44,15 +44,15 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
 
 #: Third-party packages a room must not import (at any depth of its own code).
 FORBIDDEN: dict[str, set[str]] = {
-    "base": {"torch", "numpy", "rich", "typer", "onnxruntime"},
-    "data": {"torch", "rich", "typer", "onnxruntime", "onnx"},
-    "runtime": {"torch", "rich", "typer", "onnx"},
-    "classifiers": {"rich", "typer", "onnxruntime"},
-    "method": {"rich", "typer", "onnxruntime", "safetensors", "PIL"},
-    "explainer": {"rich", "typer"},
-    "explain": {"rich", "typer"},
-    "export": {"rich", "typer"},
-    "evaluation": {"rich", "typer"},
+    "base": {"torch", "numpy", "rich", "typer", "onnxruntime", "ray"},
+    "data": {"torch", "rich", "typer", "onnxruntime", "onnx", "ray"},
+    "runtime": {"torch", "rich", "typer", "onnx", "ray"},
+    "classifiers": {"rich", "typer", "onnxruntime", "ray"},
+    "method": {"rich", "typer", "onnxruntime", "safetensors", "PIL", "ray"},
+    "explainer": {"rich", "typer", "ray"},  # multi-process training is torch.distributed, not Ray
+    "explain": {"rich", "typer", "ray"},
+    "export": {"rich", "typer", "ray"},
+    "evaluation": {"rich", "typer", "ray"},
 }
 
 

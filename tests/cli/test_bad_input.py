@@ -268,7 +268,7 @@ def test_a_data_set_too_small_to_train_on_is_a_data_error_naming_it(command, kin
 def test_resuming_from_a_damaged_checkpoint_is_one_model_error(damage, tmp_path, lesion_bundle_dir):
     out = tmp_path / "e"
     base = ["meta-train", "--classifier", str(lesion_bundle_dir), "--data", "lesions", "--out", str(out),
-            "--inner-steps", "0", "--width", "4", "--checkpoint-every", "1", "--threads", "1"]
+            "--one-phase", "--inner-steps", "0", "--width", "4", "--checkpoint-every", "1", "--threads", "1"]
     assert runner.invoke(app, [*base, "--outer-steps", "2"]).exit_code == 0
     (out / "explainer.json").unlink()
     victim = out / ("checkpoint.safetensors" if damage == "tensors" else "checkpoint.json")

@@ -169,7 +169,7 @@ def test_cli_and_api_train_the_same_explainer_for_the_same_settings(lesion_bundl
     from medcam_fast.method.inner import InnerLoop
 
     r = runner.invoke(app, ["meta-train", "--classifier", str(lesion_bundle_dir), "--data", "lesions", "--out",
-                            str(tmp_path / "e"), "--inner-mode", "logits", "--first-order", "--inner-steps", "1",
+                            str(tmp_path / "e"), "--one-phase", "--inner-mode", "logits", "--first-order", "--inner-steps", "1",
                             "--outer-steps", "1", "--meta-batch", "2", "--width", "4", "--threads", "1"])
     assert r.exit_code == 0, r.output
     facts = json.loads((tmp_path / "e" / "explainer.json").read_text())

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSI
 
 def _cmd(classifier: Path, data: Path, out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "medcam_fast.cli.main", "meta-train", "--classifier", str(classifier),
-            "--data", str(data), "--out", str(out), "--inner-steps", "2", "--first-order", "--outer-steps", "16",
+            "--data", str(data), "--out", str(out), "--one-phase", "--inner-steps", "2", "--first-order", "--outer-steps", "16",
             "--meta-batch", "8", "--width", "4", "--checkpoint-every", "2", "--threads", "1", *extra]
 
 

@@ -398,3 +398,21 @@ def test_downsampled_unet_for_large_images_exports_with_parity(tmp_path: Path) -
         t = np.array([0, 2], dtype=np.int64)
         got = ex(x, t, preprocessed=True)
         _assert_masks_match(got, _torch_soft(bundle, x, t), bundle.threshold)
+
+
+def test_a_combined_graph_reads_target_minus_one_per_image_as_the_decision() -> None:
+    """One batch may mix given targets and decisions (the service batches requests of both kinds)."""
+    from medcam_fast import DEMO_DIR, make_lesions
+    from medcam_fast.export.runtime import OnnxExplainer
+
+    graph = OnnxExplainer(DEMO_DIR / "explainer" / "explainer.onnx", threads=1)
+    images = make_lesions(4, size=64, seed=3).images
+    decided = graph(images)
+    other = 1 - decided.targets
+    mixed = graph(images, targets=np.array([-1, int(other[1]), -1, int(other[3])]))
+    assert mixed.targets.tolist() == [decided.targets[0], other[1], decided.targets[2], other[3]]
+    alone = graph(images[1:2], targets=int(other[1]))
+    assert np.allclose(mixed.logits[1], alone.logits[0], atol=1e-4)
+    assert np.allclose(mixed.logits[0], decided.logits[0], atol=1e-4)
+    with pytest.raises(UsageError, match=r"\[-1, 1\]"):
+        graph(images, targets=np.array([-2, 0, 0, 0]))
