@@ -1,13 +1,14 @@
 """Run an exported explainer with onnxruntime alone: numpy in, masks out, no torch anywhere.
 
 This module imports only numpy, onnxruntime, the standard library, :class:`medcam_fast.data.preprocess.Preprocess`
-(numpy and Pillow) and :mod:`medcam_fast.errors`, so it works in an environment without torch::
+and :mod:`medcam_fast.data.geometry` (numpy and Pillow) and :mod:`medcam_fast.errors`, so it works in an environment without torch::
 
     from medcam_fast.export.runtime import OnnxExplainer
 
     explainer = OnnxExplainer("explainer.onnx")
     masks = explainer(images, targets=predicted_classes)   # raw uint8 images, the classifier's decisions
     masks.binary                                            # bool [B, H, W]
+    masks.at_input(0).binary                                # bool, the first image's own size
 
 Targets: the plain explainer graph (written by ``export_explainer``) does not contain the classifier, so
 the class each mask explains comes from the caller — usually the classifier's predicted class, computed
@@ -31,6 +32,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from medcam_fast.data.geometry import Geometry, InputMasks, geometries
 from medcam_fast.data.preprocess import ImageInput, Preprocess
 from medcam_fast.errors import ModelError, UsageError, one_line
 
@@ -90,6 +92,8 @@ class RuntimeMasks:
         class_logits: decoder graph only: mask logits of every class, float32 ``[B, K, H, W]`` (the row of
             the explained class equals ``logits``).
         grid: decoder graph only: the coarse logits every class's mask is upsampled from ``[B, K, g_h, g_w]``.
+        geometry: per image, how its own pixel grid maps to the model's, when raw images were given; None
+            with ``preprocessed=True``. :meth:`at_input` brings the masks back to an image's own grid.
     """
 
     logits: np.ndarray
@@ -103,9 +107,25 @@ class RuntimeMasks:
     area: np.ndarray | None = None
     class_logits: np.ndarray | None = None
     grid: np.ndarray | None = None
+    geometry: tuple[Geometry, ...] | None = None
 
     def __len__(self) -> int:
         return int(self.logits.shape[0])
+
+    def at_input(self, i: int) -> InputMasks:
+        """Image ``i``'s masks on its own pixel grid: binary by nearest neighbour, soft bilinearly — the same
+        code as ``MedCAM``'s ``Explanation.at_input`` and the CLI's ``--mask-grid input``
+        (:meth:`Geometry.masks_to_input <medcam_fast.data.geometry.Geometry.masks_to_input>`).
+
+        Raises:
+            UsageError: the images were given preprocessed (no input grid recorded), or ``i`` out of range.
+        """
+        if self.geometry is None:
+            raise UsageError("these images were given preprocessed: their own pixel grid is unknown "
+                             "(pass the raw images to get masks on it)")
+        if not -len(self) <= i < len(self):
+            raise UsageError(f"image index {i} out of range for {len(self)} images")
+        return self.geometry[i].masks_to_input(self.binary[i], self.soft[i])
 
 
 class OnnxExplainer:
@@ -338,6 +358,7 @@ class OnnxExplainer:
             raise UsageError(f"batch_size must be >= 1, got {batch_size}")
         x = self._check_images(images if preprocessed else self.preprocess(images, batched=batched))
         n = x.shape[0]
+        geometry = None if preprocessed else geometries(images, self.preprocess.size, batched=batched)
         t = self._check_targets(targets, n, allow_none=self.combined)
         parts: list[list[np.ndarray]] = []
         for s in range(0, n, batch_size):
@@ -355,7 +376,7 @@ class OnnxExplainer:
         soft = _sigmoid(logits / np.float32(self.tau))
         binary = soft > self.threshold
         if not self.combined:
-            return RuntimeMasks(logits=logits, soft=soft, binary=binary, targets=t)
+            return RuntimeMasks(logits=logits, soft=soft, binary=binary, targets=t, geometry=geometry)
         probs_original = out[1]
         if n and (t < 0).any():  # the graph explained its argmax: report which class that was
             t = np.where(t < 0, probs_original.argmax(axis=1), t).astype(np.int64)
@@ -365,4 +386,4 @@ class OnnxExplainer:
         else:
             verdict = out[2:2 + len(VERDICT)]
         extra = out[-2:] if self.decoder else [None, None]
-        return RuntimeMasks(logits, soft, binary, t, probs_original, *verdict, *extra)
+        return RuntimeMasks(logits, soft, binary, t, probs_original, *verdict, *extra, geometry=geometry)

@@ -4,7 +4,11 @@
 bilinear filter (no crop, no pad: the aspect ratio is not kept). :class:`Geometry` records that for one image
 and inverts it: a binary mask goes back by nearest neighbour (it stays binary: every input pixel takes the
 value of the model pixel its centre falls in), a soft mask or an image by bilinear interpolation (Pillow, mode
-``F``). :class:`OutputGrid` names which grid ``explain`` writes its masks on. numpy and Pillow only.
+``F``). :class:`OutputGrid` names which grid ``explain`` writes its masks on. :func:`geometries` records the
+geometry of every image of a raw input (as :class:`~medcam_fast.data.preprocess.Preprocess` reads it) and
+:class:`InputMasks` holds one image's masks brought back to its own grid: the one code path of the CLI's
+writers, ``MedCAM``'s :class:`~medcam_fast.explain.Explanation` and the torch-free runtime's ``RuntimeMasks``.
+numpy and Pillow only.
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-__all__ = ["OutputGrid", "DEFAULT_OUTPUT_GRID", "Geometry"]
+from ..errors import DataError
+
+__all__ = ["OutputGrid", "DEFAULT_OUTPUT_GRID", "Geometry", "InputMasks", "geometries", "input_views"]
 
 
 class OutputGrid(str, Enum):
@@ -66,6 +72,30 @@ class Geometry:
         return {"input_size": [int(hi), int(wi)], "model_size": [int(hm), int(wm)], "resize": self.resize,
                 "crop": None, "pad": None, "scale_to_input": [hi / hm, wi / wm]}
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Geometry:
+        """The inverse of :meth:`to_dict` (the derived ``scale_to_input`` is not read back).
+
+        Raises:
+            DataError: a record without ``input_size`` / ``model_size`` as two positive integers, or one that
+                used a crop or a pad (no preprocessing of this version does).
+        """
+        try:
+            hi, wi = (int(v) for v in d["input_size"])
+            hm, wm = (int(v) for v in d["model_size"])
+            resize = str(d.get("resize", "bilinear stretch"))
+        except (KeyError, TypeError, ValueError) as e:
+            raise DataError(f"invalid geometry record {d!r}: {e}") from None
+        if min(hi, wi, hm, wm) < 1:
+            raise DataError(f"invalid geometry record {d!r}: sizes must be positive")
+        if d.get("crop") is not None or d.get("pad") is not None:
+            raise DataError(f"geometry record {d!r} uses a crop or pad, which this version cannot undo")
+        return cls((hi, wi), (hm, wm), resize)
+
+    def masks_to_input(self, binary: np.ndarray, soft: np.ndarray) -> InputMasks:
+        """One image's binary (nearest) and soft (bilinear) masks ``[h, w]`` on the model grid → the input's."""
+        return InputMasks(self.binary_to_input(binary), self.soft_to_input(soft), self)
+
     def binary_to_input(self, binary: np.ndarray) -> np.ndarray:
         """A binary mask ``[h, w]`` on the model grid → bool ``[H, W]`` on the input grid (nearest neighbour)."""
         if self.identity:
@@ -92,6 +122,41 @@ class Geometry:
         return np.stack([self.soft_to_input(image[..., c]) for c in range(image.shape[-1])], axis=-1)
 
 
+@dataclass(frozen=True, eq=False)
+class InputMasks:
+    """One image's masks on its own pixel grid.
+
+    Args:
+        binary: the binary evidence mask, bool ``[H, W]`` (nearest neighbour from the model grid).
+        soft: the soft mask, float32 ``[H, W]`` (bilinear, clipped to the model-grid mask's range).
+        geometry: the mapping used (``geometry.input_size == (H, W)``).
+    """
+
+    binary: np.ndarray
+    soft: np.ndarray
+    geometry: Geometry
+
+
+def geometries(images: Any, model_size: tuple[int, int], batched: bool | None = None) -> tuple[Geometry, ...]:
+    """The geometry of every image of a raw input, in the order
+    :class:`~medcam_fast.data.preprocess.Preprocess` reads them (one per image of a batch array, one per list
+    entry: sizes may differ).
+
+    Args:
+        images: anything ``Preprocess`` accepts (PIL image, HW / HWC / NHW / NHWC array, or a list of them).
+        model_size: the classifier's input (H, W).
+        batched: how to read a 3-D array, as for ``Preprocess.__call__``.
+
+    Raises:
+        DataError: a shape ``Preprocess`` refuses.
+    """
+    from .preprocess import _input_batches
+
+    model = (int(model_size[0]), int(model_size[1]))
+    return tuple(Geometry((int(b.shape[1]), int(b.shape[2])), model)
+                 for b in _input_batches(images, batched=batched) for _ in range(b.shape[0]))
+
+
 def input_views(pixels: np.ndarray, preprocess: Any, soft: np.ndarray, binary: np.ndarray, kept: np.ndarray,
                 ) -> tuple[Geometry, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """An explanation of one image brought back to the image's own grid.
@@ -114,7 +179,7 @@ def input_views(pixels: np.ndarray, preprocess: Any, soft: np.ndarray, binary: n
     size = (int(pixels.shape[0]), int(pixels.shape[1]))
     geometry = Geometry(size, tuple(int(s) for s in preprocess.size))
     image01 = Preprocess.identity(size, preprocess.channels).unit(pixels, batched=False)[0].transpose(1, 2, 0)
-    soft_in = geometry.soft_to_input(soft)
-    binary_in = geometry.binary_to_input(binary)
+    back = geometry.masks_to_input(binary, soft)
+    soft_in, binary_in = back.soft, back.binary
     kept_in = np.where(binary_in[..., None], image01, geometry.image_to_input(kept))
     return geometry, image01, soft_in, binary_in, kept_in.astype(np.float32)
