@@ -50,7 +50,7 @@ from ..data.medical import (
 )
 from ..data.medmnist import load_npz, resolve_data, stratified_split
 from ..data.preprocess import Preprocess
-from ..errors import DataError, MedCamError, UsageError
+from ..errors import DataError, MedCamError, ModelError, UsageError
 from ..explain import Explanation, MedCAM
 from ..explainer.bundle import ExplainerBundle, load_explainer
 from ..explainer.meta import MetaConfig, meta_train
@@ -64,14 +64,18 @@ from .writers import FORMATS, output_paths, write_explanation, write_summary
 
 __all__ = [
     "train_classifier_bundle", "import_classifier_bundle", "meta_train_bundle", "export_bundle", "explain_inputs", "run_demo",
-    "load_splits", "evaluate_job", "dataset_name",
+    "load_splits", "classifier_splits", "evaluate_job", "dataset_name",
 ]
 
 
 
-def load_splits(data: str | Path, data_dir: str | Path | None = None, seed: int = 0) -> dict[str, ImageSet]:
-    """Train/val/test sets of a data set: a short name (breast, …), an ``.npz`` file, a class-per-folder tree, or
-    a flat folder of files (one ``unlabelled`` class: images for meta-training; train-classifier refuses it)."""
+def load_splits(data: str | Path, data_dir: str | Path | None = None, seed: int = 0,
+                labels: LabelTable | None = None, image_size: int | None = None) -> dict[str, ImageSet]:
+    """Train/val/test sets of a data set: a short name (breast, …), an ``.npz`` file, a class-per-folder tree, a
+    flat folder of files (one ``unlabelled`` class: images for meta-training; train-classifier refuses it), or,
+    with ``labels``, the folder of a label table's files, split by group (``seed``; resized to ``image_size``)."""
+    if labels is not None:
+        return _labelled_splits(data, labels, image_size, seed)[0]
     if str(data) == "lesions":
         return {
             "train": make_lesions(2000, size=64, seed=seed),
@@ -175,6 +179,19 @@ def train_classifier_bundle(
     return bundle, save_classifier(bundle, out)
 
 
+def classifier_splits(data: str | Path, data_dir: str | Path | None, classifier: ClassifierBundle,
+                      labels: LabelTable | None = None) -> dict[str, ImageSet]:
+    """The splits of ``data`` as ``classifier`` was trained on them: with a label table, the same grouped split
+    (the seed and image size ``train-classifier`` recorded in the bundle's ``metrics["split"]``; a bundle without
+    them: seed 0 and the classifier's input size), so its test split holds only groups it never saw; else
+    :func:`load_splits`."""
+    if labels is None:
+        return load_splits(data, data_dir)
+    facts = classifier.metrics.get("split") or {}
+    size = facts.get("image_size") or int(classifier.preprocess.size[0])
+    return load_splits(data, data_dir, int(facts.get("seed", 0)), labels=labels, image_size=int(size))
+
+
 def _labelled_splits(data: str | Path, labels: LabelTable, image_size: int | None,
                      seed: int) -> tuple[dict[str, ImageSet], dict[str, Any]]:
     """Train/val/test of a labelled folder, split by group; and the split's facts for the bundle."""
@@ -186,8 +203,8 @@ def _labelled_splits(data: str | Path, labels: LabelTable, image_size: int | Non
     full, groups = load_labelled(data, labels, size)
     parts = grouped_split(full.labels, groups, seed)
     facts: dict[str, Any] = {"labels": str(labels.path), "label_column": labels.label_column,
-                             "group_column": labels.group_column, "image_size": size,
-                             "grouped": labels.group_column is not None}
+                             "file_column": labels.file_column, "group_column": labels.group_column,
+                             "image_size": size, "seed": int(seed), "grouped": labels.group_column is not None}
     for name, idx in parts.items():
         facts[f"{name}_images"] = int(len(idx))
         facts[f"{name}_groups"] = int(len(set(groups[idx].tolist())))
@@ -659,9 +676,11 @@ def meta_train_bundle(
     time_budget: float | None = None,
     init: str | Path | None = None,
     workers: int = 1,
+    labels: LabelTable | None = None,
 ) -> ExplainerBundle:
-    """Meta-train an explainer for the classifier bundle on the training split of ``data``; live progress
-    (on ``workers`` processes: :mod:`medcam_fast.explainer.distributed`)."""
+    """Meta-train an explainer for the classifier bundle on the training split of ``data`` (with ``labels``: the
+    classifier's own grouped split, :func:`classifier_splits`); live progress (on ``workers`` processes:
+    :mod:`medcam_fast.explainer.distributed`)."""
     console = console or Console()
     out = Path(out)
     if not resume and not overwrite and ((out / "explainer.json").exists() or (out / "checkpoint.json").exists()):
@@ -670,7 +689,7 @@ def meta_train_bundle(
         for name in ("checkpoint.json", "checkpoint.safetensors"):
             (out / name).unlink(missing_ok=True)
     bundle = load_classifier(classifier)
-    sets = load_splits(data, data_dir)
+    sets = classifier_splits(data, data_dir, bundle, labels)
     _training_images(sets, data, ("train",))
     train = sets["train"]
     with StepProgress(console, "meta-train", total_steps=config.outer_steps, budget_seconds=time_budget) as bar:
@@ -714,6 +733,8 @@ def seal_bundles(folders: Sequence[str | Path]) -> list[Path]:
         if (folder / "classifier.json").is_file():
             path = folder / "classifier.json"
             load_classifier(folder, allow_unsealed=True, allow_import=False)
+        elif folder.is_dir() and not (folder / "explainer.json").is_file():
+            raise ModelError("no classifier.json or explainer.json here (not a medcam-fast bundle)", folder)
         else:
             path = folder / "explainer.json"
             bundle = load_explainer(folder, allow_unsealed=True)
@@ -740,20 +761,25 @@ def evaluate_specs(
     explainer: str | Path | None = None,
     models: str | Path = "models",
     data_dir: str | Path | None = None,
+    labels: LabelTable | None = None,
 ) -> list[tuple[str, Path, Path | None, ImageSet]]:
     """``(name, classifier, explainer, test images)`` per data set for :func:`~medcam_fast.evaluation.harness.evaluate_suite`.
 
     With ``classifier`` (and ``explainer``) given, ``datasets`` must hold one data set, explained by them.
     Otherwise each data set ``d`` uses ``models/d/classifier`` and ``models/d/explainer`` (a path: its stem,
     ``own.npz`` → ``models/own/``), and ``lesions``
-    (the procedural set with known evidence) the embedded demo bundle.
+    (the procedural set with known evidence) the embedded demo bundle. With ``labels`` (one data set: the folder
+    of the table's files) the test split is the classifier's own grouped one (:func:`classifier_splits`).
     """
+    if labels is not None and len(datasets) != 1:
+        raise UsageError("--labels names the files of one data set: give one --data")
     if classifier is not None:
         if len(datasets) != 1:
             raise UsageError("--classifier evaluates one data set: give one --data")
         name = dataset_name(datasets[0])
         ex = Path(explainer) if explainer is not None else None
-        return [(name, Path(classifier), ex, load_splits(datasets[0], data_dir)["test"])]
+        test = classifier_splits(datasets[0], data_dir, load_classifier(classifier), labels)["test"]
+        return [(name, Path(classifier), ex, test)]
     specs: list[tuple[str, Path, Path | None, ImageSet]] = []
     for d in datasets:
         name = dataset_name(d)  # a path's stem: own.npz → models/own/
@@ -762,7 +788,9 @@ def evaluate_specs(
             if not (folder / part).is_dir():
                 raise UsageError(f"no {part} bundle for data set {d!r} (pass --classifier and --explainer, or "
                                  f"put them in {Path(models) / name}/)", folder / part)
-        specs.append((name, folder / "classifier", folder / "explainer", load_splits(d, data_dir)["test"]))
+        sets = (load_splits(d, data_dir) if labels is None
+                else classifier_splits(d, data_dir, load_classifier(folder / "classifier"), labels))
+        specs.append((name, folder / "classifier", folder / "explainer", sets["test"]))
     return specs
 
 
@@ -778,6 +806,7 @@ def evaluate_job(
     resume: bool = False,
     overwrite: bool = False,
     console: Console | None = None,
+    labels: LabelTable | None = None,
 ) -> Any:
     """Run ``medcam-fast evaluate`` with a progress bar, then write its report (results.json, report.md,
     figures/) and print its table; refuses to replace an earlier report unless asked. Returns the
@@ -798,10 +827,15 @@ def evaluate_job(
         shutil.rmtree(out / "datasets", ignore_errors=True)
     if any(m in EXPLAINER_METHODS for m in config.methods) and explainer is None and classifier is not None:
         raise UsageError("medcam-fast's first guess and refinement need --explainer (a bundle folder or explainer.onnx)")
-    specs = evaluate_specs(datasets, classifier=classifier, explainer=explainer, models=models, data_dir=data_dir)
-    for name, _, _, images in specs:
+    specs = evaluate_specs(datasets, classifier=classifier, explainer=explainer, models=models, data_dir=data_dir,
+                           labels=labels)
+    for (name, _, _, images), given in zip(specs, datasets, strict=False):  # one spec per data set, in order
         if len(images) == 0:
-            raise DataError(f"the test split of {name!r} has no images: nothing to evaluate", name)
+            try:
+                where: str | Path = resolve_data(given, None if data_dir is None else str(data_dir))
+            except MedCamError:
+                where = name
+            raise DataError(f"the test split of {name!r} has no images: nothing to evaluate", where)
     for _, clf_path, ex_path, _ in specs:  # a broken bundle is one error line before anything starts
         load_classifier(clf_path)
         if ex_path is not None and ex_path.suffix != ".onnx":

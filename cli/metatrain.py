@@ -9,12 +9,13 @@ from pathlib import Path
 from rich.console import Console
 
 from ..classifiers.bundle import load_classifier
+from ..data.labelled import LabelTable
 from ..errors import UsageError
 from ..explainer.bundle import ExplainerBundle, load_explainer, save_explainer
 from ..explainer.meta import MetaConfig
 from ..explainer.recipe import COMPARISON, RecipeConfig, RecipeResult, phase_folders, train_recipe
 from .console import escape
-from .jobs import _training_images, load_splits
+from .jobs import _training_images, classifier_splits
 from .progress import StepProgress
 
 __all__ = ["meta_train_recipe", "default_work", "default_comparison_out"]
@@ -51,6 +52,7 @@ def meta_train_recipe(
     init: str | Path | None = None,
     console: Console | None = None,
     workers: int = 1,
+    labels: LabelTable | None = None,
 ) -> RecipeResult:
     """Train an explainer with the shipped recipe (:mod:`medcam_fast.explainer.recipe`) on the training split
     of ``data`` and save it to ``out`` (and the comparison to ``comparison_out``); the phases' checkpoints stay in
@@ -71,6 +73,8 @@ def meta_train_recipe(
         init: an explainer bundle to start the first phase from.
         console: where progress and the result go.
         workers: processes per phase (:mod:`medcam_fast.explainer.distributed`).
+        labels: a label table of the folder ``data``: the classifier's own grouped split (its training split
+            is trained on; :func:`~.jobs.classifier_splits`).
     """
     console = console or Console()
     out = Path(out)
@@ -94,7 +98,7 @@ def meta_train_recipe(
             raise UsageError("holds an explainer or checkpoint; pass --resume to continue or --overwrite", busy[0])
     bundle = load_classifier(classifier)
     start = load_explainer(init) if init is not None else None
-    sets = load_splits(data, data_dir)
+    sets = classifier_splits(data, data_dir, bundle, labels)
     _training_images(sets, data, ("train",))
     phases = recipe.phases(comparison)
     progress: dict[str, StepProgress] = {}

@@ -251,7 +251,7 @@ def _choices() -> dict[tuple[str, str], tuple[str, ...]]:
 def test_every_help_is_whole_in_a_pipe_and_lists_every_choice():
     """Piped, with COLUMNS unset: no "…", every option on the page with a help text of its own, no empty
     placeholder, and every choice-valued option's choices named."""
-    import click
+    import typer.core
     import typer.main
 
     group = typer.main.get_command(app)
@@ -270,16 +270,16 @@ def test_every_help_is_whole_in_a_pipe_and_lists_every_choice():
         for part in cmd:
             node = node.commands[part]
         for param in node.params:
-            if not isinstance(param, click.Option):
+            if not isinstance(param, typer.core.TyperOption):  # typer ≥ 0.29 vendors click: its own classes
                 continue
             name = param.opts[0]
-            line = next((x for x in text.splitlines() if x.strip().startswith(name + " ") or x.strip() == name), None)
+            line = next((x for x in text.splitlines() if x.strip().startswith((name + " ", name + ",")) or x.strip() == name), None)
             assert line is not None, (cmd, name)
             assert param.help and param.help.strip(), (cmd, name)  # a help text of its own
             assert "[" not in param.help, (cmd, name)  # on a terminal rich would read "[...]" as a tag: gone
             assert re.sub(r"\s+", " ", param.help.strip())[:60] in re.sub(r"\s+", " ", text), (cmd, name)
-            if isinstance(param.type, click.Choice):
-                assert all(str(c) in text for c in param.type.choices), (cmd, name)
+            if param.type_descriptor.is_choice:
+                assert all(str(getattr(c, "value", c)) in text for c in param.type_descriptor.choices), (cmd, name)
             for c in choices.get((" ".join(cmd), name), ()):
                 assert c in param.help, (cmd, name, c)
     from medcam_fast.cli.main import _QUALITY_FOLDERS, EVALUATE_METHODS
@@ -367,3 +367,104 @@ def test_make_explainers_runs_one_meta_train_of_ten_minutes_per_set():
     script = r.stdout.replace("\\\n", " ")
     assert script.count("meta-train") == 1 and "--minutes 10 " in script and "--init" not in script
     assert "export --explainer" in script
+
+
+def _dicom_folder(folder: Path, patients: int = 8, per_patient: int = 3, size: int = 32) -> Path:
+    """``patients`` × ``per_patient`` small CT-like DICOM files (int16 stored values, rescale to HU, a soft-tissue
+    window in each header) and ``labels.csv`` (file, contrast, patient): a contrast slice has a bright 3000 HU
+    vessel in the middle, a plain one soft tissue only. Each patient has slices of both classes."""
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(7)
+    rows = ["file,contrast,patient"]
+    for p in range(patients):
+        for s in range(per_patient):
+            contrast = (p + s) % 2 == 1
+            hu = rng.normal(40, 15, (size, size))
+            if contrast:
+                c = size // 2 + int(rng.integers(-6, 7))
+                hu[c - 3:c + 3, c - 3:c + 3] = 300
+            meta = FileMetaDataset()
+            meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = CTImageStorage, generate_uid()
+            meta.TransferSyntaxUID = ExplicitVRLittleEndian
+            ds = pydicom.Dataset()
+            ds.file_meta = meta
+            ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+            ds.Modality, ds.PatientID = "CT", f"P{p:02d}"
+            ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = (generate_uid() for _ in range(3))
+            ds.Rows = ds.Columns = size
+            ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+            ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+            ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
+            ds.WindowCenter, ds.WindowWidth = 40, 400
+            ds.PixelSpacing, ds.SliceThickness = [0.7, 0.7], 1.0
+            ds.PixelData = (hu + 1024).round().astype(np.int16).tobytes()
+            name = f"p{p}_s{s}.dcm"
+            ds.save_as(folder / name, enforce_file_format=True)
+            rows.append(f"{name},{'yes' if contrast else 'no'},P{p:02d}")
+    (folder / "labels.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return folder
+
+
+def test_a_dicom_folder_with_a_label_table_goes_through_every_command_on_the_classifiers_own_split(tmp_path):
+    """train → one meta-train → export → explain → bench per-image → evaluate, each given the DICOM folder and
+    the same four label-table options: meta-train, bench and evaluate read the patient-grouped split that
+    train-classifier made (its seed, here 3, and image size from the bundle), so what bench and evaluate score
+    is the test split of patients the classifier never saw."""
+    from medcam_fast.classifiers.bundle import load_classifier
+    from medcam_fast.cli.jobs import classifier_splits
+    from medcam_fast.data.labelled import LabelTable, grouped_split, load_labelled
+
+    data = _dicom_folder(tmp_path / "scans")
+    table = ["--labels", str(data / "labels.csv"), "--label-column", "contrast", "--file-column", "file",
+             "--group-column", "patient"]
+    clf, ex = tmp_path / "bundles" / "classifier", tmp_path / "bundles" / "explainer"
+    _ok(runner.invoke(app, ["train-classifier", "--data", str(data), *table, "--image-size", "32", "--seed", "3",
+                            "--out", str(clf), "--epochs", "2", "--width", "4", "--batch-size", "8",
+                            "--threads", "1"]))
+    split = json.loads((clf / "classifier.json").read_text())["metrics"]["split"]
+    assert split["seed"] == 3 and split["file_column"] == "file" and split["image_size"] == 32
+    assert split["train_groups"] + split["val_groups"] + split["test_groups"] == 8
+
+    # the loader every later command uses gives back train-classifier's split, not seed 0's
+    bundle = load_classifier(clf)
+    lt = LabelTable(data / "labels.csv", "contrast", "file", "patient")
+    sets = classifier_splits(data, None, bundle, lt)
+    full, groups = load_labelled(data, lt, 32)
+    parts = grouped_split(full.labels, groups, seed=3)
+    assert set(groups[parts["test"]]) != set(groups[grouped_split(full.labels, groups, seed=0)["test"]])  # seed 0: other patients
+    np.testing.assert_array_equal(sets["test"].images, full.images[parts["test"]])
+    assert not set(groups[parts["test"]]) & set(groups[parts["train"]])
+    assert len(sets["test"]) == split["test_images"]
+
+    _ok(_cli("meta-train", "--classifier", str(clf), "--data", str(data), *table, "--out", str(ex), "--minutes",
+             "0.05", "--outer-steps", "2", "--meta-batch", "2", "--width", "4", "--threads", "1"))
+    assert json.loads((ex / "explainer.json").read_text())["training"]["method"] == "maml-logits+init"
+    _ok(runner.invoke(app, ["export", "--explainer", str(ex), "--combined", str(clf)]))
+
+    out = tmp_path / "explained"
+    _ok(runner.invoke(app, ["explain", str(data), "--classifier", str(clf), "--explainer", str(ex), "--steps", "1",
+                            "--format", "png,json", "--out", str(out), "--threads", "1"]))
+    assert len(json.loads((out / "summary.json").read_text())["images"]) == 24  # every slice; the CSV is no image
+
+    bench = tmp_path / "bench"
+    _ok(runner.invoke(app, ["bench", "per-image", "--data", str(data), *table, "--classifier", str(clf), "--n", "100",
+                            "--steps", "1", "--batch-size", "4", "--out", str(bench), "--threads", "1"]))
+    assert set(json.loads((bench / "per_image.json").read_text())["datasets"]) == {"scans"}
+
+    ev = tmp_path / "evaluate"
+    _ok(runner.invoke(app, ["evaluate", "--data", str(data), *table, "--classifier", str(clf), "--explainer", str(ex),
+                            "--n", "100", "--methods", "first-guess,refined", "--fills", "zero", "--sanity-n", "0",
+                            "--road-n", "0", "--refine-steps", "1", "--out", str(ev), "--threads", "1"]))
+    scored = json.loads((ev / "results.json").read_text())["datasets"]["scans"]["p_original_per_image"]
+    with torch.no_grad():  # p(original) of every image of the classifier's test split: those, no others
+        p = bundle.frozen().logits(torch.from_numpy(bundle.preprocess(sets["test"].images))).softmax(1).amax(1)
+    assert sorted(scored) == pytest.approx(sorted(p.tolist()), abs=1e-5)
+
+    # without the table the same folder is unlabelled images: evaluate says so rather than scoring a wrong split
+    r = runner.invoke(app, ["evaluate", "--data", str(data), "--label-column", "contrast", "--classifier", str(clf),
+                            "--out", str(tmp_path / "e2")])
+    assert r.exit_code == 2 and "need --labels" in r.output
