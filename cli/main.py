@@ -15,6 +15,8 @@ from typing import Any, TypeVar, cast
 import typer
 
 from medcam_fast.cli.console import LOG_WIDTH, console, err_console, escape, print_error
+from medcam_fast.cli.labelopts import FILE_COLUMN, GROUP_COLUMN, LABEL_COLUMN, LABELS, label_table
+from medcam_fast.cli.option_errors import OneLineErrorsGroup
 from medcam_fast.data.geometry import DEFAULT_OUTPUT_GRID, OutputGrid
 from medcam_fast.errors import EXIT_CODES, MedCamError
 from medcam_fast.types import Architecture, Engine, InnerMode, RefineMode
@@ -40,6 +42,7 @@ class _Typer(typer.Typer):
 
 app = _Typer(
     name="medcam-fast",
+    cls=OneLineErrorsGroup,
     help="Evidence masks for frozen medical-image classifiers (Med-CAM, made fast).\n\n" + _EXIT_HELP,
     no_args_is_help=True,
     add_completion=False,
@@ -116,28 +119,18 @@ def train_classifier_cmd(
     data_dir: Path | None = typer.Option(None, envvar="MEDCAM_DATA_DIR", help="Folder of the shared .npz data sets."),
     threads: int | None = typer.Option(None, min=1, help="CPU threads for torch."),
     overwrite: bool = typer.Option(False, help="Replace an existing bundle in OUT."),
-    labels: Path | None = typer.Option(None, help="A CSV table naming files of the --data folder (DICOM, NIfTI or "
-                                       "images) and their labels."),
-    label_column: str | None = typer.Option(None, help="With --labels: the column of labels (e.g. Contrast)."),
-    file_column: str | None = typer.Option(None, help="With --labels: the column of file names (e.g. dicom_name)."),
-    group_column: str | None = typer.Option(None, help="With --labels: the table column, or else the DICOM "
-                                            "attribute, that groups images (e.g. PatientID); no group straddles "
-                                            "the train/val/test split."),
+    labels: Path | None = LABELS,
+    label_column: str | None = LABEL_COLUMN,
+    file_column: str | None = FILE_COLUMN,
+    group_column: str | None = GROUP_COLUMN,
     image_size: int | None = typer.Option(None, min=8, help="With --labels: the side images are resized to "
                                           "(default: 128)."),
 ) -> None:
     """Train a built-in classifier and write a classifier bundle (safetensors + JSON)."""
     from medcam_fast.classifiers.training import TrainConfig
     from medcam_fast.cli.jobs import train_classifier_bundle
-    from medcam_fast.data.labelled import LabelTable
 
-    table = None
-    if labels is not None:
-        if label_column is None or file_column is None:
-            raise typer.BadParameter("--labels needs --label-column and --file-column")
-        table = LabelTable(labels, label_column, file_column, group_column)
-    elif any(v is not None for v in (label_column, file_column, group_column)):
-        raise typer.BadParameter("--label-column, --file-column and --group-column need --labels")
+    table = label_table(labels, label_column, file_column, group_column)
     _threads(threads)
     cfg = TrainConfig(**_given(arch=arch, epochs=epochs, width=width, batch_size=batch_size, lr=lr, seed=seed))
     bundle, path = train_classifier_bundle(data, out, cfg, data_dir=data_dir, overwrite=overwrite, console=console,
@@ -167,7 +160,7 @@ def import_classifier_cmd(
     classes: str = typer.Option(..., help="Class names, comma-separated, in logit order."),
     size: int = typer.Option(..., min=8, help="Input side in pixels (square)."),
     channels: int = typer.Option(..., min=1, max=3, help="Input channels (1 or 3)."),
-    mean: str = typer.Option(..., help="Normalization mean per channel on [0,1], comma-separated."),
+    mean: str = typer.Option(..., help="Normalization mean per channel, pixel values scaled to 0–1, comma-separated."),
     std: str = typer.Option(..., help="Normalization std per channel, comma-separated."),
     factory: str | None = typer.Option(None, "--import", help="Your model: package.module:factory (needs --weights)."),
     weights: Path | None = typer.Option(None, help="safetensors state dict for --import or --timm."),
@@ -225,7 +218,7 @@ def explain_cmd(
     threads: int | None = typer.Option(None, min=1, help="CPU threads for torch and onnxruntime (default: 1 for "
                                        "images up to 96 px, else the cores not busy with other work)."),
     engine: Engine = typer.Option(Engine.LOCAL, help="Where to compute: local (this process) or ray (a pool of Ray "
-                                  "actors, same outputs; needs the [scale] extra)."),
+                                  "actors, same outputs; needs the optional 'scale' extra)."),
     address: str | None = typer.Option(None, help="With --engine ray: the Ray cluster to join, e.g. "
                                        "ray://head:10001 (default: start a local instance)."),
     workers: int | None = typer.Option(None, min=1, help="With --engine ray: actors in the pool (default: the "
@@ -255,7 +248,8 @@ def explain_cmd(
 @handle_errors
 def meta_train_cmd(
     classifier: Path = typer.Option(..., help="Classifier bundle folder the explainer is for."),
-    data: str = typer.Option(..., help="Training images: a .npz path, a class-per-folder directory, or a short name."),
+    data: str = typer.Option(..., help="Training images: a .npz path, a class-per-folder directory, a folder of "
+                             "files (with --labels: the classifier's training split of it), or a short name."),
     out: Path = typer.Option(..., help="Output folder of the explainer bundle (with --one-phase: and its "
                              "checkpoints)."),
     architecture: Architecture | None = typer.Option(None, help="First-guess network: decoder (reads the "
@@ -303,8 +297,14 @@ def meta_train_cmd(
     overwrite: bool = typer.Option(False, help="Start afresh even if OUT holds a checkpoint or bundle."),
     data_dir: Path | None = typer.Option(None, envvar="MEDCAM_DATA_DIR", help="Folder of the shared .npz data sets."),
     threads: int | None = typer.Option(None, min=1, help="CPU threads for torch (shared by the --workers)."),
-    workers: int = typer.Option(1, min=1, help="Training processes (torch.distributed, gloo): each computes a share "
-                                "of every meta-batch, gradients averaged; --meta-batch must be a multiple."),
+    workers: int = typer.Option(1, "--workers", "--nproc", min=1,
+                                help="Training processes (torch.distributed, gloo; --nproc, torchrun's name, is the "
+                                "same option): each computes a share of every meta-batch, gradients averaged; "
+                                "--meta-batch must be a multiple."),
+    labels: Path | None = LABELS,
+    label_column: str | None = LABEL_COLUMN,
+    file_column: str | None = FILE_COLUMN,
+    group_column: str | None = GROUP_COLUMN,
 ) -> None:
     """Meta-train an explainer for a classifier with the shipped recipe: amortized training for a share of
     --minutes, then MAML through the logits inner loop that refinement runs (K = 10) for the rest.
@@ -314,6 +314,7 @@ def meta_train_cmd(
     from medcam_fast.cli.jobs import meta_train_bundle
     from medcam_fast.explainer.meta import MetaConfig
 
+    table = label_table(labels, label_column, file_column, group_column)
     _threads(threads)
     if not one_phase:
         from medcam_fast.cli.metatrain import meta_train_recipe
@@ -327,7 +328,7 @@ def meta_train_cmd(
                                   independence=independence))
         meta_train_recipe(classifier, data, out, cfg, recipe, work=work, comparison=comparison,
                           comparison_out=comparison_out, resume=resume, overwrite=overwrite, data_dir=data_dir,
-                          init=init, console=console, workers=workers)
+                          init=init, console=console, workers=workers, labels=table)
         return
     for flag, given in (("--amortized-share", amortized_share is not None), ("--comparison", comparison),
                         ("--comparison-out", comparison_out is not None), ("--work", work is not None)):
@@ -339,7 +340,7 @@ def meta_train_cmd(
                               independence=independence))
     meta_train_bundle(classifier, data, out, cfg, resume=resume, overwrite=overwrite, data_dir=data_dir,
                       console=console, time_budget=None if minutes is None else minutes * 60, init=init,
-                      workers=workers)
+                      workers=workers, labels=table)
 
 
 @app.command("export")
@@ -395,7 +396,8 @@ def evaluate_cmd(
     classifier: Path | None = typer.Option(None, help="Classifier bundle folder (one data set); default: --models."),
     explainer: Path | None = typer.Option(None, help="Explainer bundle folder or explainer.onnx for --classifier."),
     data: list[str] = typer.Option(["breast", "pneumonia", "blood", "path", "lesions"], help="Data set: a short "
-                                   "name, an .npz file or a class-per-folder tree (repeat the option for several)."),
+                                   "name, an .npz file, a class-per-folder tree (repeat the option for several), or with --labels the folder "
+                                   "of the table's files."),
     models: Path = typer.Option(Path("models"), help="Folder with <dataset>/classifier and <dataset>/explainer "
                                 "(a --data path's stem: own.npz → <models>/own/); not read with --classifier."),
     methods: str | None = typer.Option(None, help="Comma-separated subset of the methods: "
@@ -428,12 +430,17 @@ def evaluate_cmd(
     overwrite: bool = typer.Option(False, help="Replace an earlier evaluation in OUT."),
     data_dir: Path | None = typer.Option(None, envvar="MEDCAM_DATA_DIR", help="Folder of the shared .npz data sets."),
     threads: int | None = typer.Option(None, min=1, help="CPU threads for torch."),
+    labels: Path | None = LABELS,
+    label_column: str | None = LABEL_COLUMN,
+    file_column: str | None = FILE_COLUMN,
+    group_column: str | None = GROUP_COLUMN,
 ) -> None:
     """Faithfulness under several fills, controls, localization, sanity and speed of medcam-fast against Grad-CAM,
     RISE and the other peers on the same images."""
     from medcam_fast.cli.jobs import evaluate_job
     from medcam_fast.evaluation.harness import EvalConfig
 
+    table = label_table(labels, label_column, file_column, group_column)
     _threads(threads)
     chosen = tuple(m.strip() for m in methods.split(",") if m.strip()) if methods else None
     cfg = EvalConfig(**_given(methods=chosen, n=n, fills=None if fills is None else tuple(_csv(fills)),
@@ -442,7 +449,7 @@ def evaluate_cmd(
                               start_clip=start_clip, fit_steps=fit_steps, rise_masks=rise_masks,
                               extremal_steps=extremal_steps, batch_size=batch_size, device=device, seed=seed))
     evaluate_job(data, out, cfg, classifier=classifier, explainer=explainer, models=models, data_dir=data_dir,
-                 resume=resume, overwrite=overwrite, console=console)
+                 resume=resume, overwrite=overwrite, console=console, labels=table)
 
 
 def _csv(text: str) -> list[str]:
@@ -457,7 +464,8 @@ def _ints(text: str, option: str) -> tuple[int, ...]:
 
 
 _BENCH_DATA_HELP = ("Data set: an .npz file, a class-per-folder tree or a short name (repeat the option for "
-                    "several); its bundles are --classifier/--explainer, else <models>/<stem>/.")
+                    "several), or with --labels the folder of the table's files; its bundles are "
+                    "--classifier/--explainer, else <models>/<stem>/.")
 _BENCH_DATASETS_HELP = "Data sets, comma-separated, as --data takes them (default: breast,pneumonia,blood,path)."
 
 
@@ -475,15 +483,20 @@ def bench_per_image_cmd(
     out: Path = typer.Option(Path("benchmarks/results"), help="Folder of the result files."),
     data_dir: Path | None = typer.Option(None, envvar="MEDCAM_DATA_DIR", help="Folder of the shared .npz data sets."),
     threads: int | None = typer.Option(None, min=1, help="CPU threads for torch."),
+    labels: Path | None = LABELS,
+    label_column: str | None = LABEL_COLUMN,
+    file_column: str | None = FILE_COLUMN,
+    group_column: str | None = GROUP_COLUMN,
 ) -> None:
     """The paper's per-image fit on test images of each data set: p_kept, p_removed, area, seconds."""
     from medcam_fast.cli.benchsets import bench_sets
     from medcam_fast.cli.reports import per_image_table
     from medcam_fast.evaluation.bench import bench_per_image
 
+    table = label_table(labels, label_column, file_column, group_column)
     _threads(threads)
     sets = bench_sets(data, None if datasets is None else _csv(datasets), models=models, classifier=classifier,
-                      data_dir=data_dir)
+                      data_dir=data_dir, labels=table)
     results = bench_per_image(sets, n=n, steps=steps, batch_size=batch_size, out_dir=out,
                               progress=lambda line: console.print("  " + escape(line)))
     console.print(per_image_table(results))
@@ -514,18 +527,24 @@ def bench_quality_cmd(
     out: Path = typer.Option(Path("benchmarks/results"), help="Folder of the result files."),
     data_dir: Path | None = typer.Option(None, envvar="MEDCAM_DATA_DIR", help="Folder of the shared .npz data sets."),
     threads: int | None = typer.Option(None, min=1, help="CPU threads for torch."),
+    labels: Path | None = LABELS,
+    label_column: str | None = LABEL_COLUMN,
+    file_column: str | None = FILE_COLUMN,
+    group_column: str | None = GROUP_COLUMN,
 ) -> None:
     """Composite loss, p_kept and area against seconds per image: meta-trained, amortized, per-image fit."""
     from medcam_fast.cli.benchsets import bench_sets
     from medcam_fast.cli.reports import quality_table
     from medcam_fast.evaluation.bench import bench_quality
 
+    table = label_table(labels, label_column, file_column, group_column)
     _threads(threads)
     unknown = [m for m in _csv(modes) if m not in ("logits", "weights")]
     if unknown:
         raise typer.BadParameter(f"unknown mode {unknown[0]!r}: choose from logits, weights")
     sets = bench_sets(data, None if datasets is None else _csv(datasets), models=models, classifier=classifier,
-                      explainer=explainer, folders=tuple(_csv(explainers)), need_explainer=True, data_dir=data_dir)
+                      explainer=explainer, folders=tuple(_csv(explainers)), need_explainer=True, data_dir=data_dir,
+                      labels=table)
     results = bench_quality(sets, n=n, ks=_ints(ks, "--ks"), fit_steps=_ints(fit_steps, "--fit-steps"),
                             modes=tuple(_csv(modes)),
                             weights_ks=None if weights_ks is None else _ints(weights_ks, "--weights-ks"),

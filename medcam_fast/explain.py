@@ -31,6 +31,7 @@ from ._version import __version__
 from .classifiers.bundle import load_classifier
 from .classifiers.frozen import ClassifierBundle
 from .classifiers.sources import classifier_from_module
+from .data.geometry import Geometry, InputMasks, geometries
 from .data.preprocess import Preprocess
 from .errors import ModelError, UsageError
 from .explainer.bundle import ExplainerBundle, ExplainerSettings, load_explainer
@@ -82,6 +83,9 @@ class Explanation:
         steps: optimization steps per image.
         seconds: wall time for the batch, including the classifier's forward passes.
         extra: facts to copy into output records (model hashes, versions, warnings).
+        geometry: per image, how its own pixel grid maps to the model's (:class:`~medcam_fast.data.geometry.
+            Geometry`), when raw images were explained; None for a normalized tensor (no input grid known).
+            :meth:`at_input` brings the masks back to an image's own grid.
     """
 
     soft: np.ndarray
@@ -101,9 +105,25 @@ class Explanation:
     steps: int
     seconds: float
     extra: dict[str, Any] = field(default_factory=dict)
+    geometry: tuple[Geometry, ...] | None = None
 
     def __len__(self) -> int:
         return int(self.soft.shape[0])
+
+    def at_input(self, i: int) -> InputMasks:
+        """Image ``i``'s masks on its own pixel grid: binary by nearest neighbour, soft bilinearly (the mapping
+        the CLI's ``--mask-grid input`` writes, :meth:`Geometry.masks_to_input
+        <medcam_fast.data.geometry.Geometry.masks_to_input>`).
+
+        Raises:
+            UsageError: the batch was a normalized tensor (no input grid recorded), or ``i`` out of range.
+        """
+        if self.geometry is None:
+            raise UsageError("these images were given as a normalized tensor: their own pixel grid is unknown "
+                             "(pass the raw images to get masks on it)")
+        if not -len(self) <= i < len(self):
+            raise UsageError(f"image index {i} out of range for {len(self)} images")
+        return self.geometry[i].masks_to_input(self.binary[i], self.soft[i])
 
     def record(self, i: int) -> dict[str, Any]:
         """JSON-safe facts of image ``i``."""
@@ -120,6 +140,7 @@ class Explanation:
             "mode": self.mode.value,
             "steps": self.steps,
             "seconds": self.seconds / max(1, len(self)),
+            **({} if self.geometry is None else {"geometry": self.geometry[i].to_dict()}),
             **self.extra,
         }
 
@@ -211,6 +232,9 @@ class MedCAM:
             torch.set_num_threads(threads)
         self.settings, self.explainer, self.onnx = _load_explainer(explainer, use_onnx, allow_unsealed,
                                                                     torch.get_num_threads())
+        #: The explainer's path, named in a mismatch error (None: given as an object without one).
+        self._explainer_path = (Path(explainer) if isinstance(explainer, (str, Path))
+                                else self.onnx.path if self.onnx is not None else None)
         decoder = self.settings.net_config if self.settings is not None and isinstance(
             self.settings.net_config, DecoderConfig) else None
         if decoder is not None and layers is not None and list(layers) != decoder.tap_names:
@@ -230,7 +254,7 @@ class MedCAM:
             if (net.in_channels, net.num_classes) != (pre.channels, len(classifier.classes)):
                 raise ModelError(f"the explainer takes {net.in_channels} channel(s) and {net.num_classes} classes, "
                                  f"this classifier {pre.channels} channel(s) and {len(classifier.classes)} classes: "
-                                 "no mismatch can be allowed there")
+                                 "no mismatch can be allowed there", self._explainer_path)
         if decoder is not None:
             self._check_taps(decoder)
         if self.mode is RefineMode.WEIGHTS and decoder is not None:
@@ -272,7 +296,7 @@ class MedCAM:
             if got is None or (got.channels, got.tokens) != (tap.channels, tap.tokens):
                 shape = "missing" if got is None else f"{got.channels} channels"
                 raise ModelError(f"the explainer reads layer {tap.name!r} with {tap.channels} channels, this "
-                                 f"classifier gives {shape}: no mismatch can be allowed there")
+                                 f"classifier gives {shape}: no mismatch can be allowed there", self._explainer_path)
 
     def __enter__(self) -> MedCAM:
         return self
@@ -321,6 +345,7 @@ class MedCAM:
         """
         start = time.perf_counter()
         x = self.prepare(images)
+        geometry = self._geometries(images, x.shape[0])
         if x.shape[0] == 0:
             raise UsageError("no images to explain")
         k = len(self.bundle.classes)
@@ -348,7 +373,17 @@ class MedCAM:
             parts.append(self._explain_chunk(xs, ts, refine_steps))
         arrays = {f.name: np.concatenate([getattr(p, f.name) for p in parts])[:n] for f in fields(Explanation)
                   if isinstance(getattr(parts[0], f.name), np.ndarray)}
-        return replace(parts[0], **arrays, seconds=time.perf_counter() - start)
+        return replace(parts[0], **arrays, seconds=time.perf_counter() - start, geometry=geometry)
+
+    def _geometries(self, images: Any, n: int) -> tuple[Geometry, ...] | None:
+        """Each raw image's grid against the model's, as :meth:`prepare` read them; None for a normalized
+        tensor."""
+        if isinstance(images, Tensor):
+            if images.is_floating_point() and images.dim() == 4:
+                return None
+            images = images.detach().cpu().numpy()
+        found = geometries(images, self.preprocess.size)
+        return found if len(found) == n else None
 
     def _explain_chunk(self, x: Tensor, t: Tensor | None, refine_steps: int | None) -> Explanation:
         """:meth:`__call__` on one chunk ``x`` (targets ``t``: one per image, one for all, or None)."""
@@ -417,8 +452,8 @@ def _device(name: str) -> torch.device:
     """``cpu`` or ``cuda[:N]`` when this torch has that GPU; anything else is a one-line usage error."""
     try:
         device = torch.device(name)
-    except (RuntimeError, TypeError) as e:
-        raise UsageError(f"unknown device {name!r}: choose cpu or cuda[:N] ({e})") from None
+    except (RuntimeError, TypeError):  # torch's message lists its ~20 device types: not the user's choices
+        raise UsageError(f"unknown device {name!r}: choose cpu or cuda[:N]") from None
     if device.type not in ("cpu", "cuda"):
         raise UsageError(f"device {name!r} is not supported: choose cpu or cuda[:N]")
     if device.type == "cuda":

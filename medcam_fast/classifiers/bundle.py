@@ -201,6 +201,8 @@ def load_classifier(path: str | os.PathLike[str], *, allow_import: bool = False,
             an unavailable rebuild (timm missing, a factory not allowed) — each one line naming the file.
     """
     p = Path(path)
+    if p.is_file() and p.suffix != ".json":  # its weights, say: read as JSON it was a UnicodeDecodeError
+        raise ModelError(f"is a file, expected a bundle folder (with {_JSON_NAME})", p)
     json_path = p / _JSON_NAME if p.is_dir() else p
     folder = json_path.parent
     meta = _read_meta(json_path)

@@ -17,6 +17,7 @@ import importlib
 import importlib.metadata
 import os
 import warnings
+import zipfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,6 +41,14 @@ __all__ = ["SOURCES", "classifier_from_module", "load_import_path", "load_export
 SOURCES: tuple[str, ...] = ("builtin", "import", "export", "timm")
 
 
+def _input_channels(model: nn.Module) -> int | None:
+    """The input channels of the model's first convolution (in module order), or None without one."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            return int(module.in_channels)
+    return None
+
+
 def _check_model_fits(model: nn.Module, preprocess: Preprocess, classes: Sequence[str], where: Any) -> None:
     """One forward pass of a zero batch of the preprocessing's shape: the logits must be ``[2, len(classes)]``.
 
@@ -60,6 +69,10 @@ def _check_model_fits(model: nn.Module, preprocess: Preprocess, classes: Sequenc
     except ModelError as e:
         raise ModelError(e.cause, where) from e
     except Exception as e:
+        takes = _input_channels(model)
+        if takes is not None and takes != preprocess.channels:
+            said = "classifier.json says" if Path(str(where)).name == "classifier.json" else "the preprocessing gives"
+            raise ModelError(f"{said} {preprocess.channels} channels, its weights take {takes}", where) from e
         raise ModelError(f"the model fails on a {tuple(x.shape)} input: {one_line(e, typed=True)}", where) from e
     if logits.shape != (2, len(classes)):
         raise ModelError(
@@ -186,6 +199,8 @@ def _load_program(path: Path) -> nn.Module:
     """
     if not path.is_file():
         raise ModelError("exported program file not found", path)
+    if not zipfile.is_zipfile(path):  # a .pt2 is a zip archive; a pickle or weights file is not
+        raise ModelError("not a .pt2 exported program (torch.export)", path)
     try:
         with _weights_only_torch_load(), warnings.catch_warnings():
             warnings.simplefilter("ignore")

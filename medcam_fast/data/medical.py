@@ -31,8 +31,12 @@ numpy and Pillow at import; pydicom and nibabel are imported when a DICOM or NIf
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import re
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -421,11 +425,29 @@ def _decode_dicom(path: Path, frame: int, window: Window | None) -> Decoded:
 # ---------------------------------------------------------------------------------------------- NIfTI
 
 
+@contextlib.contextmanager
+def _quiet_nibabel() -> Iterator[None]:
+    """Silence nibabel's own logger and warnings: it logs header problems (``data code 0 not supported; not
+    attempting fix``) on stderr before raising, and the one-line :class:`DataError` already says it."""
+    from nibabel import imageglobals
+
+    logger = imageglobals.logger
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
 def _nifti(path: Path) -> Any:
     import nibabel as nib
 
     try:
-        img = nib.load(str(path))
+        with _quiet_nibabel():
+            img = nib.load(str(path))
     except Exception as e:
         raise DataError(f"a NIfTI volume that nibabel cannot read: {one_line(e)}", path) from None
     if len(img.shape) < 2 or len(img.shape) > 4 or min(img.shape) < 1:

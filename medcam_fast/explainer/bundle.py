@@ -251,6 +251,8 @@ def load_explainer(path: str | Path, *, allow_unsealed: bool = False, check_onnx
             weights or of ``explainer.onnx``), or weights that do not fit the config.
     """
     p = Path(path)
+    if p.is_file() and p.suffix != ".json":  # its weights, say
+        raise ModelError("is a file, expected a bundle folder (with explainer.json)", p)
     folder = p.parent if p.suffix == ".json" else p
     meta_path = folder / "explainer.json"
     wpath = folder / "weights.safetensors"

@@ -145,12 +145,16 @@ def test_every_command_reports_bad_input_in_one_line(args, code, needle, tmp_pat
     assert "Traceback" not in r.output and needle in r.output
 
 
-@pytest.mark.parametrize(("option", "value", "needle"), [
+_BAD_OPTIONS = [
     ("--device", "meta", "meta"), ("--device", "mps", "mps"), ("--device", "xla", "xla"),
-    ("--device", "cuda:9", "cuda"), ("--device", "gpu", "gpu"), ("--threads", "-1", "--threads"),
-    ("--threads", "0", "--threads"), ("--target", "99999999999999999999", "--target"), ("--target", "-1", "--target"),
+    ("--device", "cuda:9", "cuda"), ("--device", "gpu", "unknown device 'gpu': choose cpu or cuda[:N]"),
+    ("--threads", "-1", "error: --threads: must be ≥ 1 (got -1)"), ("--threads", "0", "--threads: must be ≥ 1 (got 0)"),
+    ("--target", "99999999999999999999", "--target"), ("--target", "-1", "error: --target: must be ≥ 0 (got -1)"),
     ("--target", "7", "--target"),
-])
+]
+
+
+@pytest.mark.parametrize(("option", "value", "needle"), _BAD_OPTIONS, ids=[f"{o}={v}" for o, v, _ in _BAD_OPTIONS])
 def test_a_bad_option_is_one_usage_line_before_any_work(option, value, needle, tmp_path, lesion_bundle_dir):
     """These crashed with a traceback (exit 1) or started the batch before failing."""
     img = _make("palette", tmp_path)
@@ -160,6 +164,9 @@ def test_a_bad_option_is_one_usage_line_before_any_work(option, value, needle, t
     assert r.exit_code == 2, r.output
     assert "Traceback" not in r.output and needle in r.output and r.exception is None or isinstance(
         r.exception, SystemExit)
+    lines = [line for line in r.output.splitlines() if line.strip()]  # no usage block, no list of torch devices
+    assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], r.output
+    assert "Expected one of" not in r.output, r.output
     assert not out.exists() or not any(out.iterdir())
 
 
@@ -235,6 +242,7 @@ def test_a_mismatched_pair_is_said_on_the_console(tmp_path, lesion_bundle_dir):
     r = runner.invoke(app, ["explain", str(img), "--classifier", str(lesion_bundle_dir), "--explainer",
                             str(DEMO_DIR / "explainer"), "--allow-mismatch", "--steps", "0", "--out", str(tmp_path / "d")])
     assert r.exit_code == 4 and "reads layer 'layer3' with 64 channels" in r.output, r.output
+    assert r.output.startswith(f"error: {DEMO_DIR / 'explainer'}: the explainer reads"), r.output  # which bundle
     assert "Traceback" not in r.output and not (tmp_path / "d").exists()
 
 
@@ -294,6 +302,7 @@ def test_an_explainer_of_another_shape_is_refused_even_when_mismatches_are_allow
     r = runner.invoke(app, ["explain", str(img), "--classifier", str(rgb), "--explainer", str(DEMO_DIR / "explainer"),
                             "--allow-mismatch", "--mode", mode, "--steps", "1", "--out", str(tmp_path / "o")])
     assert r.exit_code == 4 and "1 channel(s)" in r.output and "3 channel(s)" in r.output, r.output
+    assert r.output.startswith(f"error: {DEMO_DIR / 'explainer'}: the explainer takes"), r.output  # which bundle
     assert not (tmp_path / "o").exists()
 
 
@@ -353,6 +362,8 @@ def _broken(kind: str, tmp: Path, lesion_bundle_dir: Path) -> Path:  # noqa: C90
         (d / "weights.safetensors").write_bytes(data[: len(data) // 3])
     elif kind == "ex-onnx-garbage":
         (d / "explainer.onnx").write_bytes(b"not onnx")
+    elif kind == "ex-a-file":
+        return d / "weights.safetensors"
     return d
 
 
@@ -365,7 +376,7 @@ _CASES = [
     ("meta-train", "clf-garbage-json", 4), ("export", "ex-no-json", 4), ("export", "ex-truncated-weights", 4),
     ("export", "ex-other-format", 4), ("seal", "clf-pickle-weights", 4), ("seal", "ex-no-weights", 4),
     ("seal", "ex-onnx-garbage", 4), ("export-combined", "clf-no-weights", 4),
-    ("import-classifier", "clf-pickle-weights", 4),
+    ("import-classifier", "clf-pickle-weights", 4), ("explain", "ex-a-file", 4),
     *(("meta-train", k, 4) for k in ("clf-no-weights", "clf-json-list", "clf-empty-weights", "clf-a-file")),
     *(("export", k, 4) for k in ("ex-no-weights", "ex-garbage-json")),
     *(("seal", k, 4) for k in ("clf-no-json", "clf-garbage-json", "clf-json-list", "clf-empty-weights",
@@ -375,6 +386,16 @@ _CASES = [
     *(("evaluate", k, 4) for k in ("clf-no-json", "clf-pickle-weights", "clf-no-weights", "ex-no-json",
                                    "ex-truncated-weights", "ex-other-format")),
 ]
+
+
+#: The cause each case must name, where a vaguer message was printed before (a UnicodeDecodeError, the wrong
+#: bundle kind, a BadZipFile); (command, kind), or kind alone for every command.
+_CAUSES = {
+    "clf-a-file": "weights.safetensors: is a file, expected a bundle folder (with classifier.json)",
+    "ex-a-file": "weights.safetensors: is a file, expected a bundle folder (with explainer.json)",
+    ("seal", "clf-no-json"): "no classifier.json or explainer.json here",
+    ("import-classifier", "clf-pickle-weights"): "not a .pt2 exported program (torch.export)",
+}
 
 
 @pytest.mark.parametrize(("command", "kind", "code"), _CASES, ids=[f"{c}-{k}" for c, k, _ in _CASES])
@@ -407,11 +428,14 @@ def test_a_broken_bundle_is_one_line_naming_it_for_every_command(command, kind, 
     lines = [line for line in r.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:"), r.output
     assert "Traceback" not in r.output and str(tmp_path) in lines[0]
+    cause = _CAUSES.get((command, kind), _CAUSES.get(kind))
+    assert cause is None or cause in lines[0], r.output
     assert not out.exists()  # not even an empty folder
 
 
-def test_a_dicom_or_nifti_file_is_named_as_such(tmp_path, lesion_bundle_dir):
-    """A real DICOM or NIfTI file was 'not an image file (Pillow cannot identify its format)'."""
+def test_a_dicom_or_nifti_file_is_named_as_such(tmp_path, lesion_bundle_dir, caplog):
+    """A real DICOM or NIfTI file was 'not an image file (Pillow cannot identify its format)'; nibabel logged
+    'data code 0 not supported; not attempting fix' on stderr before the error line."""
     dicom = tmp_path / "IM000001"
     dicom.write_bytes(b"\x00" * 128 + b"DICM" + b"\x02\x00\x00\x00UL\x04\x00" + b"\x00" * 200)
     nifti = tmp_path / "brain.nii"
@@ -420,6 +444,7 @@ def test_a_dicom_or_nifti_file_is_named_as_such(tmp_path, lesion_bundle_dir):
         r = runner.invoke(app, ["explain", str(path), "--classifier", str(lesion_bundle_dir), "--out",
                                 str(tmp_path / "o")])
         assert r.exit_code == 3 and needle in r.output and path.name in r.output, r.output
+    assert not [m for m in caplog.messages if "not supported" in m]  # nibabel's log line, before the error
 
 
 def test_evaluate_on_a_set_without_test_images_is_a_data_error(tmp_path):
@@ -430,6 +455,7 @@ def test_evaluate_on_a_set_without_test_images_is_a_data_error(tmp_path):
     r = runner.invoke(app, ["evaluate", "--classifier", str(DEMO_DIR / "classifier"), "--explainer",
                             str(DEMO_DIR / "explainer"), "--data", str(empty), "--out", str(tmp_path / "o")])
     assert r.exit_code == 3 and "no images" in r.output and "Traceback" not in r.output, r.output
+    assert r.output.startswith(f"error: {empty}: "), r.output  # the file, not only the data set's name
     assert not (tmp_path / "o").exists()
 
 
@@ -447,4 +473,5 @@ def test_a_classifier_json_whose_channels_disagree_with_its_weights_is_refused_o
     r = runner.invoke(app, ["explain", str(img), "--classifier", str(d), "--allow-unsealed", "--out",
                             str(tmp_path / "o")])
     assert r.exit_code == 4 and "classifier.json" in r.output and "Traceback" not in r.output
+    assert "classifier.json: classifier.json says 3 channels, its weights take 1" in r.output, r.output
     assert not (tmp_path / "o").exists()
