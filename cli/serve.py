@@ -41,7 +41,6 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +54,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .._version import __version__
 from ..data.images import _DEFAULT_MAX_PIXELS, load_image
 from ..errors import DataError, MedCamError, ModelError, UsageError, one_line
+from ..types import _Choice
 from .ray_cluster import init_ray
 from .writers import png_bytes
 
@@ -73,7 +73,7 @@ _FLOAT_KEYS = ("p_original", "p_kept", "p_removed", "area", "loss")
 log = logging.getLogger("medcam_fast.serve")
 
 
-class OutputFormat(str, Enum):
+class OutputFormat(_Choice):
     """What ``POST /explain`` answers: the JSON record (mask PNG base64 inside) or the mask PNG itself."""
 
     JSON = "json"

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from medcam_fast.data.geometry import Geometry, InputMasks, geometries
+from medcam_fast.data.geometry import Geometry, InputMasks, geometries, masks_at_input
 from medcam_fast.data.preprocess import ImageInput, Preprocess
 from medcam_fast.errors import ModelError, UsageError, one_line
 
@@ -120,12 +120,7 @@ class RuntimeMasks:
         Raises:
             UsageError: the images were given preprocessed (no input grid recorded), or ``i`` out of range.
         """
-        if self.geometry is None:
-            raise UsageError("these images were given preprocessed: their own pixel grid is unknown "
-                             "(pass the raw images to get masks on it)")
-        if not -len(self) <= i < len(self):
-            raise UsageError(f"image index {i} out of range for {len(self)} images")
-        return self.geometry[i].masks_to_input(self.binary[i], self.soft[i])
+        return masks_at_input(self.geometry, i, self.binary, self.soft, "these images were given preprocessed")
 
 
 class OnnxExplainer:

@@ -31,7 +31,7 @@ from ._version import __version__
 from .classifiers.bundle import load_classifier
 from .classifiers.frozen import ClassifierBundle
 from .classifiers.sources import classifier_from_module
-from .data.geometry import Geometry, InputMasks, geometries
+from .data.geometry import Geometry, InputMasks, geometries, masks_at_input
 from .data.preprocess import Preprocess
 from .errors import ModelError, UsageError
 from .explainer.bundle import ExplainerBundle, ExplainerSettings, load_explainer
@@ -118,12 +118,7 @@ class Explanation:
         Raises:
             UsageError: the batch was a normalized tensor (no input grid recorded), or ``i`` out of range.
         """
-        if self.geometry is None:
-            raise UsageError("these images were given as a normalized tensor: their own pixel grid is unknown "
-                             "(pass the raw images to get masks on it)")
-        if not -len(self) <= i < len(self):
-            raise UsageError(f"image index {i} out of range for {len(self)} images")
-        return self.geometry[i].masks_to_input(self.binary[i], self.soft[i])
+        return masks_at_input(self.geometry, i, self.binary, self.soft, "these images were given as a normalized tensor")
 
     def record(self, i: int) -> dict[str, Any]:
         """JSON-safe facts of image ``i``."""

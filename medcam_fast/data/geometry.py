@@ -14,26 +14,24 @@ numpy and Pillow only.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from ..errors import DataError
+from ..errors import DataError, UsageError
+from ..types import _Choice
 
-__all__ = ["OutputGrid", "DEFAULT_OUTPUT_GRID", "Geometry", "InputMasks", "geometries", "input_views"]
+__all__ = ["OutputGrid", "DEFAULT_OUTPUT_GRID", "Geometry", "InputMasks", "geometries", "masks_at_input",
+           "input_views"]
 
 
-class OutputGrid(str, Enum):
+class OutputGrid(_Choice):
     """Which pixel grid output masks are written on: the ``INPUT`` image's own (a 512×512 CT gets 512×512
     masks) or the ``MODEL``'s input (the classifier's size, as before 0.3)."""
 
     MODEL = "model"
     INPUT = "input"
-
-    def __str__(self) -> str:
-        return str(self.value)
 
 
 #: The grid ``explain`` writes masks on unless ``--mask-grid`` says otherwise.
@@ -135,6 +133,28 @@ class InputMasks:
     binary: np.ndarray
     soft: np.ndarray
     geometry: Geometry
+
+
+def masks_at_input(geometry: tuple[Geometry, ...] | None, i: int, binary: np.ndarray, soft: np.ndarray,
+                   unknown: str) -> InputMasks:
+    """Image ``i``'s masks (model grid, ``[B,h,w]``) on its own pixel grid: what ``Explanation.at_input`` and
+    ``RuntimeMasks.at_input`` return.
+
+    Args:
+        geometry: one record per image, or None when the images were given preprocessed.
+        i: the image (negative counts from the end).
+        binary: the binary masks of the batch.
+        soft: the soft masks of the batch.
+        unknown: why there is no record, said when ``geometry`` is None.
+
+    Raises:
+        UsageError: no geometry, or ``i`` out of range.
+    """
+    if geometry is None:
+        raise UsageError(f"{unknown}: their own pixel grid is unknown (pass the raw images to get masks on it)")
+    if not -len(geometry) <= i < len(geometry):
+        raise UsageError(f"image index {i} out of range for {len(geometry)} images")
+    return geometry[i].masks_to_input(binary[i], soft[i])
 
 
 def geometries(images: Any, model_size: tuple[int, int], batched: bool | None = None) -> tuple[Geometry, ...]:

@@ -205,20 +205,31 @@ def load_image(path: PathLike, *, max_pixels: int = _DEFAULT_MAX_PIXELS) -> np.n
     """
     path = Path(path)
     with _open_checked(path, max_pixels) as img:
-        try:
-            img.load()
-        except Exception as e:
-            raise DataError(f"truncated or corrupt image: {one_line(e)}", path) from None
-        try:
-            img = ImageOps.exif_transpose(img)  # a no-op without an EXIF orientation tag
-        except Exception:  # a malformed EXIF block is not worth refusing the pixels for
-            pass
-        try:
-            return np.ascontiguousarray(_pil_to_array(img))
-        except DataError as e:
-            raise DataError(e.cause, path) from None
-        except Exception as e:
-            raise DataError(f"cannot convert image mode {img.mode!r}: {one_line(e)}", path) from None
+        return np.ascontiguousarray(_pixels(_loaded(img, path), path))
+
+
+def _loaded(img: Image.Image, path: Path) -> Image.Image:
+    """``img``'s pixels decoded (a truncated or corrupt file is a :class:`DataError` naming ``path``) and its
+    EXIF orientation applied (a no-op without the tag; a malformed EXIF block is not worth refusing the
+    pixels for)."""
+    try:
+        img.load()
+    except Exception as e:
+        raise DataError(f"truncated or corrupt image: {one_line(e)}", path) from None
+    try:
+        return ImageOps.exif_transpose(img)
+    except Exception:
+        return img
+
+
+def _pixels(img: Image.Image, path: Path) -> np.ndarray:
+    """:func:`~.preprocess._pil_to_array` of ``img``, its errors naming ``path``."""
+    try:
+        return _pil_to_array(img)
+    except DataError as e:
+        raise DataError(e.cause, path) from None
+    except Exception as e:
+        raise DataError(f"cannot convert image mode {img.mode!r}: {one_line(e)}", path) from None
 
 
 #: Medical file names :func:`list_images` also takes (DICOM and NIfTI; extension-less DICOM is found by content).
@@ -236,26 +247,13 @@ def _has_dicom_magic(p: Path) -> bool:
 
 def _decode_image(path: Path, window: Window | None, max_pixels: int) -> Decoded:
     """A Pillow image: 8-bit as read (uint8, unchanged); 16-bit, 32-bit and float windowed."""
-    with _open_checked(path, max_pixels) as img:
-        try:
-            img.load()
-        except Exception as e:
-            raise DataError(f"truncated or corrupt image: {one_line(e)}", path) from None
-        try:
-            img = ImageOps.exif_transpose(img)
-        except Exception:
-            pass
+    with _open_checked(path, max_pixels) as opened:
+        img = _loaded(opened, path)
         mode = img.mode
         record: dict[str, Any] = {"format": (img.format or path.suffix.lstrip(".")).lower(), "mode": mode}
         if not (mode.startswith("I") or mode == "F"):
-            try:
-                arr = _pil_to_array(img)
-            except DataError as e:
-                raise DataError(e.cause, path) from None
-            except Exception as e:
-                raise DataError(f"cannot convert image mode {mode!r}: {one_line(e)}", path) from None
             record["window"] = None
-            return Decoded(np.ascontiguousarray(arr), SourceKind.IMAGE, record)
+            return Decoded(np.ascontiguousarray(_pixels(img, path)), SourceKind.IMAGE, record)
         try:
             raw = np.asarray(img)
             if raw.dtype.kind not in "iuf":

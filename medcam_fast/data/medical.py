@@ -38,13 +38,13 @@ import re
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import DataError, UsageError, one_line
+from ..types import _Choice
 from .preprocess import PathLike
 
 __all__ = [
@@ -55,18 +55,15 @@ __all__ = [
 ]
 
 
-class SourceKind(str, Enum):
+class SourceKind(_Choice):
     """What an input file is: an ordinary ``IMAGE`` (Pillow), a ``DICOM`` object or a ``NIFTI`` volume."""
 
     IMAGE = "image"
     DICOM = "dicom"
     NIFTI = "nifti"
 
-    def __str__(self) -> str:
-        return str(self.value)
 
-
-class WindowPreset(str, Enum):
+class WindowPreset(_Choice):
     """Named CT windows (Hounsfield units), as radiology references give them (e.g. Radiopaedia, "Windowing
     (CT)"): ``lung`` C −600 W 1500, ``mediastinum`` C 50 W 350, ``brain`` C 40 W 80, ``bone`` C 400 W 1800."""
 
@@ -74,9 +71,6 @@ class WindowPreset(str, Enum):
     MEDIASTINUM = "mediastinum"
     BRAIN = "brain"
     BONE = "bone"
-
-    def __str__(self) -> str:
-        return str(self.value)
 
 
 #: Centre and width (HU) of each :class:`WindowPreset`.
