@@ -3,7 +3,8 @@
 Two deployments behind one HTTP proxy:
 
 * :class:`ExplainerService` (the ingress, ``--replicas N``): reads and checks the request, decodes the image
-  (:func:`medcam_fast.data.images.load_image`, the CLI's reader), and answers first guesses from the
+  (:func:`medcam_fast.data.images.decode`, the CLI's reader: 16-bit and float images through the same window
+  as ``medcam-fast explain`` without ``--window``; DICOM and NIfTI uploads are refused, 415), and answers first guesses from the
   combined ONNX graph of the explainer bundle (``explainer.onnx``: classifier, decoder and verdict in one
   graph; :class:`~medcam_fast.export.runtime.OnnxExplainer`). Concurrent requests are batched
   (``serve.batch``: up to ``max_batch_size`` images, waiting at most ``batch_wait_s`` for a batch to fill).
@@ -52,7 +53,8 @@ from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .._version import __version__
-from ..data.images import _DEFAULT_MAX_PIXELS, load_image
+from ..data.images import _DEFAULT_MAX_PIXELS, decode
+from ..data.medical import SourceKind, sniff_kind
 from ..errors import DataError, MedCamError, ModelError, UsageError, one_line
 from ..types import _Choice
 from .ray_cluster import init_ray
@@ -195,22 +197,32 @@ def _data_status(cause: str) -> int:
 
 
 def decode_image(data: bytes, name: str, max_pixels: int) -> np.ndarray:
-    """An uploaded image's pixels, read as ``medcam-fast explain`` reads a file (same reader, same checks).
+    """An uploaded image's pixels, read as ``medcam-fast explain`` reads an image file without ``--window``:
+    the same reader (:func:`~medcam_fast.data.images.decode`), the same checks and the same window, so a
+    16-bit or float image gives the same mask here as on the command line.
 
     Raises:
-        _Refused: the reader's one-line cause, naming ``name``, with its HTTP status.
+        _Refused: the reader's one-line cause, naming ``name``, with its HTTP status; a DICOM or NIfTI upload
+            is 415 (a volume or multi-frame object needs ``explain``'s frame and slice options).
     """
     if not data:
         raise _Refused(400, "empty body: send the image file as the body or as multipart field 'file'")
-    fd, tmp = tempfile.mkstemp(prefix=".medcam-upload-", suffix=".img")
+    fd, tmp = tempfile.mkstemp(prefix=".medcam-upload-", suffix=".upload")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        return load_image(tmp, max_pixels=max_pixels)
+        kind = sniff_kind(tmp)
+        if kind is not SourceKind.IMAGE:
+            raise _Refused(415, f"{name}: a {_MEDICAL_NAMES[kind]} file: the service reads image files (PNG, "
+                                "JPEG, TIFF, …); `medcam-fast explain` reads DICOM and NIfTI")
+        return decode(tmp, kind=SourceKind.IMAGE, max_pixels=max_pixels).pixels
     except DataError as e:
         raise _Refused(_data_status(e.cause), f"{name}: {e.cause}") from None
     finally:
         os.unlink(tmp)
+
+
+_MEDICAL_NAMES = {SourceKind.DICOM: "DICOM", SourceKind.NIFTI: "NIfTI"}
 
 
 async def _read_body(request: Request, limit: int) -> bytes:

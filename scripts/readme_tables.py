@@ -63,46 +63,34 @@ def quality() -> str:
     return "\n".join(lines)
 
 
-def evaluate() -> str:
-    """Per data set: the headline metrics of every method."""
-    res = _load(ROOT / "benchmarks" / "evaluate" / "results.json")
-    out = []
-    for name, ds in res["datasets"].items():
-        loc = ds.get("localization")
-        head = ["method", "keep 10% ↑", "insertion AUC ↑", "deletion AUC ↓"]
-        head += ["pointing ↑", "top-k IoU ↑"] if loc else []
-        head += ["ρ full random ↓", "s/image"]
-        out += [f"**{name}** ({ds['n']} test images)", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        for r in ds["methods"].values():
-            f = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
-            row = [r["label"], f(r["preservation"].get("0.1")), f(r["insertion_auc"]), f(r["deletion_auc"])]
-            row += [f(r.get("pointing")), f(r.get("iou"))] if loc else []
-            row += [f((r.get("sanity") or {}).get("final")), f"{r['seconds_per_image']:.3f}"]
-            out.append("| " + " | ".join(row) + " |")
-        if ds["skipped"]:
-            out.append(f"\nSkipped: {', '.join(ds['skipped'])}.")
-        out.append("")
-    return "\n".join(out + [_paired(res)])
+def evaluate(path: Path = ROOT / "benchmarks" / "evaluate" / "results.json") -> str:
+    """From ``evaluate``'s results: per data set the at-a-glance table, then every binary mask's verdict and
+    readability, then the refined masks against the best peer (the report's own table functions)."""
+    from medcam_fast.evaluation.report import best_peer_glance_rows, binary_glance_rows, glance_table
 
-
-def _paired(res: dict) -> str:
-    """One row per data set and medcam-fast method: Δ against the best peer, with its bootstrap interval."""
-    metrics = [("keep/0.1", "keep 10%"), ("insertion_auc", "insertion AUC"), ("iou", "top-k IoU (lesions)")]
-    head = ["data set", "method", *(t + ": Δ vs best peer [95 % CI]" for _, t in metrics)]
-    out = ["**Image by image against the best peer** (mean difference, bootstrap 95 % interval over images; "
-           "the peer named is the best of that column)", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    res = json.loads(path.read_text(encoding="utf-8"))
+    fractions = res["config"]["fractions"]
+    out: list[str] = []
+    binary: list[list[str]] = []
+    paired: list[list[str]] = []
     for name, ds in res["datasets"].items():
-        paired = ds.get("paired") or {}
-        for m in ("first-guess", "refined", "fit"):
-            cells = []
-            for key, _ in metrics:
-                p = paired.get(key)
-                d = p and p["methods"].get(m)
-                cells.append("–" if not d else f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] vs "
-                             f"{ds['methods'][p['against']]['label']}")
-            if any(c != "–" for c in cells):
-                out.append(f"| {name} | {ds['methods'][m]['label']} | " + " | ".join(cells) + " |")
+        out += [f"**{name}** ({ds['n']} test images; p(original) {ds['p_original']:.3f})", "",
+                glance_table(ds, fractions), ""]
+        binary += binary_glance_rows(ds)
+        paired += best_peer_glance_rows(ds, "refined", ("keep 10%", "faithfulness corr.", "ROAD combined",
+                                                        "top-k IoU"))
+    out += ["**The binary masks: their verdict beside a random blob of the same area, and their readability**", "",
+            *_table(["data set", "mask", "fill", "area", "p(original)", "p_kept / p_removed",
+                     "random blob: p_kept / p_removed", "pieces (median)", "largest piece", "lattice flagged"],
+                    binary), "",
+            "**Refined masks against the best peer of each headline column** (paired over images; † survives "
+            "Holm over the data set's family of comparisons)", "",
+            *_table(["data set", "method", "column", "best peer", "Δ [95 % CI]", "p (Holm)", "†"], paired)]
     return "\n".join(out) + "\n"
+
+
+def _table(head: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head), *("| " + " | ".join(r) + " |" for r in rows)]
 
 
 if __name__ == "__main__":

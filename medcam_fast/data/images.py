@@ -363,20 +363,20 @@ def _fit_image(x: np.ndarray, size: tuple[int, int], channels: int) -> np.ndarra
 
 
 def _load_any(path: Path) -> np.ndarray:
-    """An image file through :func:`load_image`, a DICOM/NIfTI file (its first frame or middle slice) through
-    :func:`~medcam_fast.data.medical.decode` with its own window, as uint8/uint16/float pixels."""
+    """A file's pixels as ``medcam-fast explain`` reads it without ``--window``: :func:`decode` (8-bit images as
+    read; 16-bit, 32-bit and float images through the data's window; a DICOM/NIfTI file's middle frame or
+    slice through its own window), uint8 or float on [0, 1]."""
     kind = sniff_kind(path)
-    if kind is SourceKind.IMAGE:
-        return load_image(path)
-    frames = list_frames(path, kind)
+    frames = [0] if kind is SourceKind.IMAGE else list_frames(path, kind)
     return decode(path, kind=kind, frame=frames[len(frames) // 2]).pixels
 
 
 def load_folder(path: PathLike) -> ImageSet:
     """Load a labelled image folder: one subfolder per class (sorted subfolder names are the classes).
 
-    Images are read with :func:`load_image` (16-bit scaled to 8-bit), converted to the majority channel
-    count (grey or RGB; a tie keeps RGB) and resized (Pillow bilinear) to the first image's size.
+    Images are read as ``medcam-fast explain`` reads them (:func:`decode`: a 12-bit scan stored in a 16-bit PNG
+    is windowed over 0..4095, as at inference, not divided by 257), stored as 8-bit, converted to the majority
+    channel count (grey or RGB; a tie keeps RGB) and resized (Pillow bilinear) to the first image's size.
 
     Args:
         path: the folder holding the class subfolders.

@@ -33,7 +33,8 @@ from .metrics import LATTICE_THRESHOLD
 if TYPE_CHECKING:
     from .harness import Evaluation
 
-__all__ = ["paired_table", "dataset_table", "report_markdown", "write_report", "FULL_PROTOCOL"]
+__all__ = ["paired_table", "dataset_table", "glance_table", "binary_glance_rows", "best_peer_glance_rows",
+           "report_markdown", "write_report", "FULL_PROTOCOL"]
 
 
 #: The full protocol (``evaluate``'s defaults): a run below any of these says so in its header.
@@ -145,6 +146,71 @@ def dataset_table(res: dict[str, Any], fractions: Sequence[float]) -> str:
         cols += [("pointing", lambda r: r.get("pointing"), True), ("top-k IoU", lambda r: r.get("iou"), True)]
     return "\n".join(_method_table(res, cols, _fill_alone_cells(res, cols, fractions),
                                    extra=[("s/image", lambda r: f"{r['seconds_per_image']:.4f}")]))
+
+
+def _glance_fill(res: dict[str, Any]) -> str | None:
+    """The fill of the at-a-glance tables: the first headline fill (no method trained on it), else the first."""
+    fills = res.get("headline_fills") or res.get("fills") or [None]
+    return fills[0]
+
+
+def _glance_cols(res: dict[str, Any], fractions: Sequence[float]) -> list[_Col]:
+    f, a = _glance_fill(res), _keep_key(fractions)
+    cols: list[_Col] = []
+    if f is not None:
+        cols += [(f"keep {100 * float(a):g}% [{f}]", lambda r: _dig(r, "fills", f, "preservation", a), True),
+                 (f"insertion AUC [{f}]", lambda r: _dig(r, "fills", f, "insertion_auc"), True),
+                 (f"faithfulness corr. [{f}]", lambda r: _dig(r, "fills", f, "faithfulness_correlation"), True)]
+    if res.get("road_n"):
+        cols.append(("ROAD combined", lambda r: _dig(r, "road", "combined"), True))
+    if res.get("localization"):
+        cols += [("pointing", lambda r: r.get("pointing"), True), ("top-k IoU", lambda r: r.get("iou"), True)]
+    if res.get("sanity_n"):
+        cols += [("ρ full random", lambda r: _dig(r, "sanity", "final"), False),
+                 ("ρ abs", lambda r: _dig(r, "sanity", "final_abs"), False)]
+    return cols
+
+
+def glance_table(res: dict[str, Any], fractions: Sequence[float]) -> str:
+    """One data set at a glance (the README's table): under the first headline fill keep a %, insertion AUC and
+    faithfulness correlation, then ROAD combined, localization, the sanity check's ρ after full randomization
+    (signed and absolute), time; every method and the controls, the best method value in bold."""
+    cols = _glance_cols(res, fractions)
+    return "\n".join(_method_table(res, cols, _fill_alone_cells(res, cols, fractions),
+                                   extra=[("s/image", lambda r: f"{r['seconds_per_image']:.4f}")]))
+
+
+def binary_glance_rows(res: dict[str, Any]) -> list[list[str]]:
+    """One row per binary mask of a data set, under the first headline fill: area, p(original), p_kept /
+    p_removed, the same-area random blob's p_kept / p_removed, pieces, largest piece, lattice-flagged share."""
+    f = _glance_fill(res)
+    own = res.get("controls", {}).get("own_area", {})
+    rows = []
+    for m, r in res["methods"].items():
+        if m not in own or f is None:
+            continue
+        read = r.get("readability") or {}
+        b = _dig(r, "fills", f, "binary") or {}
+        blob = _dig(own[m], "rows", "blob", "means", f) or {}
+        rows.append([res["name"], r["label"], f, _fmt(b.get("area")), _fmt(res.get("p_original")),
+                     f"{_fmt(b.get('p_kept'))} / {_fmt(b.get('p_removed'))}",
+                     f"{_fmt(blob.get('p_kept'))} / {_fmt(blob.get('p_removed'))}",
+                     _fmt(read.get("pieces_median"), 1), _fmt(read.get("largest_fraction_median")),
+                     "–" if read.get("lattice_flagged") is None else f"{read['lattice_flagged']:.0%}"])
+    return rows
+
+
+def best_peer_glance_rows(res: dict[str, Any], method: str, columns: Sequence[str]) -> list[list[str]]:
+    """``method``'s paired comparisons with the best peer in the headline ``columns`` (matched by prefix):
+    Δ [95 % CI], the peer, Holm-adjusted p and ``†`` where the difference survives."""
+    label = {k: r["label"] for k, r in res["methods"].items()}
+    rows = []
+    for c in (_dig(res, "paired", "best_peer") or {}).get("comparisons", []):
+        if c["ours"] == method and any(c["column"].startswith(p) for p in columns):
+            rows.append([res["name"], label.get(method, method), c["column"], label.get(c["theirs"], c["theirs"]),
+                         f"{c['mean']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}]", f"{c['p_holm']:.4f}",
+                         "†" if c["holm"] else ""])
+    return rows
 
 
 def _fill_table(res: dict[str, Any], f: str, fractions: Sequence[float]) -> list[str]:
@@ -410,13 +476,13 @@ def report_markdown(results: dict[str, Any]) -> str:
     lines += [
         "## Reading the sanity check",
         "",
-        "The first guess of a meta-trained explainer is a function of the image (and the class asked for) "
-        "only: at inference it never calls the classifier, so randomizing the classifier cannot change it and "
-        "its ρ stays 1 by construction. It is only as faithful as the classifier it was trained against; the "
-        "explainer refuses another classifier by its sha256. Refinement optimizes the mask against the "
-        "classifier actually given, and the per-image fit does so from scratch: their ρ is what a user should "
-        "read, and the first guess's row shows what refinement restores. The two conventions differ for signed "
-        "maps: a map whose sign flips but whose magnitude stays (Integrated Gradients' |x − b| factor) keeps a "
+        "A decoder explainer's first guess reads the explained classifier's own features and head, so "
+        "randomizing the classifier changes it, and it is judged like every other map; meta-training adds an "
+        "independence term against randomized classifiers so that it does not learn the image's prior instead "
+        "(a U-Net explainer of 0.1 reads the image only: its ρ is 1 by construction). Refinement optimizes the "
+        "mask against the classifier actually given, and the per-image fit does so from scratch. The two "
+        "conventions differ for signed maps: a map whose sign flips but whose magnitude stays (Integrated "
+        "Gradients' |x − b| factor) keeps a "
         "high ρ on absolute values.",
         "",
     ]

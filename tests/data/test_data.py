@@ -454,6 +454,19 @@ def test_load_folder(tmp_path):
     raises_naming(tmp_path / "flat", load_folder, tmp_path / "flat")
 
 
+def test_a_folder_of_12_bit_scans_is_read_for_training_as_explain_reads_each_scan(tmp_path):
+    from medcam_fast.data.images import decode
+
+    values = np.arange(0, 4000, 10, dtype=np.uint16).reshape(20, 20)
+    for k, name in enumerate(["benign", "malignant"]):
+        (tmp_path / "set" / name).mkdir(parents=True)
+        Image.fromarray(values + k).save(tmp_path / "set" / name / "ct.png")
+    s = load_folder(tmp_path / "set")
+    at_inference = decode(tmp_path / "set" / "benign" / "ct.png").pixels  # windowed over 0..4095
+    np.testing.assert_array_equal(s.images[0], np.round(at_inference * 255).astype(np.uint8))
+    assert s.images[0].max() == 248  # 3990 / 4095 · 255; divided by 257 it was 16: a black training set
+
+
 # ------------------------------------------------------------------------------------------------ lesions
 
 

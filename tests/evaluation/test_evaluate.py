@@ -467,3 +467,22 @@ def test_the_fit_needs_no_explainer_but_the_first_guess_does(lesion_bundle_dir, 
     assert np.isfinite(ds["methods"]["fit"]["binary"]["p_kept"])
     with pytest.raises(UsageError, match="--explainer"):
         evaluate_suite([("lesions", lesion_bundle_dir, None, lesions)], cfg.with_(methods=("refined",)), tmp_path)
+
+
+def test_the_readmes_glance_tables_state_the_first_headline_fill_and_the_results_own_numbers(report):
+    from medcam_fast.evaluation.report import best_peer_glance_rows, binary_glance_rows, glance_table
+
+    ds = report[1]["datasets"]["lesions"]
+    fill = ds["headline_fills"][0]  # zero: no method was trained against it
+    table = glance_table(ds, (0.05, 0.1, 0.2, 0.3)).splitlines()
+    assert f"keep 10% [{fill}] ↑" in table[0] and "[blur]" not in table[0]
+    refined = next(line for line in table if line.startswith("| medcam-fast refined |"))
+    cells = [c.strip("* ") for c in refined.strip("|").split("|")]
+    assert float(cells[1]) == pytest.approx(ds["methods"]["refined"]["fills"][fill]["preservation"]["0.1"], abs=5e-4)
+    assert any(line.startswith("| *control: random map* |") for line in table)
+    rows = {r[1]: r for r in binary_glance_rows(ds)}
+    assert set(rows) == {ds["methods"][m]["label"] for m in ds["controls"]["own_area"]}
+    b = ds["methods"]["refined"]["fills"][fill]["binary"]
+    assert rows["medcam-fast refined"][5] == f"{b['p_kept']:.3f} / {b['p_removed']:.3f}"
+    paired = best_peer_glance_rows(ds, "refined", ("keep 10%",))
+    assert paired and all(r[2].startswith("keep 10%") and r[1] == "medcam-fast refined" for r in paired)

@@ -112,6 +112,29 @@ def test_multipart_and_raw_body_and_png_format_give_the_same_mask(url: str, lesi
     assert raw["p_kept"] == part["p_kept"] == verdict["p_kept"] and raw["steps"] == 0
 
 
+def test_a_12_bit_image_in_a_16_bit_png_gets_the_clis_window_and_the_clis_answer(url: str, tmp_path: Path) -> None:
+    from medcam_fast.cli.jobs import explain_inputs
+    from medcam_fast.cli.serve import compare_records
+    from rich.console import Console
+
+    grey = make_lesions(1, size=64, seed=32).images[0]
+    grey = grey.mean(axis=-1) if grey.ndim == 3 else grey
+    scan = tmp_path / "ct12.png"  # a 12-bit scan as 16-bit PNGs store it: 0..4095, the top 4 bits unused
+    Image.fromarray((grey.astype(np.uint16) * 16).astype(np.uint16)).save(scan)
+    quiet = Console(file=io.StringIO())
+    assert explain_inputs([str(scan)], classifier=DEMO_DIR / "classifier", explainer=DEMO_DIR / "explainer",
+                          out=tmp_path / "cli", steps=0, formats="png,json", threads=1, console=quiet,
+                          err_console=quiet) == 0
+    cli = json.loads((tmp_path / "cli" / "ct12.json").read_text(encoding="utf-8"))
+    cli_mask = np.asarray(Image.open(tmp_path / "cli" / "ct12_mask.png")) > 0
+    served = requests.post(f"{url}/explain", data=scan.read_bytes(), timeout=60).json()
+    diff = compare_records(served, cli, _mask(served) > 0, cli_mask)
+    assert diff["mismatched_keys"] == [] and diff["mask_pixels_differ"] == 0, diff
+    # the load_image reading (÷ 65535) would have shown the classifier a nearly black image
+    dark = requests.post(f"{url}/explain", data=png_bytes((grey // 16).astype(np.uint8)), timeout=60).json()
+    assert abs(dark["p_original"] - served["p_original"]) > 1e-3 or dark["target"] != served["target"]
+
+
 def test_another_target_is_explained_when_asked(url: str, lesion_png: bytes) -> None:
     decision = requests.post(f"{url}/explain", data=lesion_png, timeout=60).json()
     other = 1 - decision["predicted"]
