@@ -15,7 +15,7 @@ from typing import Any, TypeVar, cast
 import typer
 
 from medcam_fast.cli.console import LOG_WIDTH, console, err_console, escape, print_error
-from medcam_fast.cli.labelopts import FILE_COLUMN, GROUP_COLUMN, LABEL_COLUMN, LABELS, label_table
+from medcam_fast.cli.dataopts import DATA_DIR, FILE_COLUMN, GROUP_COLUMN, LABEL_COLUMN, LABELS, THREADS, label_table
 from medcam_fast.cli.option_errors import OneLineErrorsGroup
 from medcam_fast.data.geometry import DEFAULT_OUTPUT_GRID, OutputGrid
 from medcam_fast.errors import EXIT_CODES, MedCamError
@@ -116,8 +116,8 @@ def train_classifier_cmd(
     batch_size: int | None = typer.Option(None, min=1, help="Images per step (default: 64)."),
     lr: float | None = typer.Option(None, help="Peak learning rate (default: 0.002)."),
     seed: int | None = typer.Option(None, help="Random seed (default: 0)."),
-    data_dir: Path | None = typer.Option(None, envvar="MEDCAM_DATA_DIR", help="Folder of the shared .npz data sets."),
-    threads: int | None = typer.Option(None, min=1, help="CPU threads for torch."),
+    data_dir: Path | None = DATA_DIR,
+    threads: int | None = THREADS,
     overwrite: bool = typer.Option(False, help="Replace an existing bundle in OUT."),
     labels: Path | None = LABELS,
     label_column: str | None = LABEL_COLUMN,
@@ -295,7 +295,7 @@ def meta_train_cmd(
     resume: bool = typer.Option(False, help="Continue an interrupted run: the recipe's finished phases are "
                                 "kept, the interrupted one continues from its checkpoint."),
     overwrite: bool = typer.Option(False, help="Start afresh even if OUT holds a checkpoint or bundle."),
-    data_dir: Path | None = typer.Option(None, envvar="MEDCAM_DATA_DIR", help="Folder of the shared .npz data sets."),
+    data_dir: Path | None = DATA_DIR,
     threads: int | None = typer.Option(None, min=1, help="CPU threads for torch (shared by the --workers)."),
     workers: int = typer.Option(1, "--workers", "--nproc", min=1,
                                 help="Training processes (torch.distributed, gloo; --nproc, torchrun's name, is the "
@@ -381,7 +381,7 @@ def demo_cmd(
     n: int = typer.Option(8, min=1, max=256, help="Number of generated sample images."),
     steps: int | None = typer.Option(None, min=0, help="Optimization steps per image."),
     overwrite: bool = typer.Option(True, help="Replace earlier demo outputs."),
-    threads: int | None = typer.Option(None, min=1, help="CPU threads for torch."),
+    threads: int | None = THREADS,
 ) -> None:
     """Generate lesion images, explain them with the shipped demo bundle, print the summary."""
     from medcam_fast.cli.jobs import run_demo
@@ -428,8 +428,8 @@ def evaluate_cmd(
     seed: int | None = typer.Option(None, help="Picks the images and seeds the random methods (default: 0)."),
     resume: bool = typer.Option(False, help="Reuse the methods an earlier run in OUT finished with the same settings."),
     overwrite: bool = typer.Option(False, help="Replace an earlier evaluation in OUT."),
-    data_dir: Path | None = typer.Option(None, envvar="MEDCAM_DATA_DIR", help="Folder of the shared .npz data sets."),
-    threads: int | None = typer.Option(None, min=1, help="CPU threads for torch."),
+    data_dir: Path | None = DATA_DIR,
+    threads: int | None = THREADS,
     labels: Path | None = LABELS,
     label_column: str | None = LABEL_COLUMN,
     file_column: str | None = FILE_COLUMN,
@@ -481,8 +481,8 @@ def bench_per_image_cmd(
     steps: int | None = typer.Option(None, min=1, help="Steps of the per-image fit (default: 300)."),
     batch_size: int = typer.Option(16, min=1, help="Images fitted together."),
     out: Path = typer.Option(Path("benchmarks/results"), help="Folder of the result files."),
-    data_dir: Path | None = typer.Option(None, envvar="MEDCAM_DATA_DIR", help="Folder of the shared .npz data sets."),
-    threads: int | None = typer.Option(None, min=1, help="CPU threads for torch."),
+    data_dir: Path | None = DATA_DIR,
+    threads: int | None = THREADS,
     labels: Path | None = LABELS,
     label_column: str | None = LABEL_COLUMN,
     file_column: str | None = FILE_COLUMN,
@@ -525,8 +525,8 @@ def bench_quality_cmd(
                                    "--comparison), unet (0.1), comma-separated."),
     batch_size: int = typer.Option(16, min=1, help="Images explained together."),
     out: Path = typer.Option(Path("benchmarks/results"), help="Folder of the result files."),
-    data_dir: Path | None = typer.Option(None, envvar="MEDCAM_DATA_DIR", help="Folder of the shared .npz data sets."),
-    threads: int | None = typer.Option(None, min=1, help="CPU threads for torch."),
+    data_dir: Path | None = DATA_DIR,
+    threads: int | None = THREADS,
     labels: Path | None = LABELS,
     label_column: str | None = LABEL_COLUMN,
     file_column: str | None = FILE_COLUMN,

@@ -1,5 +1,5 @@
-"""The label-table options every data command shares: ``--labels``, ``--label-column``, ``--file-column``,
-``--group-column``.
+"""The options the data commands share, each defined once: ``--data-dir`` and ``--threads``, and the label
+table's ``--labels``, ``--label-column``, ``--file-column``, ``--group-column``.
 
 ``train-classifier``, ``meta-train``, ``evaluate``, ``bench per-image`` and ``bench quality`` declare these four
 parameters with the defaults below (one definition, so their names and help read alike) and turn them into a
@@ -18,7 +18,12 @@ import typer
 from ..data.labelled import LabelTable
 from ..errors import UsageError
 
-__all__ = ["LABELS", "LABEL_COLUMN", "FILE_COLUMN", "GROUP_COLUMN", "label_table"]
+__all__ = ["DATA_DIR", "THREADS", "LABELS", "LABEL_COLUMN", "FILE_COLUMN", "GROUP_COLUMN", "label_table"]
+
+#: ``--data-dir``: where the shared data sets are (``MEDCAM_DATA_DIR``).
+DATA_DIR: Any = typer.Option(None, "--data-dir", envvar="MEDCAM_DATA_DIR", help="Folder of the shared .npz data sets.")
+#: ``--threads``: torch's CPU threads.
+THREADS: Any = typer.Option(None, "--threads", min=1, help="CPU threads for torch.")
 
 #: ``--labels``: the CSV table.
 LABELS: Any = typer.Option(None, "--labels", help="A CSV table naming files of the --data folder (DICOM, NIfTI "
