@@ -100,10 +100,11 @@ explainers: $(STAMP)
 # defaults: 64 test images per set, fills zero/mean/blur/noisy-linear, RISE 4000 masks, Extremal Perturbations
 # 300 steps per area, sanity check on 32 images at 4 stages (signed and absolute Spearman, SSIM), ROAD on every
 # image — EVAL_SETTINGS= ; on a GPU add EVAL_ARGS="--device cuda --batch-size 64". On the 2-core CPU the
-# committed report may use fewer RISE masks and Extremal Perturbation steps (its header says so). Each method's
+# committed report uses fewer RISE masks, Extremal Perturbation steps and per-image fit steps (its header says
+# so; at 300 fit steps the fit and its sanity check alone take about 2.5 CPU hours for the six sets). Each method's
 # maps are cached, so a new explainer reruns only medcam-fast's first guess and refinement, and a new metric
 # only rescores. Needs the peers (.venv-peers, as for `bench`).
-EVAL_SETTINGS = --n 64 --rise-masks 1000 --extremal-steps 100
+EVAL_SETTINGS = --n 64 --rise-masks 1000 --extremal-steps 100 --fit-steps 100
 EVAL_SETS ?= lesions breast pneumonia path blood brain
 evaluate: $(PEERS)/.installed-stamp
 	MEDCAM_DATA_DIR=$(DATA) TQDM_DISABLE=1 PYTHONWARNINGS=ignore $(PEERS)/bin/medcam-fast evaluate --models models \
