@@ -381,18 +381,44 @@ def _scoring_key(run: _Run, method: str) -> dict[str, Any]:
     key.update(version=_SCORING_VERSION, fills=[str(f) for f in run.fills.substrates], road_n=run.road_n,
                localization_n=None if run.evidence is None else int(run.evidence.rows.numel()),
                strides=run.strides if method in MEDCAM_METHODS else None)
+    if method in _RELEVANCE:  # only where a map is transformed: the peers' cached scores stay valid
+        key["relevance"] = _RELEVANCE[method]
     return json.loads(json.dumps(key))  # as it reads back from the cache (tuples as lists)
 
 
-def _sanity_key(run: _Run) -> dict[str, Any]:
-    return {"version": _SANITY_VERSION, "n": run.sanity_n, "stages": run.cfg.sanity_stages, "seed": run.cfg.seed,
-            "ssim": run.ssim_problem is None}
+def _sanity_key(run: _Run, method: str) -> dict[str, Any]:
+    key = {"version": _SANITY_VERSION, "n": run.sanity_n, "stages": run.cfg.sanity_stages, "seed": run.cfg.seed,
+           "ssim": run.ssim_problem is None}
+    if method in _RELEVANCE:
+        key["relevance"] = _RELEVANCE[method]
+    return key
+
+
+#: How a method's map is read as relevance by the metrics that use its values, not only its order
+#: (faithfulness correlation, monotonicity, the absolute-value sanity convention, SSIM); absent: as it is.
+_RELEVANCE = {m: "softplus" for m in MEDCAM_METHODS}
+
+
+def _relevance(method: str, saliency: Tensor) -> Tensor:
+    """The map a metric reads: for medcam-fast's methods ``softplus(u) = log(1 + eᵘ)`` of the cached mask
+    logits ``u``; peers' maps as they are.
+
+    A logit's magnitude is confidence in either direction, so ``|u|`` (monotonicity, the absolute sanity
+    convention) would rank a pixel surely outside the evidence (``u = −10``) above one inside it (``u = 2``),
+    and a subset's sum of ``u`` (faithfulness correlation) is dominated by the background's large negative
+    logits. ``softplus`` is non-negative and strictly increasing — ``≈ u`` on the evidence, ``≈ eᵘ → 0``
+    outside it — so every order-based score (keep a %, deletion and insertion, ROAD, pointing, top-k IoU,
+    signed Spearman ρ) stays exactly what it was and ``|·|`` changes nothing. The soft mask ``σ(u)`` would
+    read the same way but rounds to 1 in float32 above ``u ≈ 17`` (first guesses reach 79), tying the most
+    confident pixels."""
+    return torch.nn.functional.softplus(saliency) if method in _RELEVANCE else saliency
 
 
 def _score(run: _Run, method: str, maps: Maps) -> dict[str, Any]:
     """Every score of one method's maps (and its binary masks), with the legacy columns (see the module)."""
     cfg, clf, x, target = run.cfg, run.clf, run.x, run.target
-    out = score_map(clf, x, target, maps.saliency, run.fills, cfg.score_settings(), run.evidence)
+    relevance = _relevance(method, maps.saliency)
+    out = score_map(clf, x, target, relevance, run.fills, cfg.score_settings(), run.evidence)
     out["trained_fill"] = None if (f := _trained_fill(run, method)) is None else str(f)
     if maps.binary is not None:
         means, per = score_binary(clf, x, target, maps.binary, run.fills)
@@ -402,7 +428,7 @@ def _score(run: _Run, method: str, maps: Maps) -> dict[str, Any]:
         out["readability"] = readability(maps.binary, run.strides)
     if run.road_n > 0:
         r = run.road_n
-        scores = road(clf, x[:r], target[:r], maps.saliency[:r], seed=cfg.seed)
+        scores = road(clf, x[:r], target[:r], relevance[:r], seed=cfg.seed)
         out["road"] = {k: mean(v) for k, v in scores.items()}
         out["per_image"]["road"] = {k: values(v) for k, v in scores.items()}
     out["road_n"] = run.road_n
@@ -438,15 +464,16 @@ def _sanity(run: _Run, method: str, trained: Tensor, advance: Callable[[], None]
         # no weights file hashes to this model: an empty sha256 marks it as not the explainer's classifier
         bundle = replace(run.bundle, model=randomized, sha256="")
         maps = _maps(method, run, x, target, baseline, randomized=bundle)
-        rho = metrics.spearman(trained, maps.saliency)
-        rho_abs = metrics.spearman(trained, maps.saliency, absolute=True)
-        ssim = None if run.ssim_problem is not None else metrics.map_ssim(trained, maps.saliency)
+        shown = _relevance(method, maps.saliency)
+        rho = metrics.spearman(trained, shown)
+        rho_abs = metrics.spearman(trained, shown, absolute=True)
+        ssim = None if run.ssim_problem is not None else metrics.map_ssim(trained, shown)
         stages.append({"randomized_through": name, "modules": i, "fraction": i / n_mod, "spearman": mean(rho),
                        "spearman_abs": mean(rho_abs), "ssim": None if ssim is None else mean(ssim),
                        "undefined": int(torch.isnan(rho).sum()), "undefined_abs": int(torch.isnan(rho_abs).sum())})
         advance()
     last = stages[-1] if stages else {}
-    return {"key": _sanity_key(run), "n": k, "stages": stages, "final": last.get("spearman"),
+    return {"key": _sanity_key(run, method), "n": k, "stages": stages, "final": last.get("spearman"),
             "final_abs": last.get("spearman_abs"), "final_ssim": last.get("ssim")}
 
 
@@ -566,8 +593,8 @@ def _method_result(run: _Run, method: str, maps: Maps | None, cached: dict[str, 
         if run.sanity_n == 0 and "sanity" in res:  # not asked for this time: no stale numbers in the report
             del res["sanity"]
             changed = True
-        if run.sanity_n > 0 and sanity.get("key") != _sanity_key(run):
-            res["sanity"] = _sanity(run, method, maps.saliency[: run.sanity_n],
+        if run.sanity_n > 0 and sanity.get("key") != _sanity_key(run, method):
+            res["sanity"] = _sanity(run, method, _relevance(method, maps.saliency[: run.sanity_n]),
                                     lambda: tick(f"{run.name}: {method} sanity"))
             changed = True
     return res, maps, changed

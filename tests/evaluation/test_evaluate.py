@@ -486,3 +486,15 @@ def test_the_readmes_glance_tables_state_the_first_headline_fill_and_the_results
     assert rows["medcam-fast refined"][5] == f"{b['p_kept']:.3f} / {b['p_removed']:.3f}"
     paired = best_peer_glance_rows(ds, "refined", ("keep 10%",))
     assert paired and all(r[2].startswith("keep 10%") and r[1] == "medcam-fast refined" for r in paired)
+
+
+def test_mask_logits_are_read_as_nonnegative_relevance_in_the_same_order_and_peers_maps_as_they_are():
+    from medcam_fast.evaluation.harness import _relevance
+
+    u = torch.linspace(-80, 80, 4001)[torch.randperm(4001, generator=torch.Generator().manual_seed(0))]
+    r = _relevance("refined", u)
+    assert (r >= 0).all() and torch.equal(torch.argsort(r), torch.argsort(u))  # every order-based score unchanged
+    sure_out, evidence = _relevance("first-guess", torch.tensor([-10.0, 2.0]))
+    assert abs(evidence) > abs(sure_out)  # |u| would have ranked the surely-outside pixel first
+    ig = torch.tensor([-3.0, 1.0])
+    assert torch.equal(_relevance("ig", ig), ig)
