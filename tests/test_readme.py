@@ -25,3 +25,16 @@ def test_api_example_runs():
     m = re.search(r"<!-- api-example[^>]*-->\s*```python\n(.*?)```", text, re.S)
     assert m, "README lost its API example"
     exec(compile(m.group(1), str(README), "exec"), {})
+
+
+def test_the_evaluation_tables_are_what_the_script_prints_from_the_committed_report():
+    import importlib.util
+
+    script = README.parent / "scripts" / "readme_tables.py"
+    spec = importlib.util.spec_from_file_location("readme_tables", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    text = README.read_text(encoding="utf-8")
+    m = re.search(r"<!-- evaluate-tables:[^>]*-->\n(.*?)<!-- /evaluate-tables -->", text, re.S)
+    assert m, "README lost its evaluation tables' markers"
+    assert m.group(1).strip() == module.evaluate().strip(), "rerun: python scripts/readme_tables.py evaluate"

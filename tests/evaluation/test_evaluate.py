@@ -498,3 +498,25 @@ def test_mask_logits_are_read_as_nonnegative_relevance_in_the_same_order_and_pee
     assert abs(evidence) > abs(sure_out)  # |u| would have ranked the surely-outside pixel first
     ig = torch.tensor([-3.0, 1.0])
     assert torch.equal(_relevance("ig", ig), ig)
+
+
+def test_runs_of_separate_data_sets_merge_into_one_report_and_other_settings_are_refused(report, tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("merge_evaluations",
+                                                  Path(__file__).resolve().parents[2] / "scripts" / "merge_evaluations.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    results = json.loads((report[0] / "results.json").read_text())
+    other = {**results, "datasets": {"again": {**results["datasets"]["lesions"], "name": "again"}}}
+    (tmp_path / "a.json").write_text(json.dumps(results))
+    (tmp_path / "b.json").write_text(json.dumps(other))
+    assert script.main([str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--out", str(tmp_path / "m"),
+                        "--order", "again,lesions"]) == 0
+    merged = json.loads((tmp_path / "m" / "results.json").read_text())
+    assert list(merged["datasets"]) == ["again", "lesions"] and merged["config"] == results["config"]
+    text = (tmp_path / "m" / "report.md").read_text()
+    assert text.index("## again") < text.index("## lesions")
+    (tmp_path / "c.json").write_text(json.dumps({**other, "config": {**results["config"], "n": 7}}))
+    assert script.main([str(tmp_path / "a.json"), str(tmp_path / "c.json"), "--out", str(tmp_path / "x")]) == 2
+    assert not (tmp_path / "x").exists()
