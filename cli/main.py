@@ -15,7 +15,15 @@ from typing import Any, TypeVar, cast
 import typer
 
 from medcam_fast.cli.console import LOG_WIDTH, console, err_console, escape, print_error
-from medcam_fast.cli.dataopts import DATA_DIR, FILE_COLUMN, GROUP_COLUMN, LABEL_COLUMN, LABELS, THREADS, label_table
+from medcam_fast.cli.dataopts import (
+    DATA_DIR,
+    FILE_COLUMN,
+    GROUP_COLUMN,
+    LABEL_COLUMN,
+    LABELS,
+    THREADS,
+    label_table,
+)
 from medcam_fast.cli.option_errors import OneLineErrorsGroup
 from medcam_fast.data.geometry import DEFAULT_OUTPUT_GRID, OutputGrid
 from medcam_fast.errors import EXIT_CODES, MedCamError

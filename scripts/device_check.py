@@ -34,9 +34,8 @@ import platform
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 NEEDED = ("torch", "numpy", "onnxruntime", "onnx", "onnxscript", "safetensors", "PIL")
 
@@ -45,25 +44,13 @@ def _missing() -> list[str]:
     return [m for m in NEEDED if importlib.util.find_spec(m) is None]
 
 
-def _median_seconds(fn: Callable[[], Any], repeats: int, sync: Callable[[], None]) -> float:
-    fn()
-    sync()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def check(device: str, models: list[str], size: int, batches: list[int], steps: list[int], repeats: int) -> dict:
     """The record described in the module docstring."""
     import numpy as np
     import onnxruntime as ort
     import torch
 
-    from medcam_fast.evaluation.bench import _speed_classifier
+    from medcam_fast.evaluation.bench import _speed_classifier, _times
     from medcam_fast.explain import MedCAM
     from medcam_fast.explainer.meta import MetaConfig, meta_train
     from medcam_fast.export.onnx_export import export_combined
@@ -91,14 +78,15 @@ def check(device: str, models: list[str], size: int, batches: list[int], steps: 
             record["providers"]["used"] = graph.provider
             cpu = MedCAM(bundle, explainer, device="cpu")
             dev = MedCAM(bundle, explainer, device=device)
-            for k in (0, 3):
-                a, b = cpu(x, refine_steps=k), dev(x, refine_steps=k)
+            on_cpu = {k: cpu(x, refine_steps=k) for k in (0, 3)}
+            for k, a in on_cpu.items():
+                b = dev(x, refine_steps=k)
                 row["parity"][f"K={k}"] = {
                     "max_abs_logits": float(np.abs(a.logits - b.logits).max()),
                     "binary_agreement": float((a.binary == b.binary).mean()),
                     "max_abs_p_kept": float(np.abs(a.p_kept - b.p_kept).max())}
             onnx = graph(x.numpy(), preprocessed=True)
-            ref = cpu(x, refine_steps=0)
+            ref = on_cpu[0]
             row["parity"][f"onnx ({graph.provider}) vs torch cpu"] = {
                 "max_abs_p_kept": float(np.abs(np.asarray(onnx.p_kept) - ref.p_kept).max())}
             for batch in batches:
@@ -109,7 +97,7 @@ def check(device: str, models: list[str], size: int, batches: list[int], steps: 
                             lambda: graph(xn, preprocessed=True)}
                 rows.update({f"first guess + {k} steps": (lambda k=k: dev(xb, refine_steps=k)) for k in steps})
                 for method, fn in rows.items():
-                    sec = _median_seconds(fn, repeats, sync)
+                    sec = statistics.median(_times(lambda fn=fn: (fn(), sync()), repeats))  # warm-up, then timed
                     row["timings"].append({"batch": batch, "method": method, "seconds_per_image": sec / batch})
                     print(f"{label} batch {batch}: {method}: {1000 * sec / batch:.2f} ms/image", flush=True)
         record["models"].append(row)

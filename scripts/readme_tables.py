@@ -66,7 +66,12 @@ def quality() -> str:
 def evaluate(path: Path = ROOT / "benchmarks" / "evaluate" / "results.json") -> str:
     """From ``evaluate``'s results: per data set the at-a-glance table, then every binary mask's verdict and
     readability, then the refined masks against the best peer (the report's own table functions)."""
-    from medcam_fast.evaluation.report import best_peer_glance_rows, binary_glance_rows, glance_table
+    from medcam_fast.evaluation.report import (
+        best_peer_glance_rows,
+        binary_glance_rows,
+        glance_table,
+        markdown_table,
+    )
 
     res = json.loads(path.read_text(encoding="utf-8"))
     fractions = res["config"]["fractions"]
@@ -80,17 +85,13 @@ def evaluate(path: Path = ROOT / "benchmarks" / "evaluate" / "results.json") -> 
         paired += best_peer_glance_rows(ds, "refined", ("keep 10%", "faithfulness corr.", "ROAD combined",
                                                         "top-k IoU"))
     out += ["**The binary masks: their verdict beside a random blob of the same area, and their readability**", "",
-            *_table(["data set", "mask", "fill", "area", "p(original)", "p_kept / p_removed",
+            *markdown_table(["data set", "mask", "fill", "area", "p(original)", "p_kept / p_removed",
                      "random blob: p_kept / p_removed", "pieces (median)", "largest piece", "lattice flagged"],
                     binary), "",
             "**Refined masks against the best peer of each headline column** (paired over images; † survives "
             "Holm over the data set's family of comparisons)", "",
-            *_table(["data set", "method", "column", "best peer", "Δ [95 % CI]", "p (Holm)", "†"], paired)]
+            *markdown_table(["data set", "method", "column", "best peer", "Δ [95 % CI]", "p (Holm)", "†"], paired)]
     return "\n".join(out) + "\n"
-
-
-def _table(head: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head), *("| " + " | ".join(r) + " |" for r in rows)]
 
 
 if __name__ == "__main__":

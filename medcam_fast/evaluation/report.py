@@ -33,7 +33,7 @@ from .metrics import LATTICE_THRESHOLD
 if TYPE_CHECKING:
     from .harness import Evaluation
 
-__all__ = ["paired_table", "dataset_table", "glance_table", "binary_glance_rows", "best_peer_glance_rows",
+__all__ = ["markdown_table", "paired_table", "dataset_table", "glance_table", "binary_glance_rows", "best_peer_glance_rows",
            "report_markdown", "write_report", "FULL_PROTOCOL"]
 
 
@@ -78,12 +78,17 @@ def _row(cells: Sequence[str]) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
-def _table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+def markdown_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """A Markdown table's lines: the head, the rule, one line per row."""
     return [_row(head), "|" + "---|" * len(head), *(_row(r) for r in rows)]
 
 
 #: A column: title, getter on a method's (or the random control's) result, higher is better.
 _Col = tuple[str, Callable[[dict[str, Any]], Any], bool]
+
+#: The localization columns (sets with known evidence).
+_LOCALIZATION: list[_Col] = [("pointing", lambda r: r.get("pointing"), True),
+                             ("top-k IoU", lambda r: r.get("iou"), True)]
 
 
 def _method_table(res: dict[str, Any], cols: Sequence[_Col], fill_alone: dict[str, float | None] | None = None,
@@ -100,7 +105,7 @@ def _method_table(res: dict[str, Any], cols: Sequence[_Col], fill_alone: dict[st
     if fill_alone is not None:
         rows.append(["*control: fill alone (nothing kept)*", *(_fmt(fill_alone.get(c[0])) for c in cols),
                      *("–" for _ in extra)])
-    return _table(head, rows)
+    return markdown_table(head, rows)
 
 
 def _keep_key(fractions: Sequence[float]) -> str:
@@ -143,7 +148,7 @@ def dataset_table(res: dict[str, Any], fractions: Sequence[float]) -> str:
     and the controls (best method value of each column in bold)."""
     cols = _headline_cols(res, fractions)
     if res.get("localization"):
-        cols += [("pointing", lambda r: r.get("pointing"), True), ("top-k IoU", lambda r: r.get("iou"), True)]
+        cols += _LOCALIZATION
     return "\n".join(_method_table(res, cols, _fill_alone_cells(res, cols, fractions),
                                    extra=[("s/image", lambda r: f"{r['seconds_per_image']:.4f}")]))
 
@@ -164,7 +169,7 @@ def _glance_cols(res: dict[str, Any], fractions: Sequence[float]) -> list[_Col]:
     if res.get("road_n"):
         cols.append(("ROAD combined", lambda r: _dig(r, "road", "combined"), True))
     if res.get("localization"):
-        cols += [("pointing", lambda r: r.get("pointing"), True), ("top-k IoU", lambda r: r.get("iou"), True)]
+        cols += _LOCALIZATION
     if res.get("sanity_n"):
         cols += [("ρ full random", lambda r: _dig(r, "sanity", "final"), False),
                  ("ρ abs", lambda r: _dig(r, "sanity", "final_abs"), False)]
@@ -247,7 +252,7 @@ def _binary_table(res: dict[str, Any]) -> list[str]:
         rows.append([f"*control: random blob, area of {r['label']}*", _fmt(area), p_original, *(
             f"{_fmt(_dig(blob, f, 'p_kept'))} / {_fmt(_dig(blob, f, 'p_removed'))}" for f in fills),
             "1.0", "1.000", "–", "–"])
-    return _table(head, rows) if rows else []
+    return markdown_table(head, rows) if rows else []
 
 
 def _survivors(family: dict[str, Any]) -> dict[tuple[str, str, str], dict[str, Any]]:
@@ -274,7 +279,7 @@ def _own_area_table(res: dict[str, Any], m: str) -> list[str]:
                 c = family.get((f"{k} [{f}]", m, other))
                 cells.append(_fmt(v) + ("†" if c and c.get("holm") else ""))
         rows.append(cells)
-    return _table(head, rows)
+    return markdown_table(head, rows)
 
 
 def paired_table(res: dict[str, Any], family: str = "best_peer") -> str:
@@ -290,7 +295,7 @@ def paired_table(res: dict[str, Any], family: str = "best_peer") -> str:
     rows = [[label.get(c["ours"], c["ours"]), c["column"], label.get(c["theirs"], c["theirs"]),
              f"{c['mean']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}]", f"{c['wins']}/{c['n']}", f"{c['p_value']:.4f}",
              f"{c['p_holm']:.4f}", "†" if c["holm"] else ""] for c in comps]
-    return "\n".join(_table(head, rows))
+    return "\n".join(markdown_table(head, rows))
 
 
 def _random_table(res: dict[str, Any]) -> list[str]:
@@ -308,7 +313,7 @@ def _random_table(res: dict[str, Any]) -> list[str]:
             c = by.get((m, col))
             cells.append("–" if c is None else f"{c['mean']:+.3f}" + ("†" if c["holm"] else ""))
         rows.append(cells)
-    return _table(["method", *columns], rows)
+    return markdown_table(["method", *columns], rows)
 
 
 def _sanity_tables(res: dict[str, Any]) -> list[str]:
@@ -319,13 +324,13 @@ def _sanity_tables(res: dict[str, Any]) -> list[str]:
     head = ["method", *(f"{s['fraction']:.0%} randomized: ρ / ρ abs / SSIM" for s in first)]
     rows = [[res["methods"][m]["label"], *(f"{_fmt(s['spearman'])} / {_fmt(s.get('spearman_abs'))} / "
                                            f"{_fmt(s.get('ssim'))}" for s in st)] for m, st in stages.items()]
-    return _table(head, rows)
+    return markdown_table(head, rows)
 
 
 def _summary_table(res: dict[str, Any]) -> list[str]:
     cols: list[_Col] = []
     if res.get("localization"):
-        cols += [("pointing", lambda r: r.get("pointing"), True), ("top-k IoU", lambda r: r.get("iou"), True)]
+        cols += _LOCALIZATION
     cols += [("ρ full random, signed", lambda r: _dig(r, "sanity", "final"), False),
              ("ρ full random, abs", lambda r: _dig(r, "sanity", "final_abs"), False),
              ("SSIM full random", lambda r: _dig(r, "sanity", "final_ssim"), False)]
@@ -336,7 +341,7 @@ def _summary_table(res: dict[str, Any]) -> list[str]:
     rows = [[r["label"], r.get("trained_fill") or "none", *(_mark(c[1](r), bests[c[0]]) for c in cols),
              f"{r['seconds_per_image']:.4f}" + (f" ({r.get('device')})" if len(devices) > 1 else "")]
             for r in ms.values()]
-    return _table(head, rows)
+    return markdown_table(head, rows)
 
 
 def _localization_note(res: dict[str, Any]) -> str:

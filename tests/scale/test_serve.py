@@ -113,9 +113,10 @@ def test_multipart_and_raw_body_and_png_format_give_the_same_mask(url: str, lesi
 
 
 def test_a_12_bit_image_in_a_16_bit_png_gets_the_clis_window_and_the_clis_answer(url: str, tmp_path: Path) -> None:
+    from rich.console import Console
+
     from medcam_fast.cli.jobs import explain_inputs
     from medcam_fast.cli.serve import compare_records
-    from rich.console import Console
 
     grey = make_lesions(1, size=64, seed=32).images[0]
     grey = grey.mean(axis=-1) if grey.ndim == 3 else grey
