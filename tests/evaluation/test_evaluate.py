@@ -485,7 +485,10 @@ def test_the_readmes_glance_tables_state_the_first_headline_fill_and_the_results
     b = ds["methods"]["refined"]["fills"][fill]["binary"]
     assert rows["medcam-fast refined"][5] == f"{b['p_kept']:.3f} / {b['p_removed']:.3f}"
     paired = best_peer_glance_rows(ds, "refined", ("keep 10%",))
-    assert paired and all(r[2].startswith("keep 10%") and r[1] == "medcam-fast refined" for r in paired)
+    if available_peers()["gradcam"] is None:
+        assert paired and all(r[2].startswith("keep 10%") and r[1] == "medcam-fast refined" for r in paired)
+    else:  # without peers there is no best peer, and no comparison is invented
+        assert paired == []
 
 
 def test_mask_logits_are_read_as_nonnegative_relevance_in_the_same_order_and_peers_maps_as_they_are():
