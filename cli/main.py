@@ -27,7 +27,7 @@ from medcam_fast.cli.dataopts import (
 from medcam_fast.cli.option_errors import OneLineErrorsGroup
 from medcam_fast.data.geometry import DEFAULT_OUTPUT_GRID, OutputGrid
 from medcam_fast.errors import EXIT_CODES, MedCamError
-from medcam_fast.types import Architecture, Engine, InnerMode, RefineMode
+from medcam_fast.types import Architecture, Correlation, Engine, InnerMode, RefineMode
 
 _EXIT_HELP = "Exit codes: " + "; ".join(f"{k} {v}" for k, v in EXIT_CODES.items()) + "."
 
@@ -284,6 +284,10 @@ def meta_train_cmd(
     independence: float | None = typer.Option(None, min=0.0, help="Weight of the decoder's independence term: its "
                                               "first guess read through a randomized copy of the classifier must "
                                               "not correlate with the trained one's (default: 3; 0: off)."),
+    independence_measure: Correlation | None = typer.Option(None, help="The correlation the independence term "
+                                                            "penalizes: spearman (soft ranks, what the sanity "
+                                                            "check reports) or pearson (soft-clipped logits, the "
+                                                            "0.1-era term) (default: spearman)."),
     minutes: float | None = typer.Option(None, min=0.001, help="Training time in minutes: the recipe's whole "
                                          "budget, split between its phases (default: 10); with --one-phase, "
                                          "finish after this much (default: no limit)."),
@@ -333,7 +337,7 @@ def meta_train_cmd(
         cfg = MetaConfig(**_given(architecture=architecture, inner_steps=inner_steps, inner_mode=inner_mode,
                                   first_order=first_order, meta_sgd=meta_sgd, meta_batch=meta_batch,
                                   inner_lr=inner_lr, width=width, seed=seed, checkpoint_every=checkpoint_every,
-                                  independence=independence))
+                                  independence=independence, independence_measure=independence_measure))
         meta_train_recipe(classifier, data, out, cfg, recipe, work=work, comparison=comparison,
                           comparison_out=comparison_out, resume=resume, overwrite=overwrite, data_dir=data_dir,
                           init=init, console=console, workers=workers, labels=table)
@@ -345,7 +349,7 @@ def meta_train_cmd(
     cfg = MetaConfig(**_given(architecture=architecture, inner_steps=inner_steps, inner_mode=inner_mode, first_order=first_order,
                               meta_sgd=meta_sgd, outer_steps=outer_steps, meta_batch=meta_batch, inner_lr=inner_lr,
                               outer_lr=outer_lr, width=width, seed=seed, checkpoint_every=checkpoint_every,
-                              independence=independence))
+                              independence=independence, independence_measure=independence_measure))
     meta_train_bundle(classifier, data, out, cfg, resume=resume, overwrite=overwrite, data_dir=data_dir,
                       console=console, time_budget=None if minutes is None else minutes * 60, init=init,
                       workers=workers, labels=table)

@@ -15,7 +15,8 @@ from .errors import UsageError
 if TYPE_CHECKING:
     from torch import Tensor
 
-__all__ = ["BaselineKind", "RefineMode", "InnerMode", "MaskGrid", "Architecture", "Engine", "Classifier", "choice"]
+__all__ = ["BaselineKind", "RefineMode", "InnerMode", "MaskGrid", "Architecture", "Engine", "Correlation", "Classifier",
+           "choice"]
 
 
 class _Choice(str, Enum):
@@ -64,6 +65,19 @@ class InnerMode(_Choice):
 
     WEIGHTS = "weights"
     LOGITS = "logits"
+
+
+class Correlation(_Choice):
+    """How the decoder's independence term correlates two first guesses (:mod:`medcam_fast.explainer.meta`).
+
+    * ``SPEARMAN`` — Pearson of soft ranks: what the randomization sanity check reports (Spearman ρ), so a
+      map that shares only its ordering with the randomized classifier's is penalized too;
+    * ``PEARSON`` — Pearson of the soft-clipped logits: the term the 0.1-era explainers were trained with;
+      dominated by the largest logits, it left brain MRI's first guess at ρ ≈ 0.35 while it read 0.03.
+    """
+
+    SPEARMAN = "spearman"
+    PEARSON = "pearson"
 
 
 class MaskGrid(_Choice):

@@ -92,10 +92,11 @@ def check(device: str, models: list[str], size: int, batches: list[int], steps: 
             for batch in batches:
                 xb = torch.randn(batch, pre.channels, size, size).to(device)
                 xn = xb.cpu().numpy()
-                rows = {"first guess (torch)": lambda: dev(xb, refine_steps=0),
+                rows = {"first guess (torch)": lambda dev=dev, xb=xb: dev(xb, refine_steps=0),
                         f"graph, all classes + verdict (onnx, {graph.provider})":
-                            lambda: graph(xn, preprocessed=True)}
-                rows.update({f"first guess + {k} steps": (lambda k=k: dev(xb, refine_steps=k)) for k in steps})
+                            lambda graph=graph, xn=xn: graph(xn, preprocessed=True)}
+                rows.update({f"first guess + {k} steps": (lambda k=k, dev=dev, xb=xb: dev(xb, refine_steps=k))
+                             for k in steps})
                 for method, fn in rows.items():
                     sec = statistics.median(_times(lambda fn=fn: (fn(), sync()), repeats))  # warm-up, then timed
                     row["timings"].append({"batch": batch, "method": method, "seconds_per_image": sec / batch})

@@ -24,7 +24,7 @@ def merge(paths: list[Path], order: list[str] | None = None) -> dict:
     given, else as found). Raises ValueError when two runs' settings differ."""
     runs = [json.loads(p.read_text(encoding="utf-8")) for p in paths]
     config = runs[0]["config"]
-    for p, r in zip(paths[1:], runs[1:]):
+    for p, r in zip(paths[1:], runs[1:], strict=True):
         if r["config"] != config:
             differ = sorted(k for k in set(config) | set(r["config"]) if config.get(k) != r["config"].get(k))
             raise ValueError(f"{p}: other settings than {paths[0]} ({', '.join(differ)})")

@@ -170,9 +170,11 @@ def test_cli_and_api_train_the_same_explainer_for_the_same_settings(lesion_bundl
 
     r = runner.invoke(app, ["meta-train", "--classifier", str(lesion_bundle_dir), "--data", "lesions", "--out",
                             str(tmp_path / "e"), "--one-phase", "--inner-mode", "logits", "--first-order", "--inner-steps", "1",
-                            "--outer-steps", "1", "--meta-batch", "2", "--width", "4", "--threads", "1"])
+                            "--outer-steps", "1", "--meta-batch", "2", "--width", "4", "--threads", "1",
+                            "--independence-measure", "pearson"])
     assert r.exit_code == 0, r.output
     facts = json.loads((tmp_path / "e" / "explainer.json").read_text())
-    api = MetaConfig(inner_mode="logits", first_order=True, inner_steps=1, outer_steps=1, meta_batch=2, width=4)
+    api = MetaConfig(inner_mode="logits", first_order=True, inner_steps=1, outer_steps=1, meta_batch=2, width=4,
+                     independence_measure="pearson")
     assert MetaConfig.from_dict(facts["training"]["config"]) == api
     assert InnerLoop.from_dict(facts["inner"]).lr == api.step_size == 1.0

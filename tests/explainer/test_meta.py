@@ -169,18 +169,52 @@ def test_the_default_explainer_is_a_decoder_that_saves_loads_and_refines(lesion_
     assert better.loss.mean() < first.loss.mean()
 
 
-def test_independence_loss_is_the_squared_correlation_of_the_two_first_guesses():
-    """``r²`` over grid cells: 1 for an affine copy (either sign), 0 for an orthogonal or a constant map."""
+def test_independence_loss_is_the_squared_rank_correlation_of_the_two_first_guesses():
+    """By default ``r²`` of soft ranks: 1 for any monotone copy (either sign), 0 for a constant map, and the
+    exact Spearman ρ² of maps without ties."""
+    from medcam_fast.evaluation.metrics import spearman
     from medcam_fast.explainer.meta import independence_loss
 
-    u = torch.tensor([[1.0, 2.0], [3.0, 4.0]]).view(1, 1, 2, 2)
-    flip = torch.tensor([[1.0, -1.0], [1.0, -1.0]]).view(1, 1, 2, 2)
-    assert independence_loss(u, 3 * u + 2).item() == pytest.approx(1.0, abs=1e-5)
-    assert independence_loss(u, -u).item() == pytest.approx(1.0, abs=1e-5)
-    assert independence_loss(u, torch.full_like(u, 5.0)).item() == pytest.approx(0.0, abs=1e-6)
-    checker = torch.tensor([[1.0, -1.0], [-1.0, 1.0]]).view(1, 1, 2, 2)  # centred u is (-1.5,-.5,.5,1.5)
-    assert independence_loss(u, checker).item() == pytest.approx(0.0, abs=1e-6)
-    assert independence_loss(u, flip).item() == pytest.approx(0.2, abs=1e-5)  # r = -1/√5
+    g = torch.Generator().manual_seed(0)
+    u = torch.randn(4, 1, 16, 16, generator=g)
+    assert independence_loss(u, u.exp() * 40).mean().item() == pytest.approx(1.0, abs=0.01)  # Pearson would not
+    assert independence_loss(u, u.exp() * 40, "pearson").mean().item() < 0.9
+    assert independence_loss(u, -u).mean().item() == pytest.approx(1.0, abs=1e-3)
+    assert independence_loss(u, torch.full_like(u, 5.0)).max().item() == pytest.approx(0.0, abs=1e-6)
+    v = 0.5 * u + torch.randn(4, 1, 16, 16, generator=g)
+    rho = spearman(u[:, 0], v[:, 0])
+    assert independence_loss(u, v).sqrt() == pytest.approx(rho.abs(), abs=0.02)
+
+
+def test_a_map_whose_largest_logits_decorrelate_still_counts_when_its_ranks_agree():
+    """The brain-MRI failure of the Pearson measure: a few large logits that differ between the two maps carry
+    Pearson's r towards 0, while the rest of the map — the shared outline — keeps Spearman's ρ high."""
+    from medcam_fast.explainer.meta import independence_loss
+
+    g = torch.Generator().manual_seed(1)
+    outline = 0.3 * torch.randn(1, 1, 16, 16, generator=g)
+    u, v = outline.clone(), outline.clone()
+    u[..., :3, :3] += 60.0  # the trained classifier's evidence: a corner blob
+    v[..., -3:, -3:] += 60.0  # the randomized one's: another corner
+    pearson = independence_loss(u, v, "pearson").item()
+    spearman = independence_loss(u, v, "spearman").item()
+    assert pearson < 0.05 < 0.5 < spearman
+
+
+def test_the_pearson_measure_is_the_squared_correlation_of_the_soft_clipped_maps():
+    """``r²`` of ``c·tanh(u/c)``: 1 for an affine copy inside the clip (either sign), 0 for an orthogonal or
+    a constant map."""
+    from medcam_fast.explainer.meta import independence_loss
+
+    u = torch.tensor([[1.0, 2.0], [3.0, 4.0]]).view(1, 1, 2, 2) / 10
+    flip = torch.tensor([[1.0, -1.0], [1.0, -1.0]]).view(1, 1, 2, 2) / 10
+    checker = torch.tensor([[1.0, -1.0], [-1.0, 1.0]]).view(1, 1, 2, 2)  # centred u is (-1.5,-.5,.5,1.5)/10
+    p = "pearson"
+    assert independence_loss(u, 2 * u + 0.1, p).item() == pytest.approx(1.0, abs=2e-3)
+    assert independence_loss(u, -u, p).item() == pytest.approx(1.0, abs=1e-3)
+    assert independence_loss(u, torch.full_like(u, 5.0), p).item() == pytest.approx(0.0, abs=1e-4)
+    assert independence_loss(u, checker, p).item() == pytest.approx(0.0, abs=1e-4)
+    assert independence_loss(u, flip, p).item() == pytest.approx(0.2, abs=1e-3)  # r = -1/√5
 
 
 def test_the_decoder_is_trained_against_a_randomized_classifier_and_the_unet_is_not(lesion_bundle, images):
