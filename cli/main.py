@@ -287,7 +287,7 @@ def meta_train_cmd(
     independence_measure: Correlation | None = typer.Option(None, help="The correlation the independence term "
                                                             "penalizes: spearman (soft ranks, what the sanity "
                                                             "check reports) or pearson (soft-clipped logits, the "
-                                                            "0.1-era term) (default: spearman)."),
+                                                            "first decoders' term) (default: spearman)."),
     minutes: float | None = typer.Option(None, min=0.001, help="Training time in minutes: the recipe's whole "
                                          "budget, split between its phases (default: 10); with --one-phase, "
                                          "finish after this much (default: no limit)."),

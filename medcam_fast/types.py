@@ -72,7 +72,7 @@ class Correlation(_Choice):
 
     * ``SPEARMAN`` — Pearson of soft ranks: what the randomization sanity check reports (Spearman ρ), so a
       map that shares only its ordering with the randomized classifier's is penalized too;
-    * ``PEARSON`` — Pearson of the soft-clipped logits: the term the 0.1-era explainers were trained with;
+    * ``PEARSON`` — Pearson of the soft-clipped logits: the first decoders' term (a training record without the field);
       dominated by the largest logits, it left brain MRI's first guess at ρ ≈ 0.35 while it read 0.03.
     """
 

@@ -27,14 +27,32 @@ def test_api_example_runs():
     exec(compile(m.group(1), str(README), "exec"), {})
 
 
-def test_the_evaluation_tables_are_what_the_script_prints_from_the_committed_report():
+def _script(name: str):
     import importlib.util
 
-    script = README.parent / "scripts" / "readme_tables.py"
-    spec = importlib.util.spec_from_file_location("readme_tables", script)
+    spec = importlib.util.spec_from_file_location(name, README.parent / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def test_the_evaluation_tables_are_what_the_script_prints_from_the_committed_report():
+    module = _script("readme_tables")
     text = README.read_text(encoding="utf-8")
     m = re.search(r"<!-- evaluate-tables:[^>]*-->\n(.*?)<!-- /evaluate-tables -->", text, re.S)
     assert m, "README lost its evaluation tables' markers"
     assert m.group(1).strip() == module.evaluate().strip(), "rerun: python scripts/readme_tables.py evaluate"
+
+
+def test_the_explainer_table_is_what_the_script_prints_from_the_committed_results():
+    """It once kept the numbers of explainers that had been replaced while the prose below it described the new ones."""
+    import json
+
+    module = _script("explainer_quality")
+    text = README.read_text(encoding="utf-8")
+    m = re.search(r"<!-- explainer-table: python scripts/explainer_quality.py --sets ([^>]*?) --summary -->\n(.*?)"
+                  r"<!-- /explainer-table -->", text, re.S)
+    assert m, "README lost its explainer table's markers"
+    results = README.parent / "benchmarks" / "results"
+    runs = [json.loads((results / f"explainer_quality_{s}.json").read_text()) for s in m.group(1).split()]
+    assert m.group(2).strip() == module.summary(runs).strip(), "rerun: python scripts/explainer_quality.py --summary"
