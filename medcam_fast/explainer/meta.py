@@ -28,15 +28,16 @@ plain amortized training (Dabkowski & Gal 2017): the outer loss at zero steps on
 
 first order by construction (the Adam trajectory is not differentiated; its end point is reached from
 ``u⁰`` by a constant shift, so ``∂u^K/∂u⁰ = I``, as in FOMAML), with the K-step loss taken on the
-straight-through binary mask the user receives. ``also_steps`` (K′ ∈ S) adds the loss of separate K′-step
-runs, each a refinement a user could ask for (its own binary phase, :data:`~medcam_fast.method.inner.HARD_AFTER`
-of K′ steps, not the K-run's iterate K′):
+straight-through binary mask the user receives. The U-Net then learns a first guess from which the deployed
+refinement — ONNX first guess plus K logit steps — goes furthest. ``also_steps`` (K′ ∈ S) adds the loss of
+separate K′-step runs, each a refinement a user could ask for (its own binary phase,
+:data:`~medcam_fast.method.inner.HARD_AFTER` of K′ steps, not the K-run's iterate K′):
 
     J(θ) = (1/B) Σ_i [ L_i^bin(u_i⁰ + sg(u_iᴷ − u_i⁰)) + Σ_{K′∈S} L_i^bin(u_i⁰ + sg(u_iᴷ′ − u_i⁰)) + λ₀ · L_i(u_i⁰) ]
 
 Trained for K = 10 alone, a first guess can be one from which the first steps go the wrong way (Adam's first
-steps move every logit by about the step size): lesions' loss after 1–3 steps was above its loss at 0. The U-Net then learns a first guess from which the
-deployed refinement — ONNX first guess plus K logit steps — goes furthest.
+steps move every logit by about the step size): lesions' loss after 1–3 steps was above its loss at 0. On
+blood, ``also_steps=(3,)`` changed neither its 3-step nor its 10-step loss (README).
 
 The images of one meta-batch go through the frozen classifier in one batched call; per-image U-Nets run in
 a loop (``torch.func.vmap`` over per-image weights measured ~6× slower on a CPU).
@@ -450,11 +451,11 @@ def meta_train(
             objective = k_total.mean() + cfg.zero_step_weight * zero_total.mean()
             log["adapted"] = float(k_total.detach().mean())
             log.update({t: float(k_terms[t].detach().mean()) for t in TERMS})
-            for k in cfg.also_steps:
-                u_also = adapt_logits(obj, u0, k, cfg.step_size, HARD_AFTER, gen)
+            for steps in cfg.also_steps:
+                u_also = adapt_logits(obj, u0, steps, cfg.step_size, HARD_AFTER, gen)
                 also_total, _ = obj.loss_of_logits(u0 + (u_also - u0.detach()), hard=True, generator=gen)
                 objective = objective + also_total.mean()
-                log[f"adapted_{k}"] = float(also_total.detach().mean())
+                log[f"adapted_{steps}"] = float(also_total.detach().mean())
         elif cfg.inner_steps > 0:
             lr = {n: v.exp() for n, v in lrs.items()} if lrs else cfg.step_size
             adapted = adapt(net, theta, obj, cfg.inner_steps, lr, cfg.first_order, gen)  # a U-Net (checked)

@@ -218,12 +218,14 @@ def test_the_pearson_measure_is_the_squared_correlation_of_the_soft_clipped_maps
 
 
 def test_also_steps_add_a_separate_short_refinements_loss_and_leave_the_k_step_loss_as_it_was(lesion_bundle, images):
-    """``also_steps=(3,)``: a 3-step run's loss is logged and joins the objective; the 10-step loss of the first
+    """``also_steps=(3,)``: a 3-step run's loss is logged and joins the objective; the K-step loss of the first
     meta-batch is the one a run without it computes (same first guess, same draws), and the trained weights
-    differ because the objective does. Step counts < 1, or the weights inner loop, are refused."""
+    differ because the objective does. Two outer steps on a 2-class classifier: the step count once shadowed
+    the class count, and the second step's targets were drawn from 3 classes. Step counts < 1, or the
+    weights inner loop, are refused."""
     from medcam_fast.errors import UsageError
 
-    cfg = MetaConfig(inner_steps=4, outer_steps=1, meta_batch=4, width=4, independence=0)
+    cfg = MetaConfig(inner_steps=4, outer_steps=2, meta_batch=4, width=4, independence=0, other_class_prob=1.0)
     logs: dict[str, list[dict[str, float]]] = {"plain": [], "also": []}
     plain = meta_train(lesion_bundle, images, cfg, callback=lambda s, log: logs["plain"].append(log))
     also = meta_train(lesion_bundle, images, cfg.with_(also_steps=[3]),
