@@ -265,9 +265,6 @@ def meta_train_cmd(
                                                      "(classifier-blind) (default: decoder)."),
     inner_steps: int | None = typer.Option(None, min=0, help="K, inner adaptation steps (0 = amortized "
                                            "training) (default: 10)."),
-    also_steps: list[int] | None = typer.Option(None, "--also-steps", min=1, metavar="K", help="Also train for a refinement of "
-                                                "this many steps: its loss joins the MAML objective (repeatable; "
-                                                "logits inner mode; default: none, K alone)."),
     inner_mode: InnerMode | None = typer.Option(None, help="What the inner loop adapts: logits (the mask logits, as "
                                                 "refinement does; first-order) or weights (MAML on a U-Net) "
                                                 "(default: logits)."),
@@ -340,8 +337,7 @@ def meta_train_cmd(
         cfg = MetaConfig(**_given(architecture=architecture, inner_steps=inner_steps, inner_mode=inner_mode,
                                   first_order=first_order, meta_sgd=meta_sgd, meta_batch=meta_batch,
                                   inner_lr=inner_lr, width=width, seed=seed, checkpoint_every=checkpoint_every,
-                                  independence=independence, independence_measure=independence_measure,
-                                  also_steps=tuple(also_steps) if also_steps else None))
+                                  independence=independence, independence_measure=independence_measure))
         meta_train_recipe(classifier, data, out, cfg, recipe, work=work, comparison=comparison,
                           comparison_out=comparison_out, resume=resume, overwrite=overwrite, data_dir=data_dir,
                           init=init, console=console, workers=workers, labels=table)
@@ -353,8 +349,7 @@ def meta_train_cmd(
     cfg = MetaConfig(**_given(architecture=architecture, inner_steps=inner_steps, inner_mode=inner_mode, first_order=first_order,
                               meta_sgd=meta_sgd, outer_steps=outer_steps, meta_batch=meta_batch, inner_lr=inner_lr,
                               outer_lr=outer_lr, width=width, seed=seed, checkpoint_every=checkpoint_every,
-                              independence=independence, independence_measure=independence_measure,
-                              also_steps=tuple(also_steps) if also_steps else None))
+                              independence=independence, independence_measure=independence_measure))
     meta_train_bundle(classifier, data, out, cfg, resume=resume, overwrite=overwrite, data_dir=data_dir,
                       console=console, time_budget=None if minutes is None else minutes * 60, init=init,
                       workers=workers, labels=table)

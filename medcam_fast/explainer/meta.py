@@ -28,16 +28,8 @@ plain amortized training (Dabkowski & Gal 2017): the outer loss at zero steps on
 
 first order by construction (the Adam trajectory is not differentiated; its end point is reached from
 ``u⁰`` by a constant shift, so ``∂u^K/∂u⁰ = I``, as in FOMAML), with the K-step loss taken on the
-straight-through binary mask the user receives. The U-Net then learns a first guess from which the deployed
-refinement — ONNX first guess plus K logit steps — goes furthest. ``also_steps`` (K′ ∈ S) adds the loss of
-separate K′-step runs, each a refinement a user could ask for (its own binary phase,
-:data:`~medcam_fast.method.inner.HARD_AFTER` of K′ steps, not the K-run's iterate K′):
-
-    J(θ) = (1/B) Σ_i [ L_i^bin(u_i⁰ + sg(u_iᴷ − u_i⁰)) + Σ_{K′∈S} L_i^bin(u_i⁰ + sg(u_iᴷ′ − u_i⁰)) + λ₀ · L_i(u_i⁰) ]
-
-Trained for K = 10 alone, a first guess can be one from which the first steps go the wrong way (Adam's first
-steps move every logit by about the step size): lesions' loss after 1–3 steps was above its loss at 0. On
-blood, ``also_steps=(3,)`` changed neither its 3-step nor its 10-step loss (README).
+straight-through binary mask the user receives. The U-Net then learns a first guess from which the
+deployed refinement — ONNX first guess plus K logit steps — goes furthest.
 
 The images of one meta-batch go through the frozen classifier in one batched call; per-image U-Nets run in
 a loop (``torch.func.vmap`` over per-image weights measured ~6× slower on a CPU).
@@ -132,9 +124,6 @@ class MetaConfig(Config):
         architecture: the first-guess network: ``decoder`` (over the classifier's features, every class at
             once, coarse grid) or ``unet`` (classifier-blind, pixel logits).
         inner_steps: K, adaptation steps per image (0 = amortized training, no inner loop).
-        also_steps: other step counts K′ whose K′-step loss joins the outer objective (logits inner mode;
-            module docstring), e.g. ``(3,)`` so that a 3-step refinement is trained for too; unused by
-            amortized training.
         inner_mode: what the inner loop adapts: ``"weights"`` (MAML on the U-Net weights, SGD) or
             ``"logits"`` (the mask logits, Adam, first order; see the module docstring).
         inner_lr: initial inner step size α (SGD on weights, or Adam on logits); None resolves to the loop's
@@ -160,7 +149,6 @@ class MetaConfig(Config):
 
     architecture: Architecture = Architecture.DECODER
     inner_steps: int = 10
-    also_steps: tuple[int, ...] = ()
     inner_mode: InnerMode = InnerMode.LOGITS
     inner_lr: float | None = None
     first_order: bool = True
@@ -193,9 +181,6 @@ class MetaConfig(Config):
         object.__setattr__(self, "baseline", choice(BaselineKind, self.baseline, "baseline"))
         if mode is InnerMode.LOGITS and not self.first_order:
             raise UsageError("the logits inner loop is first-order (Adam is not differentiated): set first_order")
-        object.__setattr__(self, "also_steps", tuple(int(k) for k in self.also_steps))
-        if self.also_steps and (mode is not InnerMode.LOGITS or min(self.also_steps) < 1):
-            raise UsageError("also_steps are step counts (≥ 1) of the logits inner loop")
         if mode is InnerMode.LOGITS and self.meta_sgd:
             raise UsageError("meta_sgd learns per-tensor U-Net step sizes: it needs the weights inner mode")
 
@@ -451,11 +436,6 @@ def meta_train(
             objective = k_total.mean() + cfg.zero_step_weight * zero_total.mean()
             log["adapted"] = float(k_total.detach().mean())
             log.update({t: float(k_terms[t].detach().mean()) for t in TERMS})
-            for steps in cfg.also_steps:
-                u_also = adapt_logits(obj, u0, steps, cfg.step_size, HARD_AFTER, gen)
-                also_total, _ = obj.loss_of_logits(u0 + (u_also - u0.detach()), hard=True, generator=gen)
-                objective = objective + also_total.mean()
-                log[f"adapted_{steps}"] = float(also_total.detach().mean())
         elif cfg.inner_steps > 0:
             lr = {n: v.exp() for n, v in lrs.items()} if lrs else cfg.step_size
             adapted = adapt(net, theta, obj, cfg.inner_steps, lr, cfg.first_order, gen)  # a U-Net (checked)

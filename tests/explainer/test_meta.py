@@ -217,30 +217,6 @@ def test_the_pearson_measure_is_the_squared_correlation_of_the_soft_clipped_maps
     assert independence_loss(u, flip, p).item() == pytest.approx(0.2, abs=1e-3)  # r = -1/√5
 
 
-def test_also_steps_add_a_separate_short_refinements_loss_and_leave_the_k_step_loss_as_it_was(lesion_bundle, images):
-    """``also_steps=(3,)``: a 3-step run's loss is logged and joins the objective; the K-step loss of the first
-    meta-batch is the one a run without it computes (same first guess, same draws), and the trained weights
-    differ because the objective does. Two outer steps on a 2-class classifier: the step count once shadowed
-    the class count, and the second step's targets were drawn from 3 classes. Step counts < 1, or the
-    weights inner loop, are refused."""
-    from medcam_fast.errors import UsageError
-
-    cfg = MetaConfig(inner_steps=4, outer_steps=2, meta_batch=4, width=4, independence=0, other_class_prob=1.0)
-    logs: dict[str, list[dict[str, float]]] = {"plain": [], "also": []}
-    plain = meta_train(lesion_bundle, images, cfg, callback=lambda s, log: logs["plain"].append(log))
-    also = meta_train(lesion_bundle, images, cfg.with_(also_steps=[3]),
-                      callback=lambda s, log: logs["also"].append(log))
-    assert "adapted_3" in logs["also"][0] and "adapted_3" not in logs["plain"][0]
-    assert logs["also"][0]["adapted"] == pytest.approx(logs["plain"][0]["adapted"], rel=1e-5)
-    a, b = plain.net.state_dict(), also.net.state_dict()
-    assert any(not torch.equal(a[k], b[k]) for k in a)
-    assert MetaConfig.from_dict(cfg.with_(also_steps=(3,)).to_dict()).also_steps == (3,)
-    with pytest.raises(UsageError, match="also_steps"):
-        MetaConfig(also_steps=(0,))
-    with pytest.raises(UsageError, match="also_steps"):
-        MetaConfig(architecture="unet", inner_mode="weights", also_steps=(3,))
-
-
 def test_the_decoder_is_trained_against_a_randomized_classifier_and_the_unet_is_not(lesion_bundle, images):
     """The independence term is logged for the decoder (it reads the classifier) and absent for the U-Net;
     with λ_ind = 0 it is not computed, and the run is otherwise unchanged."""
