@@ -53,8 +53,9 @@ Spearman's exactly (ties count ½). The earlier measure, ``s(u) = c·tanh(u/c)``
 :data:`~medcam_fast.method.inner.START_CLIP` (refinement's starting clip), is kept as ``pearson``: a Pearson
 correlation is carried by the largest logits, so a decoder could drive it to 0.03 on brain MRI while the
 ranks of the rest of the map — the image's outline, read through the randomized classifier — still gave
-Spearman ρ ≈ 0.35 (measured on 32 test images, three random draws). The first guess of a meaningless classifier shares no spatial structure with the trained one's: what the
-decoder shows must come from what the classifier learned. Only θ is trained; neither classifier is.
+Spearman ρ ≈ 0.35 (measured on 32 test images, three random draws). The first guess of a meaningless
+classifier shares no spatial structure with the trained one's: what the decoder shows must come from what the
+classifier learned. Only θ is trained; neither classifier is.
 
 Targets: the predicted class, or with probability ``other_class_prob`` another class, so one explainer
 explains any class. Sampling depends only on ``(seed, step)``, so a resumed run repeats an uninterrupted
@@ -111,8 +112,8 @@ __all__ = ["MetaConfig", "meta_train", "independence_loss", "soft_clip", "soft_r
 
 #: Outer steps between two draws of the randomized classifier of the independence term.
 RANDOM_CLASSIFIER_EVERY = 10
-#: Temperature ``t`` of :func:`soft_rank`, in standard deviations of the map: about two neighbours' spacing on a
-#: 16 × 16 grid, so ranks are nearly exact and every cell still has a gradient.
+#: Temperature ``t`` of :func:`soft_rank`, in robust standard deviations of the map (1.4826 · MAD): about two
+#: neighbours' spacing on a 16 × 16 grid, so ranks are nearly exact and every cell still has a gradient.
 SOFT_RANK_TEMPERATURE = 0.05
 
 
