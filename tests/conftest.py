@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -43,6 +45,14 @@ def pytest_make_collect_report(collector: pytest.Collector) -> object:
         report.outcome = "failed"
         report.longrepr = f"MEDCAM_REQUIRE_{'PEERS' if REQUIRE_PEERS else 'SCALE'}=1, but this test module was skipped: {reason}"
     return None
+
+
+def load_script(name: str) -> ModuleType:
+    """``scripts/<name>.py`` imported as a module (the scripts are not a package)."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def needs_data() -> pytest.MarkDecorator:

@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("device_check", ROOT / "scripts" / "device_check.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import load_script
 
 
 def test_on_the_cpu_the_device_check_finds_no_difference_and_names_the_provider_it_used(tmp_path):
     import onnxruntime as ort
 
-    code = _script().main(["--out", str(tmp_path), "--device", "cpu", "--models", "resnet18", "--size", "32",
+    code = load_script("device_check").main(["--out", str(tmp_path), "--device", "cpu", "--models", "resnet18", "--size", "32",
                            "--batches", "1", "--steps", "1", "--repeats", "1"])
     assert code == 0
     record = json.loads((tmp_path / "device_check.json").read_text(encoding="utf-8"))

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -27,17 +28,8 @@ def test_api_example_runs():
     exec(compile(m.group(1), str(README), "exec"), {})
 
 
-def _script(name: str):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(name, README.parent / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_the_evaluation_tables_are_what_the_script_prints_from_the_committed_report():
-    module = _script("readme_tables")
+    module = load_script("readme_tables")
     text = README.read_text(encoding="utf-8")
     m = re.search(r"<!-- evaluate-tables:[^>]*-->\n(.*?)<!-- /evaluate-tables -->", text, re.S)
     assert m, "README lost its evaluation tables' markers"
@@ -48,7 +40,7 @@ def test_the_explainer_table_is_what_the_script_prints_from_the_committed_result
     """It once kept the numbers of explainers that had been replaced while the prose below it described the new ones."""
     import json
 
-    module = _script("explainer_quality")
+    module = load_script("explainer_quality")
     text = README.read_text(encoding="utf-8")
     m = re.search(r"<!-- explainer-table: python scripts/explainer_quality.py --sets ([^>]*?) --summary -->\n(.*?)"
                   r"<!-- /explainer-table -->", text, re.S)

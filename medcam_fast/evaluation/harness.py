@@ -380,23 +380,24 @@ def _scoring_key(run: _Run, method: str) -> dict[str, Any]:
     key = {k: d[k] for k in ("fractions", "curve_steps", "fc_subsets", "fc_fraction", "monotonicity_groups")}
     key.update(version=_SCORING_VERSION, fills=[str(f) for f in run.fills.substrates], road_n=run.road_n,
                localization_n=None if run.evidence is None else int(run.evidence.rows.numel()),
-               strides=run.strides if method in MEDCAM_METHODS else None)
-    if method in _RELEVANCE:  # only where a map is transformed: the peers' cached scores stay valid
-        key["relevance"] = _RELEVANCE[method]
+               strides=run.strides if method in MEDCAM_METHODS else None, **_relevance_key(method))
     return json.loads(json.dumps(key))  # as it reads back from the cache (tuples as lists)
 
 
 def _sanity_key(run: _Run, method: str) -> dict[str, Any]:
-    key = {"version": _SANITY_VERSION, "n": run.sanity_n, "stages": run.cfg.sanity_stages, "seed": run.cfg.seed,
-           "ssim": run.ssim_problem is None}
-    if method in _RELEVANCE:
-        key["relevance"] = _RELEVANCE[method]
-    return key
+    return {"version": _SANITY_VERSION, "n": run.sanity_n, "stages": run.cfg.sanity_stages, "seed": run.cfg.seed,
+            "ssim": run.ssim_problem is None, **_relevance_key(method)}
 
 
 #: How a method's map is read as relevance by the metrics that use its values, not only its order
 #: (faithfulness correlation, monotonicity, the absolute-value sanity convention, SSIM); absent: as it is.
 _RELEVANCE = {m: "softplus" for m in MEDCAM_METHODS}
+
+
+def _relevance_key(method: str) -> dict[str, str]:
+    """What a cache key records of how ``method``'s map is read: only where it is transformed, so the peers'
+    cached scores and sanity checks stay valid."""
+    return {"relevance": _RELEVANCE[method]} if method in _RELEVANCE else {}
 
 
 def _relevance(method: str, saliency: Tensor) -> Tensor:

@@ -504,12 +504,9 @@ def test_mask_logits_are_read_as_nonnegative_relevance_in_the_same_order_and_pee
 
 
 def test_runs_of_separate_data_sets_merge_into_one_report_and_other_settings_are_refused(report, tmp_path):
-    import importlib.util
+    from conftest import load_script
 
-    spec = importlib.util.spec_from_file_location("merge_evaluations",
-                                                  Path(__file__).resolve().parents[2] / "scripts" / "merge_evaluations.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("merge_evaluations")
     results = json.loads((report[0] / "results.json").read_text())
     other = {**results, "datasets": {"again": {**results["datasets"]["lesions"], "name": "again"}}}
     (tmp_path / "a.json").write_text(json.dumps(results))
