@@ -85,8 +85,8 @@ def _sanity(a: Explanation, b: Explanation) -> dict[str, float]:
 def run(name: str, n: int, n_pixel: int, ks: list[int], unet_ks: list[int], models: Path,
         explainer: Path | None = None, reuse: dict | None = None) -> dict:
     """One set's rows. ``explainer`` replaces the shipped decoder (a candidate); ``reuse`` is a previous result
-    of the same set and ``n`` whose U-Net and fit rows are kept instead of recomputed (they do not depend on
-    the decoder: the same classifier, images, predicted classes, loss weights and baseline)."""
+    of the same set and ``n`` whose fit rows are kept instead of recomputed (they depend on neither explainer
+    nor refinement: the same classifier, images, predicted classes, loss weights and baseline)."""
     torch.set_num_threads(1)
     folder = DEMO_DIR if name == "lesions" else models / name
     bundle = load_classifier(folder / "classifier")
@@ -100,7 +100,7 @@ def run(name: str, n: int, n_pixel: int, ks: list[int], unet_ks: list[int], mode
     if reuse is not None and reuse["n"] != len(x):
         raise SystemExit(f"{name}: the reused result has {reuse['n']} images, not {len(x)}")
     for label, path, kk in (("decoder", decoder, ks), ("unet", models / name / "unet", unet_ks)):
-        if not (path / "explainer.json").exists() or (reuse is not None and label == "unet"):
+        if not (path / "explainer.json").exists():
             continue
         for k in kk:
             ex = MedCAM(bundle, path, refine_config=RefineConfig(steps=k))
@@ -112,7 +112,7 @@ def run(name: str, n: int, n_pixel: int, ks: list[int], unet_ks: list[int], mode
             out["rows"].append({"method": label, "steps": k, **_row(r, seconds), **_sanity(r, rr)})
             print(name, out["rows"][-1], flush=True)
     if reuse is not None:
-        out["rows"] += [r for r in reuse["rows"] if r["method"] != "decoder"]
+        out["rows"] += [r for r in reuse["rows"] if r["method"].startswith("fit-")]
         out["n_pixel_fit"] = reuse["n_pixel_fit"]
         return out
     for grid, m in ((MaskGrid.COARSE, len(x)), (MaskGrid.PIXEL, min(n_pixel, len(x)))):
@@ -176,7 +176,7 @@ def main() -> None:
     ap.add_argument("--summary", action="store_true", help="print the README table from the written JSON files")
     ap.add_argument("--explainer", type=Path, help="a candidate decoder bundle instead of the shipped one (one set)")
     ap.add_argument("--reuse", action="store_true",
-                    help="keep the U-Net and fit rows of the JSON already in --out (they do not depend on the decoder)")
+                    help="keep the fit rows of the JSON already in --out (they depend on neither explainer nor refinement)")
     args = ap.parse_args()
     if args.summary:
         print(summary([json.loads((args.out / f"explainer_quality_{n}.json").read_text()) for n in args.sets]), end="")

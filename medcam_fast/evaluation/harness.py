@@ -146,6 +146,8 @@ class EvalConfig(Config):
             image and percentile on the CPU).
         refine_steps: refinement steps of the ``refined`` method.
         start_clip: the ``refined`` method's first guess is clipped to ``±start_clip`` before its steps.
+        keep_best: the ``refined`` method keeps an image's first guess where it has the lower loss
+            (:class:`~medcam_fast.method.refine.RefineConfig`).
         rise_masks: random masks per image for RISE.
         extremal_steps: optimization steps per area for Extremal Perturbations.
         fit_steps: steps of the per-image fit.
@@ -168,6 +170,7 @@ class EvalConfig(Config):
     sanity_stages: int = 4
     refine_steps: int = _REFINE.steps
     start_clip: float | None = _REFINE.start_clip
+    keep_best: bool = _REFINE.keep_best
     rise_masks: int = _PEERS.rise_masks
     extremal_steps: int = _PEERS.extremal_steps
     fit_steps: int = FitConfig().steps
@@ -205,7 +208,8 @@ class EvalConfig(Config):
 
     def refine_config(self) -> RefineConfig:
         """The ``refined`` method's refinement settings."""
-        return _REFINE.with_(steps=self.refine_steps, start_clip=self.start_clip, seed=self.seed)
+        return _REFINE.with_(steps=self.refine_steps, start_clip=self.start_clip, keep_best=self.keep_best,
+                             seed=self.seed)
 
     def score_settings(self) -> ScoreSettings:
         """What scoring a map depends on."""
@@ -479,7 +483,8 @@ def _sanity(run: _Run, method: str, trained: Tensor, advance: Callable[[], None]
 
 
 #: The settings each medcam-fast method depends on beyond the shared ones (a peer's are in its registry entry).
-_MEDCAM_SETTINGS: dict[str, tuple[str, ...]] = {"first-guess": (), "refined": ("refine_steps", "start_clip"),
+_MEDCAM_SETTINGS: dict[str, tuple[str, ...]] = {"first-guess": (), "refined": ("refine_steps", "start_clip",
+                                                                          "keep_best"),
                                                 "fit": ("fit_steps",)}
 
 
@@ -490,8 +495,9 @@ def _cache_key(run: _Run, name: str, method: str, explainer_sha256: str | None) 
     """What one method's cached maps depend on, and nothing else.
 
     Every method's maps depend on the images (``n``, ``seed``) and the classifier, and the run's baseline;
-    the first guess and refinement on the explainer's weights (and refinement on its steps and start clip), the
-    per-image fit on its loss weights only, a peer on its own settings only. So a new explainer reruns
+    the first guess and refinement on the explainer's weights (and refinement on its steps, start clip and
+    keep-best rule), the per-image fit on its loss weights only, a peer on its own settings only. So a new
+    explainer reruns
     ``first-guess`` and ``refined`` and reuses the fit and every peer. Not in the key: the device, the batch
     size, the scoring settings (:func:`_scoring_key`: cached maps are scored again), the sanity check's
     (:func:`_sanity_key`: it alone reruns) and the other methods.

@@ -132,14 +132,22 @@ class Objective:
 
     @torch.no_grad()
     def result(self, u: Tensor, steps: int, seconds: float, seed: int = 0,
-               trace: dict[str, Tensor] | None = None) -> MaskResult:
+               trace: dict[str, Tensor] | None = None, fallback: Tensor | None = None) -> MaskResult:
         """The typed result for mask logits ``u`` ``[B,1,h,w]`` (pixel or coarse grid; reported upsampled to the
         image): loss terms and verdict of the **binary** mask ``m > THRESHOLD`` (perturbations drawn per image
-        from ``seed``, :meth:`generators`), soft and binary masks."""
-        u = to_image_grid(u, self.x.shape[-2:])
-        soft = mask_from_logits(u, self.tau)
-        binary = (soft > THRESHOLD).to(self.x.dtype)
-        loss, terms = self.loss(binary, self.generators(seed))
+        from ``seed``, :meth:`generators`), soft and binary masks.
+
+        With ``fallback`` (logits of the same shape, e.g. refinement's first guess), each image keeps whichever
+        of ``u`` and ``fallback`` has the lower binary loss ``L(m)``, both scored with the same draws; ties keep
+        ``u``.
+        """
+        u, soft, binary, loss, terms = self._scored(u, seed)
+        if fallback is not None:
+            fu, fsoft, fbinary, floss, fterms = self._scored(fallback, seed)
+            better = floss < loss
+            pick = lambda a, b: torch.where(better.view(-1, *([1] * (a.dim() - 1))), b, a)  # noqa: E731
+            u, soft, binary, loss = pick(u, fu), pick(soft, fsoft), pick(binary, fbinary), pick(loss, floss)
+            terms = {k: pick(v, fterms[k]) for k, v in terms.items()}
         return MaskResult(
             soft=soft[:, 0],
             binary=binary[:, 0].bool(),
@@ -151,3 +159,11 @@ class Objective:
             seconds=seconds,
             trace=trace or {},
         )
+
+    def _scored(self, u: Tensor, seed: int) -> tuple[Tensor, Tensor, Tensor, Tensor, dict[str, Tensor]]:
+        """``(u on the image grid, soft mask, binary mask, L(binary) [B], terms)``."""
+        u = to_image_grid(u, self.x.shape[-2:])
+        soft = mask_from_logits(u, self.tau)
+        binary = (soft > THRESHOLD).to(self.x.dtype)
+        loss, terms = self.loss(binary, self.generators(seed))
+        return u, soft, binary, loss, terms

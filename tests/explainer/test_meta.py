@@ -97,7 +97,7 @@ def test_refinement_starts_from_the_clipped_first_guess(lesion_bundle, images):
     x = torch.from_numpy(lesion_bundle.preprocess(images[:2]))
     saturated = torch.full((2, 1, 32, 32), 40.0)
     saturated[:, :, :8] = -40.0
-    cfg = RefineConfig(steps=3, start_clip=1.5)
+    cfg = RefineConfig(steps=3, start_clip=1.5, keep_best=False)  # the loop itself, no fallback
     clipped = _refine(explainer, clf, x, cfg, first_guess=saturated)
     by_hand = _refine(explainer, clf, x, cfg.with_(start_clip=None), first_guess=saturated.clamp(-1.5, 1.5))
     assert torch.equal(clipped.logits, by_hand.logits)
@@ -105,6 +105,28 @@ def test_refinement_starts_from_the_clipped_first_guess(lesion_bundle, images):
     lr = STEP_SIZES[InnerMode.LOGITS]
     assert unclipped.logits.abs().min() > 40 - 3 * lr * 3.2  # three Adam steps cannot undo a saturated start
     assert clipped.logits.abs().max() < 1.5 + 3 * lr * 3.2  # Adam's step is at most lr·(1−β₁)/√(1−β₂)
+
+
+def test_refinement_never_reports_a_mask_worse_than_its_first_guess(lesion_bundle, images):
+    explainer = meta_train(lesion_bundle, images, FAST.with_(outer_steps=1))
+    clf = lesion_bundle.frozen()
+    x = torch.from_numpy(lesion_bundle.preprocess(images[:6]))
+    # Three images start from a well refined mask, which one large step spoils; three from an empty mask,
+    # which it improves.
+    good = _refine(explainer, clf, x, RefineConfig(steps=30)).logits
+    start = torch.where(torch.arange(6).view(-1, 1, 1) < 3, good, torch.full_like(good, -3.0))[:, None]
+    first = _refine(explainer, clf, x, RefineConfig(steps=0), first_guess=start)
+    big = RefineConfig(steps=1, lr=3.0, start_clip=None)
+    raw = _refine(explainer, clf, x, big.with_(keep_best=False), first_guess=start)
+    kept = _refine(explainer, clf, x, big, first_guess=start)
+    worse = raw.loss > first.loss
+    assert worse.tolist() == [True, True, True, False, False, False]
+    assert torch.equal(kept.loss, torch.where(worse, first.loss, raw.loss))
+    for i in range(len(x)):
+        chosen = first if worse[i] else raw
+        assert torch.equal(kept.logits[i], chosen.logits[i]) and torch.equal(kept.binary[i], chosen.binary[i])
+        assert kept.verification.p_kept[i] == chosen.verification.p_kept[i]
+        assert kept.terms["area"][i] == chosen.terms["area"][i]
 
 
 def test_logits_inner_loop_meta_trains_the_first_guess_for_refinement(lesion_bundle, images, tmp_path):
