@@ -69,7 +69,7 @@ __all__ = [
 APP_NAME = "medcam-fast"
 #: The record fields a service response and the CLI's JSON must agree on (:func:`compare_records`).
 VERDICT_KEYS = ("predicted", "predicted_name", "target", "target_name", "p_original", "p_kept", "p_removed",
-                "area", "loss", "mode", "steps", "classifier_sha256", "explainer_sha256")
+                "area", "loss", "mode", "steps", "refined", "classifier_sha256", "explainer_sha256")
 _FLOAT_KEYS = ("p_original", "p_kept", "p_removed", "area", "loss")
 
 log = logging.getLogger("medcam_fast.serve")
@@ -467,7 +467,7 @@ class ExplainerService:
                 "predicted": predicted, "predicted_name": classes[predicted], "target": t, "target_name": classes[t],
                 "p_original": float(masks.p_original[i]), "p_kept": float(masks.p_kept[i]),  # type: ignore[index]
                 "p_removed": float(masks.p_removed[i]), "area": float(masks.area[i]),  # type: ignore[index]
-                "loss": None, "mode": "logits", "steps": 0, "seconds": seconds,
+                "loss": None, "mode": "logits", "steps": 0, "refined": False, "seconds": seconds,
                 "classifier_sha256": self.graph.classifier_sha256, "medcam_fast_version": __version__,
                 "explainer": str(self.graph.path), "explainer_provider": self.graph.provider,
                 "explainer_sha256": facts.get("sha256"),

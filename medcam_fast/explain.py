@@ -81,6 +81,9 @@ class Explanation:
         classes: class names.
         mode: how the masks were obtained.
         steps: optimization steps per image.
+        refined: per image ``[B]`` (bool), whether its mask is the ``steps``-step one: False without steps and
+            where refinement kept the first guess because it had the lower loss
+            (:class:`~medcam_fast.method.refine.RefineConfig` ``keep_best``).
         seconds: wall time for the batch, including the classifier's forward passes.
         extra: facts to copy into output records (model hashes, versions, warnings).
         geometry: per image, how its own pixel grid maps to the model's (:class:`~medcam_fast.data.geometry.
@@ -103,6 +106,7 @@ class Explanation:
     classes: list[str]
     mode: RefineMode
     steps: int
+    refined: np.ndarray
     seconds: float
     extra: dict[str, Any] = field(default_factory=dict)
     geometry: tuple[Geometry, ...] | None = None
@@ -134,6 +138,7 @@ class Explanation:
             "loss": float(self.loss[i]),
             "mode": self.mode.value,
             "steps": self.steps,
+            "refined": bool(self.refined[i]),
             "seconds": self.seconds / max(1, len(self)),
             **({} if self.geometry is None else {"geometry": self.geometry[i].to_dict()}),
             **self.extra,
@@ -427,6 +432,7 @@ class MedCAM:
             classes=list(self.bundle.classes),
             mode=self.mode,
             steps=res.steps,
+            refined=_to_numpy(res.refined) if res.refined is not None else np.full(len(res), res.steps > 0),
             seconds=seconds,
             extra={"classifier_sha256": self.bundle.sha256, **self._model_facts()},
         )

@@ -10,6 +10,7 @@ from medcam_fast import MedCAM, ModelError, UsageError
 from medcam_fast.data.lesions import make_lesions
 from medcam_fast.explainer.bundle import save_explainer
 from medcam_fast.explainer.meta import MetaConfig, meta_train
+from medcam_fast.method.refine import RefineConfig
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +72,25 @@ def test_every_mode_returns_a_typed_explanation(lesion_bundle, request, which, i
     assert r.kept.shape == (3, 32, 32, 1) and r.images.shape == (3, 32, 32, 1)
     rec = r.record(0)
     assert rec["target_name"] in ("benign", "lesion") and 0 <= rec["p_kept"] <= 1
+    assert r.refined.shape == (3,) and rec["refined"] is bool(r.refined[0])
+    if mode != "logits":  # only the logits loop keeps a better first guess
+        assert r.refined.all()
+
+
+def test_an_image_whose_first_guess_beats_its_refinement_is_reported_as_its_first_guess(lesion_bundle,
+                                                                                     explainer_dir):
+    images = make_lesions(8, size=32, seed=21).images
+    big = RefineConfig(steps=1, lr=3.0, start_clip=None)  # a step this large spoils 2 first guesses of 8
+    with MedCAM(lesion_bundle, explainer=explainer_dir, use_onnx=False, refine_config=big) as explain:
+        first = explain(images, refine_steps=0)
+        refined = explain(images)
+    raw = MedCAM(lesion_bundle, explainer=explainer_dir, use_onnx=False, refine_config=big.with_(keep_best=False))(images)
+    assert not first.refined.any() and 0 < refined.refined.sum() < len(images)
+    assert np.array_equal(refined.loss, np.minimum(first.loss, raw.loss))
+    for i in range(len(images)):
+        same = raw if refined.refined[i] else first
+        assert np.array_equal(refined.binary[i], same.binary[i]) and refined.p_kept[i] == same.p_kept[i]
+        assert refined.record(i)["refined"] == bool(raw.loss[i] <= first.loss[i]) and refined.record(i)["steps"] == 1
 
 
 def test_torch_tensors_and_numpy_give_the_same_answer(lesion_bundle, explainer_dir, images):

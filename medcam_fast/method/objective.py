@@ -139,15 +139,17 @@ class Objective:
 
         With ``fallback`` (logits of the same shape, e.g. refinement's first guess), each image keeps whichever
         of ``u`` and ``fallback`` has the lower binary loss ``L(m)``, both scored with the same draws; ties keep
-        ``u``.
+        ``u``. The result's ``refined`` says which: True where ``u`` was kept and ``steps > 0``.
         """
         u, soft, binary, loss, terms = self._scored(u, seed)
+        refined = torch.full((len(self),), steps > 0, dtype=torch.bool, device=self.x.device)
         if fallback is not None:
             fu, fsoft, fbinary, floss, fterms = self._scored(fallback, seed)
             better = floss < loss
             pick = lambda a, b: torch.where(better.view(-1, *([1] * (a.dim() - 1))), b, a)  # noqa: E731
             u, soft, binary, loss = pick(u, fu), pick(soft, fsoft), pick(binary, fbinary), pick(loss, floss)
             terms = {k: pick(v, fterms[k]) for k, v in terms.items()}
+            refined = refined & ~better
         return MaskResult(
             soft=soft[:, 0],
             binary=binary[:, 0].bool(),
@@ -158,6 +160,7 @@ class Objective:
             steps=steps,
             seconds=seconds,
             trace=trace or {},
+            refined=refined,
         )
 
     def _scored(self, u: Tensor, seed: int) -> tuple[Tensor, Tensor, Tensor, Tensor, dict[str, Tensor]]:

@@ -67,6 +67,9 @@ class MaskResult:
         steps: optimization steps taken.
         seconds: wall time for the whole batch.
         trace: per-step loss terms (name → ``[steps, B]``) when recorded.
+        refined: per image ``[B]`` (bool), whether the mask is the optimized one: False at ``steps = 0`` and
+            where refinement kept the first guess because its loss was lower (``RefineConfig.keep_best``).
+            :meth:`Objective.result <medcam_fast.method.objective.Objective.result>` always sets it.
     """
 
     soft: Tensor
@@ -78,6 +81,7 @@ class MaskResult:
     steps: int
     seconds: float
     trace: dict[str, Tensor] = field(default_factory=dict)
+    refined: Tensor | None = None
 
     def __len__(self) -> int:
         return self.soft.shape[0]

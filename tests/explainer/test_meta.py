@@ -122,6 +122,7 @@ def test_refinement_never_reports_a_mask_worse_than_its_first_guess(lesion_bundl
     worse = raw.loss > first.loss
     assert worse.tolist() == [True, True, True, False, False, False]
     assert torch.equal(kept.loss, torch.where(worse, first.loss, raw.loss))
+    assert kept.refined.tolist() == (~worse).tolist() and raw.refined.all() and not first.refined.any()
     for i in range(len(x)):
         chosen = first if worse[i] else raw
         assert torch.equal(kept.logits[i], chosen.logits[i]) and torch.equal(kept.binary[i], chosen.binary[i])
