@@ -11,8 +11,9 @@ explained for its predicted class by
 
 Every row gives the medians over images of the binary masks' composite loss, ``p_kept``, ``p_removed``, area,
 the 8-connected pieces and the largest piece's share (``evaluation.metrics.connected_pieces``), the share of
-masks flagged as a lattice at any stride 2–16 (``lattice_score ≥ LATTICE_THRESHOLD``) and seconds per image
-(wall, the classifier's passes included, one thread). Sanity: every method of the explainers is run again on
+masks flagged as a lattice at any stride 2–16 (``lattice_score ≥ LATTICE_THRESHOLD``), the share of images whose
+mask is the K-step one (``refined``: the rest kept their first guess, ``RefineConfig.keep_best``) and seconds per
+image (wall, the classifier's passes included, one thread). Sanity: every method of the explainers is run again on
 the classifier with **every** layer re-initialized (the last stage of ``cascading_randomization``), for the
 same classes; Spearman ρ between the two mask-logit maps, signed and absolute, mean and median over images.
 
@@ -70,7 +71,8 @@ def _row(r: Explanation, seconds: float) -> dict[str, float]:
     return {"loss": med(r.loss), "p_kept": med(r.p_kept), "p_removed": med(r.p_removed), "area": med(r.area),
             "p_original": med(r.p_original), "pieces": med(pieces.count.numpy()),
             "largest": med(pieces.largest_fraction.numpy()),
-            "lattice": float((lattice >= LATTICE_THRESHOLD).float().mean()), "seconds_per_image": seconds / len(r)}
+            "lattice": float((lattice >= LATTICE_THRESHOLD).float().mean()), "refined": float(r.refined.mean()),
+            "seconds_per_image": seconds / len(r)}
 
 
 def _sanity(a: Explanation, b: Explanation) -> dict[str, float]:
@@ -130,15 +132,16 @@ def markdown(res: dict) -> str:
     lines = [f"**{res['set']}** — {res['n']} test images (pixel fit: {res['n_pixel_fit']}); medians over images; "
              "ρ: mean Spearman of the mask logits against the fully randomized classifier's (signed / absolute)", "",
              "| method | K | loss | loss / fit | p_kept | p_kept / fit | p_removed | area | area / fit | pieces | "
-             "largest | lattice | ρ | ρ abs | s/image | fit speed-up |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "largest | lattice | refined | ρ | ρ abs | s/image | fit speed-up |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in res["rows"]:
         rho = f"{r['rho']:.2f} | {r['rho_abs']:.2f}" if "rho" in r else "– | –"
+        refined = f"{r['refined']:.2f}" if "refined" in r else "–"
         lines.append(
             f"| {r['method']} | {r['steps']} | {r['loss']:.3f} | {r['loss'] / ref['loss']:.3f} | {r['p_kept']:.3f} | "
             f"{r['p_kept'] / ref['p_kept']:.3f} | {r['p_removed']:.3f} | {r['area']:.3f} | "
             f"{r['area'] / max(ref['area'], 1e-9):.2f} | {r['pieces']:.0f} | {r['largest']:.2f} | {r['lattice']:.2f} | "
-            f"{rho} | {r['seconds_per_image']:.4f} | {ref['seconds_per_image'] / r['seconds_per_image']:.0f}× |")
+            f"{refined} | {rho} | {r['seconds_per_image']:.4f} | {ref['seconds_per_image'] / r['seconds_per_image']:.0f}× |")
     return "\n".join(lines) + "\n"
 
 
