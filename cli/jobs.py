@@ -336,7 +336,19 @@ def _summary_table(rows: list[dict[str, Any]], title: str) -> Table:
             escape(r["image"]), escape(r["predicted_name"]), escape(r["target_name"]), f"{r['p_original']:.3f}", f"{r['p_kept']:.3f}",
             f"{r['p_removed']:.3f}", f"{r['area']:.3f}", f"{r['seconds']:.2f}",
         )
+    table.caption = _kept_first_guess(rows)
     return table
+
+
+def _kept_first_guess(rows: list[dict[str, Any]]) -> str | None:
+    """The summary's caption when refinement kept some images' first guess (its loss was lower than after the
+    steps: ``RefineConfig.keep_best``), else None. Records without the field (a resumed run's) are not
+    counted."""
+    refined = [r for r in rows if r.get("refined") is not None and r.get("steps", 0) > 0]
+    kept = [r for r in refined if not r["refined"]]
+    if not kept:
+        return None
+    return f"{len(kept)} of {len(refined)} kept their first guess: refinement did not lower its loss (\"refined\": false)"
 
 
 def _bit_depth_warning(source: str, pixels: np.ndarray) -> str | None:

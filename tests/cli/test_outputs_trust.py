@@ -295,3 +295,16 @@ def test_sigkill_mid_run_then_resume_equals_an_uninterrupted_run(tmp_path):
         assert {k: v for k, v in rec.items() if k != "seconds"} == {k: v for k, v in other.items() if k != "seconds"}
     rows = json.loads((cut / "summary.json").read_text())["images"]
     assert sorted(row["image"] for row in rows) == sorted(_records(whole))
+
+
+def test_the_summary_table_says_how_many_images_kept_their_first_guess():
+    from medcam_fast.cli.jobs import _summary_table
+
+    base = {"predicted_name": "lesion", "target_name": "lesion", "p_original": 0.9, "p_kept": 0.9, "p_removed": 0.1,
+            "area": 0.1, "seconds": 0.1, "steps": 10}
+    rows = [{**base, "image": "a", "refined": True}, {**base, "image": "b", "refined": False},
+            {**base, "image": "c", "refined": True}, {**base, "image": "d"}]  # d: a resumed run's old record
+    assert _summary_table(rows, "t").caption.startswith("1 of 3 kept their first guess")
+    assert _summary_table([r for r in rows if r["image"] != "b"], "t").caption is None
+    zero = [{**r, "steps": 0, "refined": False} for r in rows]  # no steps: every mask is a first guess, nothing kept
+    assert _summary_table(zero, "t").caption is None
