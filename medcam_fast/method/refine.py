@@ -58,7 +58,7 @@ class RefineConfig(Config):
             first guess's binary mask has the lower composite loss, so refinement never reports a worse mask
             than ``K = 0`` (both are scored with the same perturbation draws: one extra loss evaluation, no
             gradient). The steps can make it worse: Adam's first steps move every logit by about the step
-            size, the areas' gradient shrinks a mask by its whole contour, and until the straight-through
+            size, the area term's gradient shrinks a mask by its whole contour, and until the straight-through
             phase the loop optimizes the soft mask, not the reported binary one. Measured on lesions
             (32 test images, median loss ÷ the 300-step fit's): 1.66 at K = 0, 2.52 at K = 3 without it,
             1.15 with it; at K = 10 0.88 and 0.87 (``benchmarks/results/explainer_quality_lesions.md``).
