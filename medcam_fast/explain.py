@@ -432,7 +432,7 @@ class MedCAM:
             classes=list(self.bundle.classes),
             mode=self.mode,
             steps=res.steps,
-            refined=_to_numpy(res.refined) if res.refined is not None else np.full(len(res), res.steps > 0),
+            refined=_to_numpy(res.refined),
             seconds=seconds,
             extra={"classifier_sha256": self.bundle.sha256, **self._model_facts()},
         )

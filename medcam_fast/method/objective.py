@@ -159,8 +159,8 @@ class Objective:
             loss=loss,
             steps=steps,
             seconds=seconds,
-            trace=trace or {},
             refined=refined,
+            trace=trace or {},
         )
 
     def _scored(self, u: Tensor, seed: int) -> tuple[Tensor, Tensor, Tensor, Tensor, dict[str, Tensor]]:

@@ -66,10 +66,9 @@ class MaskResult:
         loss: composite loss per image ``[B]`` for the binary mask.
         steps: optimization steps taken.
         seconds: wall time for the whole batch.
-        trace: per-step loss terms (name → ``[steps, B]``) when recorded.
         refined: per image ``[B]`` (bool), whether the mask is the optimized one: False at ``steps = 0`` and
             where refinement kept the first guess because its loss was lower (``RefineConfig.keep_best``).
-            :meth:`Objective.result <medcam_fast.method.objective.Objective.result>` always sets it.
+        trace: per-step loss terms (name → ``[steps, B]``) when recorded.
     """
 
     soft: Tensor
@@ -80,8 +79,8 @@ class MaskResult:
     loss: Tensor
     steps: int
     seconds: float
+    refined: Tensor
     trace: dict[str, Tensor] = field(default_factory=dict)
-    refined: Tensor | None = None
 
     def __len__(self) -> int:
         return self.soft.shape[0]
