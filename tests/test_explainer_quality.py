@@ -1,0 +1,51 @@
+"""scripts/explainer_quality.py's paired bootstrap interval of a ratio to the fit (the README table's brackets)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import load_script
+
+eq = load_script("explainer_quality")
+
+
+def test_a_method_against_itself_has_the_interval_one_to_one():
+    a = np.random.default_rng(0).uniform(0.5, 2.0, 32).tolist()
+    assert eq.ratio_interval(a, a) == (1.0, 1.0)
+
+
+def test_a_method_at_twice_the_reference_on_every_image_has_the_interval_two_to_two():
+    b = np.random.default_rng(1).uniform(0.5, 2.0, 32)
+    lo, hi = eq.ratio_interval((2 * b).tolist(), b.tolist())
+    assert lo == pytest.approx(2.0) and hi == pytest.approx(2.0)
+
+
+def test_the_interval_holds_the_ratio_of_medians_and_narrows_with_more_images():
+    rng = np.random.default_rng(2)
+    widths = []
+    for n in (8, 512):
+        a, b = rng.uniform(1.0, 2.0, n), rng.uniform(1.0, 2.0, n)
+        lo, hi = eq.ratio_interval(a.tolist(), b.tolist())
+        assert lo <= np.median(a) / np.median(b) <= hi
+        widths.append(hi - lo)
+    assert widths[1] < widths[0] / 3
+
+
+def test_the_pairing_is_kept_images_are_resampled_together():
+    """A method that is the reference plus a small constant on every image is tightly above it, although both
+    vary widely over images: an unpaired resampling would give an interval straddling 1."""
+    b = np.random.default_rng(3).uniform(0.2, 5.0, 32)
+    lo, hi = eq.ratio_interval((b * 1.05).tolist(), b.tolist())
+    assert lo == pytest.approx(1.05) and hi == pytest.approx(1.05)
+
+
+def test_values_of_different_images_are_refused():
+    with pytest.raises(ValueError, match="different lengths"):
+        eq.ratio_interval([1.0, 2.0], [1.0])
+
+
+def test_a_table_cell_gives_the_interval_only_where_both_rows_kept_their_images():
+    row = {"loss": 1.1, "per_image": {"loss": [1.1, 1.1, 1.1]}}
+    fit = {"loss": 1.0, "per_image": {"loss": [1.0, 1.0, 1.0]}}
+    assert eq._ratio(row, fit, "loss", 3) == "1.100 (1.100–1.100)"
+    assert eq._ratio(row, {"loss": 1.0}, "loss", 3) == "1.100"
