@@ -10,8 +10,9 @@ explained for its predicted class by
   parameterization, the default) and on pixels (the paper's), with the explainer's loss weights and baseline.
 
 Every row gives the medians over images of the binary masks' composite loss, ``p_kept``, ``p_removed``, area,
-the 8-connected pieces and the largest piece's share (``evaluation.metrics.connected_pieces``), the share of
-masks flagged as a lattice at any stride 2–16 (``lattice_score ≥ LATTICE_THRESHOLD``), the share of images whose
+the 8-connected pieces and the largest piece's share, the share of masks flagged as a lattice at any of the
+classifier's own strides (``evaluation.scoring.readability`` at ``classifier_strides``: ``evaluate``'s one
+definition, medians the lower middle value), the share of images whose
 mask is the K-step one (``refined``: the rest kept their first guess, ``RefineConfig.keep_best``) and seconds per
 image (wall, the classifier's passes included, one thread). Sanity: every method of the explainers is run again on
 the classifier with **every** layer re-initialized (the last stage of ``cascading_randomization``), for the
@@ -40,13 +41,8 @@ from medcam_fast.classifiers.bundle import load_classifier
 from medcam_fast.classifiers.frozen import ClassifierBundle
 from medcam_fast.data.lesions import make_lesions
 from medcam_fast.data.medmnist import load_npz, resolve_data
-from medcam_fast.evaluation.metrics import (
-    LATTICE_THRESHOLD,
-    cascading_randomization,
-    connected_pieces,
-    lattice_score,
-    spearman,
-)
+from medcam_fast.evaluation.metrics import cascading_randomization, spearman
+from medcam_fast.evaluation.scoring import classifier_strides, readability
 from medcam_fast.explain import Explanation, MedCAM
 from medcam_fast.method.fit import FitConfig
 from medcam_fast.method.refine import RefineConfig
@@ -64,18 +60,15 @@ def _randomized(bundle: ClassifierBundle) -> ClassifierBundle:
     return ClassifierBundle(**{**bundle.__dict__, "model": model})
 
 
-def _row(r: Explanation, seconds: float) -> dict[str, float]:
-    binary = torch.from_numpy(r.binary)
-    pieces = connected_pieces(binary)
-    side = min(binary.shape[-2:])
-    strides = [s for s in (2, 4, 8, 16) if s <= side / 2]
-    lattice = torch.stack([lattice_score(binary, s) for s in strides], 1).nan_to_num(0).amax(1)
+def _row(r: Explanation, seconds: float, strides: list[int]) -> dict[str, float]:
+    """One row: medians over images, readability as ``evaluate`` reads it (``evaluation.scoring.readability``:
+    pieces, the largest piece's share, lattices at the classifier's own strides), and the per-image values."""
+    read = readability(torch.from_numpy(r.binary), strides)
     med = lambda a: float(np.nanmedian(a))  # noqa: E731
     return {"loss": med(r.loss), "p_kept": med(r.p_kept), "p_removed": med(r.p_removed), "area": med(r.area),
-            "p_original": med(r.p_original), "pieces": med(pieces.count.numpy()),
-            "largest": med(pieces.largest_fraction.numpy()),
-            "lattice": float((lattice >= LATTICE_THRESHOLD).float().mean()), "refined": float(r.refined.mean()),
-            "seconds_per_image": seconds / len(r),
+            "p_original": med(r.p_original), "pieces": read["pieces_median"],
+            "largest": read["largest_fraction_median"], "lattice": read["lattice_flagged"],
+            "strides": read["strides"], "refined": float(r.refined.mean()), "seconds_per_image": seconds / len(r),
             "per_image": {k: [float(v) for v in getattr(r, k)] for k in PER_IMAGE}}
 
 
@@ -107,6 +100,11 @@ def ratio_interval(a: list[float], b: list[float], n_boot: int = N_BOOT, seed: i
     return float(lo), float(hi)
 
 
+def _share(v: float | None) -> str:
+    """A share of masks, "–" where the classifier has no stride the lattice check can resolve."""
+    return "–" if v is None else f"{v:.2f}"
+
+
 def _ratio(row: dict, ref: dict, key: str, digits: int) -> str:
     """``row[key] / ref[key]`` and, when both rows kept their per-image values, its 95 % interval."""
     value = f"{row[key] / max(ref[key], 1e-12):.{digits}f}"
@@ -135,6 +133,7 @@ def run(name: str, n: int, n_pixel: int, ks: list[int], unet_ks: list[int], mode
     bundle = load_classifier(folder / "classifier")
     rand = _randomized(bundle)
     x = _images(name, n)
+    strides = classifier_strides(bundle.frozen(), torch.from_numpy(bundle.preprocess(x[:1])))
     out: dict = {"set": name, "n": int(len(x)), "n_pixel_fit": min(n_pixel, len(x)), "rows": []}
     decoder = explainer if explainer is not None else folder / "explainer"
     main = MedCAM(bundle, decoder)
@@ -152,7 +151,7 @@ def run(name: str, n: int, n_pixel: int, ks: list[int], unet_ks: list[int], mode
             seconds = time.perf_counter() - t0
             targets = r.target if targets is None else targets
             rr = MedCAM(rand, path, refine_config=RefineConfig(steps=k), allow_mismatch=True)(x, targets=r.target)
-            out["rows"].append({"method": label, "steps": k, **_row(r, seconds), **_sanity(r, rr)})
+            out["rows"].append({"method": label, "steps": k, **_row(r, seconds, strides), **_sanity(r, rr)})
             print(name, out["rows"][-1], flush=True)
     if reuse is not None:
         out["rows"] += [r for r in reuse["rows"] if r["method"].startswith("fit-")]
@@ -163,7 +162,9 @@ def run(name: str, n: int, n_pixel: int, ks: list[int], unet_ks: list[int], mode
                                                   grid=grid))
         t0 = time.perf_counter()
         r = fit(x[:m], targets=targets[:m])
-        out["rows"].append({"method": f"fit-{grid.value}", "steps": 300, **_row(r, time.perf_counter() - t0)})
+        row = _row(r, time.perf_counter() - t0, strides)
+        del row["refined"]  # the fit has no first guess to keep
+        out["rows"].append({"method": f"fit-{grid.value}", "steps": 300, **row})
         print(name, out["rows"][-1], flush=True)
     return out
 
@@ -171,7 +172,8 @@ def run(name: str, n: int, n_pixel: int, ks: list[int], unet_ks: list[int], mode
 def markdown(res: dict) -> str:
     ref = next(r for r in res["rows"] if r["method"] == "fit-coarse")
     lines = [f"**{res['set']}** — {res['n']} test images (pixel fit: {res['n_pixel_fit']}); medians over images; "
-             "ρ: mean Spearman of the mask logits against the fully randomized classifier's (signed / absolute)", "",
+             "ρ: mean Spearman of the mask logits against the fully randomized classifier's (signed / absolute); "
+             f"lattice: share of masks flagged at the classifier's strides {ref.get('strides', '2–16')}", "",
              "| method | K | loss | loss / fit | p_kept | p_kept / fit | p_removed | area | area / fit | pieces | "
              "largest | lattice | refined | ρ | ρ abs | s/image | fit speed-up |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -181,7 +183,7 @@ def markdown(res: dict) -> str:
         lines.append(
             f"| {r['method']} | {r['steps']} | {r['loss']:.3f} | {r['loss'] / ref['loss']:.3f} | {r['p_kept']:.3f} | "
             f"{r['p_kept'] / ref['p_kept']:.3f} | {r['p_removed']:.3f} | {r['area']:.3f} | "
-            f"{r['area'] / max(ref['area'], 1e-9):.2f} | {r['pieces']:.0f} | {r['largest']:.2f} | {r['lattice']:.2f} | "
+            f"{r['area'] / max(ref['area'], 1e-9):.2f} | {r['pieces']:.0f} | {r['largest']:.2f} | {_share(r['lattice'])} | "
             f"{refined} | {rho} | {r['seconds_per_image']:.4f} | {ref['seconds_per_image'] / r['seconds_per_image']:.0f}× |")
     return "\n".join(lines) + "\n"
 
@@ -204,7 +206,7 @@ def summary(results: list[dict]) -> str:
             f"{_ratio(d3, fit, 'loss', 3)} | {_ratio(d10, fit, 'loss', 3)} | {d0['rho']:.2f} / {d0['rho_abs']:.2f} | "
             f"{d3['rho']:.2f} / {d3['rho_abs']:.2f} | {d10['rho']:.2f} / {d10['rho_abs']:.2f} | "
             f"{d0['pieces']:.0f} / {d0['largest']:.2f} | {d10['pieces']:.0f} / {d10['largest']:.2f} | "
-            f"{d0['lattice']:.2f} / {d10['lattice']:.2f} | {unet} | "
+            f"{_share(d0['lattice'])} / {_share(d10['lattice'])} | {unet} | "
             f"{pix['loss'] / fit['loss']:.2f} / {pix['area'] / max(fit['area'], 1e-9):.2f} |")
     return "\n".join(lines) + "\n"
 
