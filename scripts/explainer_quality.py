@@ -48,11 +48,22 @@ from medcam_fast.method.fit import FitConfig
 from medcam_fast.method.refine import RefineConfig
 from medcam_fast.types import MaskGrid
 
+#: Where each split's images come from: the set's own split; lesions are generated — the test images as
+#: ``evaluate`` draws them, the validation images as the classifier's own validation split (``load_splits``,
+#: seed 0 + 1), so neither overlaps its training images (seed 0).
+LESION_SEEDS = {"test": 20261126, "val": 1}
+SPLITS = tuple(LESION_SEEDS)
 
-def _images(name: str, n: int) -> np.ndarray:
+
+def _images(name: str, n: int, split: str = "test") -> np.ndarray:
     if name == "lesions":
-        return make_lesions(n, size=64, seed=20261126).images
-    return load_npz(resolve_data(name), "test").images[:n]
+        return make_lesions(n, size=64, seed=LESION_SEEDS[split]).images
+    return load_npz(resolve_data(name), split).images[:n]
+
+
+def result_name(name: str, split: str = "test") -> str:
+    """The file stem of a set's results: ``explainer_quality_<set>``, with ``_val`` for validation images."""
+    return f"explainer_quality_{name}" + ("" if split == "test" else f"_{split}")
 
 
 def _randomized(bundle: ClassifierBundle) -> ClassifierBundle:
@@ -124,23 +135,25 @@ def _sanity(a: Explanation, b: Explanation) -> dict[str, float]:
 
 
 def run(name: str, n: int, n_pixel: int, ks: list[int], unet_ks: list[int], models: Path,
-        explainer: Path | None = None, reuse: dict | None = None) -> dict:
+        explainer: Path | None = None, reuse: dict | None = None, split: str = "test") -> dict:
     """One set's rows. ``explainer`` replaces the shipped decoder (a candidate); ``reuse`` is a previous result
     of the same set and ``n`` whose fit rows are kept instead of recomputed (they depend on neither explainer
-    nor refinement: the same classifier, images, predicted classes, loss weights and baseline)."""
+    nor refinement: the same classifier, images, predicted classes, loss weights and baseline); ``split``: the
+    test images, or the validation images a candidate is judged on before it replaces a shipped explainer."""
     torch.set_num_threads(1)
     folder = DEMO_DIR if name == "lesions" else models / name
     bundle = load_classifier(folder / "classifier")
     rand = _randomized(bundle)
-    x = _images(name, n)
+    x = _images(name, n, split)
     strides = classifier_strides(bundle.frozen(), torch.from_numpy(bundle.preprocess(x[:1])))
-    out: dict = {"set": name, "n": int(len(x)), "n_pixel_fit": min(n_pixel, len(x)), "rows": []}
+    out: dict = {"set": name, "split": split, "n": int(len(x)), "n_pixel_fit": min(n_pixel, len(x)), "rows": []}
     decoder = explainer if explainer is not None else folder / "explainer"
     main = MedCAM(bundle, decoder)
     assert main.settings is not None
     targets = None
-    if reuse is not None and reuse["n"] != len(x):
-        raise SystemExit(f"{name}: the reused result has {reuse['n']} images, not {len(x)}")
+    if reuse is not None and (reuse["n"], reuse.get("split", "test")) != (len(x), split):
+        raise SystemExit(f"{name}: the reused result has {reuse['n']} {reuse.get('split', 'test')} images, "
+                         f"not {len(x)} {split} images")
     for label, path, kk in (("decoder", decoder, ks), ("unet", models / name / "unet", unet_ks)):
         if not (path / "explainer.json").exists():
             continue
@@ -171,7 +184,7 @@ def run(name: str, n: int, n_pixel: int, ks: list[int], unet_ks: list[int], mode
 
 def markdown(res: dict) -> str:
     ref = next(r for r in res["rows"] if r["method"] == "fit-coarse")
-    lines = [f"**{res['set']}** — {res['n']} test images (pixel fit: {res['n_pixel_fit']}); medians over images; "
+    lines = [f"**{res['set']}** — {res['n']} {res.get('split', 'test')} images (pixel fit: {res['n_pixel_fit']}); medians over images; "
              "ρ: mean Spearman of the mask logits against the fully randomized classifier's (signed / absolute); "
              f"lattice: share of masks flagged at the classifier's strides {ref.get('strides', '2–16')}", "",
              "| method | K | loss | loss / fit | p_kept | p_kept / fit | p_removed | area | area / fit | pieces | "
@@ -222,20 +235,23 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     ap.add_argument("--summary", action="store_true", help="print the README table from the written JSON files")
     ap.add_argument("--explainer", type=Path, help="a candidate decoder bundle instead of the shipped one (one set)")
+    ap.add_argument("--split", choices=SPLITS, default="test",
+                    help="test images (the README's table) or validation images (to judge a candidate --explainer)")
     ap.add_argument("--reuse", action="store_true",
                     help="keep the fit rows of the JSON already in --out (they depend on neither explainer nor refinement)")
     args = ap.parse_args()
     if args.summary:
-        print(summary([json.loads((args.out / f"explainer_quality_{n}.json").read_text()) for n in args.sets]), end="")
+        print(summary([json.loads((args.out / f"{result_name(n, args.split)}.json").read_text()) for n in args.sets]),
+              end="")
         return
     for name in args.sets:
-        previous = args.out / f"explainer_quality_{name}.json"
-        reuse = json.loads(previous.read_text()) if args.reuse else None
+        stem = result_name(name, args.split)
+        reuse = json.loads((args.out / f"{stem}.json").read_text()) if args.reuse else None
         res = run(name, args.n, args.n_pixel, [int(k) for k in args.ks.split(",")],
-                  [int(k) for k in args.unet_ks.split(",")], args.models, args.explainer, reuse)
+                  [int(k) for k in args.unet_ks.split(",")], args.models, args.explainer, reuse, args.split)
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / f"explainer_quality_{name}.json").write_text(json.dumps(res, indent=1))
-        (args.out / f"explainer_quality_{name}.md").write_text(markdown(res))
+        (args.out / f"{stem}.json").write_text(json.dumps(res, indent=1))
+        (args.out / f"{stem}.md").write_text(markdown(res))
 
 
 if __name__ == "__main__":
