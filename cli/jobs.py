@@ -69,6 +69,10 @@ __all__ = [
 
 
 
+#: Seed of the lesion images ``medcam-fast demo`` generates: one no split of ``load_splits`` uses (0, 1, 2).
+DEMO_SEED = 20261126
+
+
 def load_splits(data: str | Path, data_dir: str | Path | None = None, seed: int = 0,
                 labels: LabelTable | None = None, image_size: int | None = None) -> dict[str, ImageSet]:
     """Train/val/test sets of a data set: a short name (breast, …), an ``.npz`` file, a class-per-folder tree, a
@@ -603,7 +607,7 @@ def run_demo(
     console = console or Console()
     if not (DEMO_DIR / "classifier" / "classifier.json").exists():
         raise MedCamError("the embedded demo bundle is missing: run `make demo-bundle`", DEMO_DIR)
-    ds = make_lesions(n, size=64, seed=20261126)
+    ds = make_lesions(n, size=64, seed=DEMO_SEED)
     inputs_dir = out / "inputs"
     for i, img in enumerate(ds.images):
         atomic_write_bytes(inputs_dir / f"lesion_{i:03d}_{ds.classes[ds.labels[i]]}.png", png_bytes(img))

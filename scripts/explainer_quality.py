@@ -1,7 +1,7 @@
 """The classifier-aware explainer against the classifier-blind U-Net and the per-image fit, per data set, in
 one run (issue 12): quality at K refinement steps, the randomization sanity check, and readability.
 
-For each set, the first ``n`` test images (lesions: ``make_lesions(n, seed=20261126)``, as ``evaluate``), each
+For each set, the first ``n`` test images (lesions: the demo's generated images, ``DEMO_SEED``), each
 explained for its predicted class by
 
 * ``decoder`` — ``models/<set>/explainer`` (lesions: the shipped demo explainer), K ∈ ``--ks`` logit steps;
@@ -39,8 +39,8 @@ import torch
 from medcam_fast._assets import DEMO_DIR
 from medcam_fast.classifiers.bundle import load_classifier
 from medcam_fast.classifiers.frozen import ClassifierBundle
+from medcam_fast.cli.jobs import DEMO_SEED, load_splits
 from medcam_fast.data.lesions import make_lesions
-from medcam_fast.data.medmnist import load_npz, resolve_data
 from medcam_fast.evaluation.metrics import cascading_randomization, spearman
 from medcam_fast.evaluation.scoring import classifier_strides, readability
 from medcam_fast.explain import Explanation, MedCAM
@@ -48,17 +48,16 @@ from medcam_fast.method.fit import FitConfig
 from medcam_fast.method.refine import RefineConfig
 from medcam_fast.types import MaskGrid
 
-#: Where each split's images come from: the set's own split; lesions are generated — the test images as
-#: ``evaluate`` draws them, the validation images as the classifier's own validation split (``load_splits``,
-#: seed 0 + 1), so neither overlaps its training images (seed 0).
-LESION_SEEDS = {"test": 20261126, "val": 1}
-SPLITS = tuple(LESION_SEEDS)
+#: The images a split reads.
+SPLITS = ("test", "val")
 
 
 def _images(name: str, n: int, split: str = "test") -> np.ndarray:
-    if name == "lesions":
-        return make_lesions(n, size=64, seed=LESION_SEEDS[split]).images
-    return load_npz(resolve_data(name), split).images[:n]
+    """The first ``n`` images of the classifier's own ``split`` (``load_splits``), except lesions' test images:
+    the demo's generated ones (``DEMO_SEED``), which this table has always used and no split overlaps."""
+    if name == "lesions" and split == "test":
+        return make_lesions(n, size=64, seed=DEMO_SEED).images
+    return load_splits(name)[split].images[:n]
 
 
 def result_name(name: str, split: str = "test") -> str:
