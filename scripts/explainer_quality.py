@@ -23,7 +23,12 @@ set meets a target or not, and the interval says how firmly.
 
     MEDCAM_DATA_DIR=../shared/data python scripts/explainer_quality.py --sets breast --out benchmarks/results
 
-writes ``explainer_quality_<set>.json`` and ``.md``; ``--summary`` prints the README's table from them.
+writes ``explainer_quality_<set>.json`` and ``.md``; ``--summary`` prints the README's table from them. A candidate
+is judged on validation images against the shipped explainer's committed result there
+(:func:`replacement_verdict`)::
+
+    python scripts/explainer_quality.py --sets path --split val --explainer CANDIDATE --reuse --out DIR \
+        --against benchmarks/results/explainer_quality_path_val.json
 """
 
 from __future__ import annotations
@@ -122,6 +127,66 @@ def _ratio(row: dict, ref: dict, key: str, digits: int) -> str:
         return value
     lo, hi = ratio_interval(row["per_image"][key], ref["per_image"][key])
     return f"{value} ({lo:.{digits}f}–{hi:.{digits}f})"
+
+
+#: The refinement steps whose composite loss decides a replacement (refinement's default, ``RefineConfig``).
+VERDICT_K = RefineConfig().steps
+
+
+def replacement_verdict(candidate: dict, shipped: dict) -> dict:
+    """Whether a candidate explainer replaces the shipped one, from both explainers' results on the same
+    validation images (``--split val``): the candidate must be **firmly** better, not better by a median that
+    the next 64 images could reverse.
+
+    With ``L`` the per-image composite loss at K = :data:`VERDICT_K` and ``A`` the first guess's (K = 0) area,
+    and ``[lo, hi]`` the paired bootstrap 95 % interval of a ratio of medians (:func:`ratio_interval`)::
+
+        r_L = median(L_cand) / median(L_ship)     r_A = median(A_cand) / median(A_ship)
+        replace  ⇔  hi(r_L) < 1  ∨  (lo(r_L) ≤ 1 ≤ hi(r_L)  ∧  hi(r_A) < 1)
+
+    a firmly lower loss after refinement, or a loss tie with a firmly smaller first guess (the fast path's
+    output, whose area is a target of its own). Anything else keeps the shipped explainer: seeds of one recipe
+    differ by ±5 % in these medians, so a rule that followed the median alone would swap explainers on noise.
+
+    Args:
+        candidate: the candidate's result (``run(..., explainer=candidate)``), decoder rows at K = 0 and
+            :data:`VERDICT_K` with their per-image values.
+        shipped: the shipped explainer's result on the same set, split and images.
+
+    Returns:
+        ``replace`` (bool), ``reason``, and the two ratios with their intervals (``loss``, ``area``: ``(ratio,
+        lo, hi)``).
+
+    Raises:
+        ValueError: the two results are of different sets, splits or numbers of images.
+    """
+    where = lambda r: (r["set"], r.get("split", "test"), r["n"])  # noqa: E731
+    if where(candidate) != where(shipped):
+        raise ValueError(f"results of different images: {where(candidate)} and {where(shipped)}")
+
+    def ratio(k: int, key: str) -> tuple[float, float, float]:
+        a, b = (next(r for r in res["rows"] if (r["method"], r["steps"]) == ("decoder", k))["per_image"][key]
+                for res in (candidate, shipped))
+        return (float(np.median(a) / max(np.median(b), 1e-12)), *ratio_interval(a, b))
+
+    loss, area = ratio(VERDICT_K, "loss"), ratio(0, "area")
+    if loss[2] < 1:
+        replace, reason = True, f"firmly lower loss at K = {VERDICT_K}"
+    elif loss[1] > 1:
+        replace, reason = False, f"firmly higher loss at K = {VERDICT_K}"
+    elif area[2] < 1:
+        replace, reason = True, f"a loss tie at K = {VERDICT_K} and a firmly smaller first guess"
+    else:
+        replace, reason = False, f"a loss tie at K = {VERDICT_K} and no firmly smaller first guess"
+    return {"replace": replace, "reason": reason, "loss": loss, "area": area}
+
+
+def verdict_line(v: dict) -> str:
+    """One line: the decision, its reason and both ratios with their intervals."""
+    (l, llo, lhi), (a, alo, ahi) = v["loss"], v["area"]
+    return (f"{'replace' if v['replace'] else 'keep the shipped explainer'}: {v['reason']} "
+            f"(loss at K = {VERDICT_K} ÷ shipped {l:.3f} [{llo:.3f}, {lhi:.3f}], "
+            f"first-guess area ÷ shipped {a:.2f} [{alo:.2f}, {ahi:.2f}])")
 
 
 def _sanity(a: Explanation, b: Explanation) -> dict[str, float]:
@@ -238,6 +303,9 @@ def main() -> None:
                     help="test images (the README's table) or validation images (to judge a candidate --explainer)")
     ap.add_argument("--reuse", action="store_true",
                     help="keep the fit rows of the JSON already in --out (they depend on neither explainer nor refinement)")
+    ap.add_argument("--against", type=Path,
+                    help="the shipped explainer's result on the same images (e.g. benchmarks/results/"
+                         "explainer_quality_<set>_val.json): print whether the candidate replaces it")
     args = ap.parse_args()
     if args.summary:
         print(summary([json.loads((args.out / f"{result_name(n, args.split)}.json").read_text()) for n in args.sets]),
@@ -251,6 +319,8 @@ def main() -> None:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / f"{stem}.json").write_text(json.dumps(res, indent=1))
         (args.out / f"{stem}.md").write_text(markdown(res))
+        if args.against is not None:
+            print(f"{name}: {verdict_line(replacement_verdict(res, json.loads(args.against.read_text())))}")
 
 
 if __name__ == "__main__":

@@ -57,3 +57,40 @@ def test_validation_images_are_other_images_than_the_test_images_and_get_their_o
     assert val.shape == test.shape and not np.array_equal(val, test)
     assert eq.result_name("blood") == "explainer_quality_blood"
     assert eq.result_name("blood", "val") == "explainer_quality_blood_val"
+
+
+def _result(loss: np.ndarray, area: np.ndarray, split: str = "val") -> dict:
+    """A result with the decoder's first guess (K = 0) and refined (K = VERDICT_K) rows on ``len(loss)`` images."""
+    rows = [{"method": "decoder", "steps": k, "per_image": {"loss": loss.tolist(), "area": area.tolist()}}
+            for k in (0, eq.VERDICT_K)]
+    return {"set": "path", "split": split, "n": len(loss), "rows": rows}
+
+
+_RNG = np.random.default_rng(4)
+_LOSS, _AREA = _RNG.uniform(0.5, 3.0, 64), _RNG.uniform(0.05, 0.6, 64)
+
+
+def test_a_candidate_with_a_firmly_lower_loss_replaces_the_shipped_explainer():
+    v = eq.replacement_verdict(_result(_LOSS * 0.9, _AREA * 1.3), _result(_LOSS, _AREA))
+    assert v["replace"] and "firmly lower loss" in v["reason"] and v["loss"][2] < 1
+
+
+def test_a_candidate_with_a_firmly_higher_loss_is_refused_whatever_its_first_guess():
+    v = eq.replacement_verdict(_result(_LOSS * 1.1, _AREA * 0.5), _result(_LOSS, _AREA))
+    assert not v["replace"] and "firmly higher" in v["reason"]
+
+
+def test_a_loss_tie_is_decided_by_a_firmly_smaller_first_guess():
+    """A tie: the candidate's loss is the shipped one's, shuffled over images (same median, interval holds 1)."""
+    tied = _RNG.permutation(_LOSS)
+    smaller = eq.replacement_verdict(_result(tied, _AREA * 0.7), _result(_LOSS, _AREA))
+    lo, hi = smaller["loss"][1:]
+    assert lo <= 1 <= hi and smaller["replace"] and "smaller first guess" in smaller["reason"]
+    same = eq.replacement_verdict(_result(tied, _RNG.permutation(_AREA)), _result(_LOSS, _AREA))
+    assert not same["replace"] and "no firmly smaller" in same["reason"]
+    assert eq.verdict_line(same).startswith("keep the shipped explainer: a loss tie")
+
+
+def test_results_on_other_images_cannot_be_compared():
+    with pytest.raises(ValueError, match="different images"):
+        eq.replacement_verdict(_result(_LOSS, _AREA, "test"), _result(_LOSS, _AREA, "val"))
