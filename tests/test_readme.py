@@ -36,15 +36,18 @@ def test_the_evaluation_tables_are_what_the_script_prints_from_the_committed_rep
     assert m.group(1).strip() == module.evaluate().strip(), "rerun: python scripts/readme_tables.py evaluate"
 
 
-def test_the_explainer_table_is_what_the_script_prints_from_the_committed_results():
-    """It once kept the numbers of explainers that had been replaced while the prose below it described the new ones."""
+@pytest.mark.parametrize("tag, split", [("explainer-table", "test"), ("explainer-table-val", "val")])
+def test_the_explainer_tables_are_what_the_script_prints_from_the_committed_results(tag: str, split: str):
+    """It once kept the numbers of explainers that had been replaced while the prose below it described the new
+    ones; the validation table is the second reading of the same targets, and must follow the same files."""
     import json
 
     module = load_script("explainer_quality")
     text = README.read_text(encoding="utf-8")
-    m = re.search(r"<!-- explainer-table: python scripts/explainer_quality.py --sets ([^>]*?) --summary -->\n(.*?)"
-                  r"<!-- /explainer-table -->", text, re.S)
-    assert m, "README lost its explainer table's markers"
+    flag = "" if split == "test" else f" --split {split}"
+    m = re.search(rf"<!-- {tag}: python scripts/explainer_quality.py --sets ([^>]*?){flag} --summary -->\n(.*?)"
+                  rf"<!-- /{tag} -->", text, re.S)
+    assert m, f"README lost its {tag} markers"
     results = README.parent / "benchmarks" / "results"
-    runs = [json.loads((results / f"explainer_quality_{s}.json").read_text()) for s in m.group(1).split()]
-    assert m.group(2).strip() == module.summary(runs).strip(), "rerun: python scripts/explainer_quality.py --summary"
+    runs = [json.loads((results / f"{module.result_name(s, split)}.json").read_text()) for s in m.group(1).split()]
+    assert m.group(2).strip() == module.summary(runs).strip(), f"rerun: python scripts/explainer_quality.py{flag} --summary"
