@@ -87,9 +87,10 @@ demo-bundle: $(STAMP)
 #   breast, pneumonia  --independence 0: they pass without it and keep their quality;
 #   blood              λ = 1 with the first, Pearson measure, seed 1: of four candidates trained for it (λ = 3
 #                      as shipped before, λ = 3 at width 64, λ = 1 seeds 0 and 1) the lowest loss at K = 10 on 64
-#                      validation images (scripts/explainer_quality.py --split val; README);
+#                      validation images (scripts/explainer_quality.py --split val), a choice `replacement_verdict`
+#                      also makes (README);
 #   path               λ = 3 with the first, Pearson measure, under which it already passes; seed 1: of three
-#                      seeds the one that replaced seed 0 by `replacement_verdict` (a loss tie at K = 10 and a
+#                      seeds the one that replaced seed 0 by `replacement_verdict` (loss ties at K = 0 and 10, a
 #                      firmly smaller first guess, on 64 validation images; README);
 #   brain              λ = 3 with the default soft-Spearman measure (under Pearson it failed: ρ 0.35);
 #   lesions            λ = 1 with the soft-Spearman measure (λ = 3 also passed, at 1.9 × the fit's loss at K = 10).
