@@ -1,8 +1,8 @@
 """The classifier-aware explainer against the classifier-blind U-Net and the per-image fit, per data set, in
 one run (issue 12): quality at K refinement steps, the randomization sanity check, and readability.
 
-For each set, the first ``n`` test images (lesions: the demo's generated images, ``DEMO_SEED``), each
-explained for its predicted class by
+For each set, ``n`` test images drawn as ``evaluate`` draws them (``pick_images``, seed :data:`SAMPLE_SEED`;
+lesions: the demo's generated images, ``DEMO_SEED``), each explained for its predicted class by
 
 * ``decoder`` — ``models/<set>/explainer`` (lesions: the shipped demo explainer), K ∈ ``--ks`` logit steps;
 * ``unet`` — ``models/<set>/unet`` (the 0.1 U-Net explainer), K ∈ ``--unet-ks``;
@@ -46,6 +46,7 @@ from medcam_fast.classifiers.bundle import load_classifier
 from medcam_fast.classifiers.frozen import ClassifierBundle
 from medcam_fast.cli.jobs import DEMO_SEED, load_splits
 from medcam_fast.data.lesions import make_lesions
+from medcam_fast.evaluation.harness import pick_images
 from medcam_fast.evaluation.metrics import cascading_randomization, spearman
 from medcam_fast.evaluation.scoring import classifier_strides, readability
 from medcam_fast.explain import Explanation, MedCAM
@@ -55,14 +56,30 @@ from medcam_fast.types import MaskGrid
 
 #: The images a split reads.
 SPLITS = ("test", "val")
+#: Seeds the sample of a split's images (``pick_images``, as ``evaluate --seed``). Results before it read the
+#: first ``n`` images of a split, which are one class of four on brain's test split; they carry no ``sample``.
+SAMPLE_SEED = 0
 
 
 def _images(name: str, n: int, split: str = "test") -> np.ndarray:
-    """The first ``n`` images of the classifier's own ``split`` (``load_splits``), except lesions' test images:
-    the demo's generated ones (``DEMO_SEED``), which this table has always used and no split overlaps."""
+    """``n`` images of the classifier's own ``split`` (``load_splits``), sampled by ``pick_images`` with
+    :data:`SAMPLE_SEED`, except lesions' test images: the demo's generated ones (``DEMO_SEED``), which this
+    table has always used and no split overlaps."""
     if name == "lesions" and split == "test":
         return make_lesions(n, size=64, seed=DEMO_SEED).images
-    return load_splits(name)[split].images[:n]
+    return pick_images(load_splits(name)[split], n, SAMPLE_SEED).images
+
+
+def _sample(name: str, split: str) -> str:
+    """How :func:`_images` draws a set's split, as results record it (``sample``)."""
+    if name == "lesions" and split == "test":
+        return f"make_lesions seed {DEMO_SEED}"
+    return f"pick_images seed {SAMPLE_SEED}"
+
+
+def _drawn(res: dict) -> tuple:
+    """Which images a result read: set, split, number and sample (None: the first ``n``, before the sample)."""
+    return res["set"], res.get("split", "test"), res["n"], res.get("sample")
 
 
 def result_name(name: str, split: str = "test") -> str:
@@ -163,9 +180,8 @@ def replacement_verdict(candidate: dict, shipped: dict) -> dict:
     Raises:
         ValueError: the two results are of different sets, splits or numbers of images.
     """
-    where = lambda r: (r["set"], r.get("split", "test"), r["n"])  # noqa: E731
-    if where(candidate) != where(shipped):
-        raise ValueError(f"results of different images: {where(candidate)} and {where(shipped)}")
+    if _drawn(candidate) != _drawn(shipped):
+        raise ValueError(f"results of different images: {_drawn(candidate)} and {_drawn(shipped)}")
 
     def ratio(k: int, key: str) -> tuple[float, float, float]:
         a, b = (next(r for r in res["rows"] if (r["method"], r["steps"]) == ("decoder", k))["per_image"][key]
@@ -215,14 +231,15 @@ def run(name: str, n: int, n_pixel: int, ks: list[int], unet_ks: list[int], mode
     rand = _randomized(bundle)
     x = _images(name, n, split)
     strides = classifier_strides(bundle.frozen(), torch.from_numpy(bundle.preprocess(x[:1])))
-    out: dict = {"set": name, "split": split, "n": int(len(x)), "n_pixel_fit": min(n_pixel, len(x)), "rows": []}
+    out: dict = {"set": name, "split": split, "n": int(len(x)), "sample": _sample(name, split),
+                 "n_pixel_fit": min(n_pixel, len(x)), "rows": []}
     decoder = explainer if explainer is not None else folder / "explainer"
     main = MedCAM(bundle, decoder)
     assert main.settings is not None
     targets = None
-    if reuse is not None and (reuse["n"], reuse.get("split", "test")) != (len(x), split):
-        raise SystemExit(f"{name}: the reused result has {reuse['n']} {reuse.get('split', 'test')} images, "
-                         f"not {len(x)} {split} images")
+    if reuse is not None and _drawn(reuse) != _drawn(out):
+        raise SystemExit(f"{name}: the reused result read other images ({_drawn(reuse)}), not {_drawn(out)}: "
+                         "rerun without --reuse")
     for label, path, kk in (("decoder", decoder, ks), ("unet", models / name / "unet", unet_ks)):
         if not (path / "explainer.json").exists():
             continue
@@ -325,7 +342,11 @@ def main() -> None:
         (args.out / f"{stem}.json").write_text(json.dumps(res, indent=1))
         (args.out / f"{stem}.md").write_text(markdown(res))
         if args.against is not None:
-            print(f"{name}: {verdict_line(replacement_verdict(res, json.loads(args.against.read_text())))}")
+            try:
+                verdict = replacement_verdict(res, json.loads(args.against.read_text()))
+            except ValueError as e:
+                raise SystemExit(f"{args.against}: {e} (rerun the shipped explainer's result on these images)") from e
+            print(f"{name}: {verdict_line(verdict)}")
 
 
 if __name__ == "__main__":

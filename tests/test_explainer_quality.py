@@ -64,7 +64,7 @@ def _result(loss: np.ndarray, area: np.ndarray, split: str = "val", first_loss: 
     (K = VERDICT_K) rows on ``len(loss)`` images."""
     rows = [{"method": "decoder", "steps": k, "per_image": {"loss": lk.tolist(), "area": area.tolist()}}
             for k, lk in ((0, loss if first_loss is None else first_loss), (eq.VERDICT_K, loss))]
-    return {"set": "path", "split": split, "n": len(loss), "rows": rows}
+    return {"set": "path", "split": split, "n": len(loss), "sample": "pick_images seed 0", "rows": rows}
 
 
 _RNG = np.random.default_rng(4)
@@ -104,3 +104,23 @@ def test_a_loss_tie_is_decided_by_a_firmly_smaller_first_guess():
 def test_results_on_other_images_cannot_be_compared():
     with pytest.raises(ValueError, match="different images"):
         eq.replacement_verdict(_result(_LOSS, _AREA, "test"), _result(_LOSS, _AREA, "val"))
+
+
+def test_results_of_another_draw_of_images_cannot_be_compared():
+    """Results from before the sample (the first n images of a split) carry no ``sample`` and are refused."""
+    old = _result(_LOSS, _AREA)
+    del old["sample"]
+    with pytest.raises(ValueError, match="different images"):
+        eq.replacement_verdict(_result(_LOSS, _AREA), old)
+
+
+def test_the_images_are_a_sample_of_every_class_not_the_first_of_a_class_sorted_split():
+    """Brain's test split is sorted by class: its first 32 images were all one class of four."""
+    from medcam_fast.data.images import ImageSet
+    from medcam_fast.evaluation.harness import pick_images
+
+    labels = np.repeat(np.arange(4), 60)
+    split = ImageSet(images=np.zeros((240, 2, 2), np.uint8), labels=labels, classes=list("abcd"), name="sorted")
+    picked = pick_images(split, 32, eq.SAMPLE_SEED)
+    assert set(picked.labels.tolist()) == {0, 1, 2, 3} and len(picked.labels) == 32
+    assert set(labels[:32].tolist()) == {0}

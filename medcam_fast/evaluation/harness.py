@@ -97,7 +97,7 @@ from .scoring import (
 
 __all__ = [
     "MEDCAM_METHODS", "EXPLAINER_METHODS", "ALL_METHODS", "RANDOM", "EvalConfig", "Maps", "Grid",
-    "DatasetEvaluation", "Evaluation", "evaluate_dataset", "evaluate_suite", "headline_columns",
+    "DatasetEvaluation", "Evaluation", "evaluate_dataset", "evaluate_suite", "headline_columns", "pick_images",
 ]
 
 
@@ -552,7 +552,16 @@ def _grid_rows(labels: np.ndarray, per_class: int) -> list[int]:
     return [int(i) for c in np.unique(labels) for i in np.flatnonzero(labels == c)[:per_class]]
 
 
-def _pick(images: ImageSet, n: int, seed: int) -> ImageSet:
+def pick_images(images: ImageSet, n: int, seed: int) -> ImageSet:
+    """The ``n`` images a measurement reads from a split: a seeded uniform sample without replacement, in the
+    split's order (every image when ``n`` covers the split). Not the first ``n``: splits can be sorted by class
+    (brain's first 32 test images are one class of four), and a measurement on one class is not one on the set.
+
+    Args:
+        images: the split.
+        n: how many images.
+        seed: seeds the sample (``evaluate``'s ``--seed``; 0 by default, as in every committed table).
+    """
     if n >= len(images.labels):
         return images
     idx = np.sort(np.random.default_rng(seed).choice(len(images.labels), size=n, replace=False))
@@ -643,7 +652,7 @@ def evaluate_dataset(
     if explainer is None and any(m in EXPLAINER_METHODS for m in cfg.methods):
         raise UsageError(_NEEDS_EXPLAINER)
     device = torch.device(cfg.device)
-    sel = _pick(images, cfg.n, cfg.seed)
+    sel = pick_images(images, cfg.n, cfg.seed)
     pre = classifier.preprocess
     clf = classifier.frozen().to(device)
     x = torch.from_numpy(pre(sel.images)).to(device)

@@ -71,10 +71,10 @@ def test_every_method_is_scored_with_the_same_metrics(report):
 
 def test_localization_is_scored_only_where_the_mask_is_the_evidence_for_the_explained_class(report, lesion_bundle,
                                                                                            lesions):
-    from medcam_fast.evaluation.harness import _pick
+    from medcam_fast.evaluation.harness import pick_images
 
     ds = report[1]["datasets"]["lesions"]
-    sel = _pick(lesions, CFG.n, CFG.seed)
+    sel = pick_images(lesions, CFG.n, CFG.seed)
     assert sel.evidence_class == 1
     with torch.no_grad():
         pred = lesion_bundle.frozen().logits(torch.from_numpy(lesion_bundle.preprocess(sel.images))).argmax(1)
@@ -272,7 +272,7 @@ def test_every_map_is_scored_under_every_fill_and_the_headline_leaves_out_the_ho
 
 
 def test_controls_random_map_fill_alone_and_a_blob_of_each_masks_area(report, lesion_bundle, lesions):
-    from medcam_fast.evaluation.harness import _pick
+    from medcam_fast.evaluation.harness import pick_images
     from medcam_fast.method.masking import make_baseline
 
     ds = report[1]["datasets"]["lesions"]
@@ -281,7 +281,7 @@ def test_controls_random_map_fill_alone_and_a_blob_of_each_masks_area(report, le
     assert rnd["label"] == "random map (control)" and "sanity" not in rnd
     assert set(rnd["fills"]) == set(ds["fills"]) and rnd["trained_fill"] is None  # scored like a method
     assert len(rnd["per_image"]["fills"]["mean"]["faithfulness_correlation"]) == CFG.n
-    x = torch.from_numpy(lesion_bundle.preprocess(_pick(lesions, CFG.n, CFG.seed).images))
+    x = torch.from_numpy(lesion_bundle.preprocess(pick_images(lesions, CFG.n, CFG.seed).images))
     clf = lesion_bundle.frozen()
     with torch.no_grad():
         target = clf.logits(x).argmax(1)
@@ -302,13 +302,13 @@ def test_controls_random_map_fill_alone_and_a_blob_of_each_masks_area(report, le
 
 
 def test_at_the_own_area_every_other_map_keeps_exactly_the_masks_pixel_count(report, lesion_bundle, lesions):
-    from medcam_fast.evaluation.harness import _pick
+    from medcam_fast.evaluation.harness import pick_images
     from medcam_fast.evaluation.metrics import binary_evidence, top_count_mask
     from medcam_fast.method.masking import make_baseline
 
     out, res = report[0], report[1]
     table = res["datasets"]["lesions"]["controls"]["own_area"]["refined"]
-    x = torch.from_numpy(lesion_bundle.preprocess(_pick(lesions, CFG.n, CFG.seed).images))
+    x = torch.from_numpy(lesion_bundle.preprocess(pick_images(lesions, CFG.n, CFG.seed).images))
     clf = lesion_bundle.frozen()
     with torch.no_grad():
         target = clf.logits(x).argmax(1)
@@ -417,14 +417,14 @@ def test_with_the_peers_every_fill_runs_and_road_covers_every_image(report):
 
 def test_medcam_fast_maps_are_the_mask_logits_a_user_gets_from_medcam(lesion_bundle, lesion_bundle_dir, explainer_dir,
                                                                      lesions, tmp_path):
-    from medcam_fast.evaluation.harness import _pick
+    from medcam_fast.evaluation.harness import pick_images
     from medcam_fast.explain import MedCAM
     from medcam_fast.method.fit import FitConfig
     from medcam_fast.method.refine import RefineConfig
 
     cfg = CFG.with_(methods=("first-guess", "refined", "fit"), sanity_n=0, road_n=0, n=4)
     evaluate_suite([("lesions", lesion_bundle_dir, explainer_dir, lesions)], cfg, tmp_path)
-    x = torch.from_numpy(lesion_bundle.preprocess(_pick(lesions, cfg.n, cfg.seed).images))
+    x = torch.from_numpy(lesion_bundle.preprocess(pick_images(lesions, cfg.n, cfg.seed).images))
     user = MedCAM(lesion_bundle_dir, explainer_dir, refine_config=RefineConfig(steps=cfg.refine_steps, seed=cfg.seed))
     first, refined = user(x, refine_steps=0), user(x)
     fit = MedCAM(lesion_bundle_dir, fit_config=FitConfig(steps=cfg.fit_steps, seed=cfg.seed, weights=user.settings.weights,
