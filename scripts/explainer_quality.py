@@ -61,20 +61,14 @@ SPLITS = ("test", "val")
 SAMPLE_SEED = 0
 
 
-def _images(name: str, n: int, split: str = "test") -> np.ndarray:
+def _images(name: str, n: int, split: str = "test") -> tuple[np.ndarray, str]:
     """``n`` images of the classifier's own ``split`` (``load_splits``), sampled by ``pick_images`` with
     :data:`SAMPLE_SEED`, except lesions' test images: the demo's generated ones (``DEMO_SEED``), which this
-    table has always used and no split overlaps."""
+    table has always used and no split overlaps. Returns the images and how they were drawn (results record it
+    as ``sample``)."""
     if name == "lesions" and split == "test":
-        return make_lesions(n, size=64, seed=DEMO_SEED).images
-    return pick_images(load_splits(name)[split], n, SAMPLE_SEED).images
-
-
-def _sample(name: str, split: str) -> str:
-    """How :func:`_images` draws a set's split, as results record it (``sample``)."""
-    if name == "lesions" and split == "test":
-        return f"make_lesions seed {DEMO_SEED}"
-    return f"pick_images seed {SAMPLE_SEED}"
+        return make_lesions(n, size=64, seed=DEMO_SEED).images, f"make_lesions seed {DEMO_SEED}"
+    return pick_images(load_splits(name)[split], n, SAMPLE_SEED).images, f"pick_images seed {SAMPLE_SEED}"
 
 
 def _drawn(res: dict) -> tuple:
@@ -229,9 +223,9 @@ def run(name: str, n: int, n_pixel: int, ks: list[int], unet_ks: list[int], mode
     folder = DEMO_DIR if name == "lesions" else models / name
     bundle = load_classifier(folder / "classifier")
     rand = _randomized(bundle)
-    x = _images(name, n, split)
+    x, sample = _images(name, n, split)
     strides = classifier_strides(bundle.frozen(), torch.from_numpy(bundle.preprocess(x[:1])))
-    out: dict = {"set": name, "split": split, "n": int(len(x)), "sample": _sample(name, split),
+    out: dict = {"set": name, "split": split, "n": int(len(x)), "sample": sample,
                  "n_pixel_fit": min(n_pixel, len(x)), "rows": []}
     decoder = explainer if explainer is not None else folder / "explainer"
     main = MedCAM(bundle, decoder)

@@ -53,7 +53,7 @@ def test_a_table_cell_gives_the_interval_only_where_both_rows_kept_their_images(
 
 def test_validation_images_are_other_images_than_the_test_images_and_get_their_own_file():
     """A candidate explainer is judged on validation images before it replaces a shipped one."""
-    val, test = eq._images("lesions", 4, "val"), eq._images("lesions", 4, "test")
+    (val, _), (test, _) = eq._images("lesions", 4, "val"), eq._images("lesions", 4, "test")
     assert val.shape == test.shape and not np.array_equal(val, test)
     assert eq.result_name("blood") == "explainer_quality_blood"
     assert eq.result_name("blood", "val") == "explainer_quality_blood_val"
