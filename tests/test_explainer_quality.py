@@ -59,11 +59,14 @@ def test_validation_images_are_other_images_than_the_test_images_and_get_their_o
     assert eq.result_name("blood", "val") == "explainer_quality_blood_val"
 
 
-def _result(loss: np.ndarray, area: np.ndarray, split: str = "val", first_loss: np.ndarray | None = None) -> dict:
-    """A result with the decoder's first guess (K = 0; its loss ``first_loss``, else ``loss``) and refined
-    (K = VERDICT_K) rows on ``len(loss)`` images."""
-    rows = [{"method": "decoder", "steps": k, "per_image": {"loss": lk.tolist(), "area": area.tolist()}}
-            for k, lk in ((0, loss if first_loss is None else first_loss), (eq.VERDICT_K, loss))]
+def _result(loss: np.ndarray, area: np.ndarray, split: str = "val", first_loss: np.ndarray | None = None,
+            few_loss: np.ndarray | None = None) -> dict:
+    """A result with the decoder's first guess (K = 0; its loss ``first_loss``, else ``loss``), a few steps
+    (K = FEW_STEPS; ``few_loss``, else ``loss``) and refined (K = VERDICT_K) rows on ``len(loss)`` images."""
+    given = {0: first_loss, eq.FEW_STEPS: few_loss}
+    rows = [{"method": "decoder", "steps": k,
+             "per_image": {"loss": (loss if given.get(k) is None else given[k]).tolist(), "area": area.tolist()}}
+            for k in eq.VERDICT_KS]
     return {"set": "path", "split": split, "n": len(loss), "sample": "pick_images seed 0", "rows": rows}
 
 
@@ -99,6 +102,18 @@ def test_a_loss_tie_is_decided_by_a_firmly_smaller_first_guess():
     same = eq.replacement_verdict(_result(tied, _RNG.permutation(_AREA)), _result(_LOSS, _AREA))
     assert not same["replace"] and "no firmly smaller" in same["reason"]
     assert eq.verdict_line(same).startswith("keep the shipped explainer: loss ties")
+
+
+def test_the_few_steps_loss_alone_can_refuse_or_decide_a_replacement():
+    """K = 3 is read as K = 0 and 10 are: firmly worse there refuses, firmly better there replaces."""
+    assert eq.VERDICT_KS == (0, 3, 10)
+    tied = _RNG.permutation(_LOSS)
+    worse = eq.replacement_verdict(_result(tied, _AREA * 0.7, first_loss=tied, few_loss=_LOSS * 1.1),
+                                   _result(_LOSS, _AREA))
+    assert not worse["replace"] and worse["reason"] == "firmly higher loss at K = 3"
+    better = eq.replacement_verdict(_result(tied, _AREA, first_loss=tied, few_loss=_LOSS * 0.9), _result(_LOSS, _AREA))
+    assert better["replace"] and better["reason"] == "firmly lower loss at K = 3, firmly higher nowhere"
+    assert "loss ties at K = 0, 3 and 10" in eq.replacement_verdict(_result(tied, _AREA), _result(_LOSS, _AREA))["reason"]
 
 
 def test_results_on_other_images_cannot_be_compared():
