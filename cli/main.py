@@ -27,7 +27,7 @@ from medcam_fast.cli.dataopts import (
 from medcam_fast.cli.option_errors import OneLineErrorsGroup
 from medcam_fast.data.geometry import DEFAULT_OUTPUT_GRID, OutputGrid
 from medcam_fast.errors import EXIT_CODES, MedCamError
-from medcam_fast.types import Architecture, Correlation, Engine, InnerMode, RefineMode
+from medcam_fast.types import Architecture, Correlation, Engine, InnerMode, LRSchedule, RefineMode
 
 _EXIT_HELP = "Exit codes: " + "; ".join(f"{k} {v}" for k, v in EXIT_CODES.items()) + "."
 
@@ -278,6 +278,9 @@ def meta_train_cmd(
     inner_lr: float | None = typer.Option(None, help="Inner step size (default: 0.1 weights, 1.0 logits)."),
     outer_lr: float | None = typer.Option(None, help="Outer (Adam) learning rate: of the recipe's MAML phase "
                                           "(default: 0.001), or of --one-phase (default: 0.002)."),
+    lr_schedule: LRSchedule | None = typer.Option(None, help="How the outer learning rate moves over each run "
+                                                  "(each phase of the recipe): constant, or cosine (annealed to "
+                                                  "zero by the end of its time or steps) (default: constant)."),
     width: int | None = typer.Option(None, min=2, help="Network width (default: 32 decoder, 16 U-Net)."),
     checkpoint_every: int | None = typer.Option(None, min=1, help="Outer steps between checkpoints (default: 25)."),
     seed: int | None = typer.Option(None, help="Random seed (default: 0)."),
@@ -337,7 +340,8 @@ def meta_train_cmd(
         cfg = MetaConfig(**_given(architecture=architecture, inner_steps=inner_steps, inner_mode=inner_mode,
                                   first_order=first_order, meta_sgd=meta_sgd, meta_batch=meta_batch,
                                   inner_lr=inner_lr, width=width, seed=seed, checkpoint_every=checkpoint_every,
-                                  independence=independence, independence_measure=independence_measure))
+                                  independence=independence, independence_measure=independence_measure,
+                                  lr_schedule=lr_schedule))
         meta_train_recipe(classifier, data, out, cfg, recipe, work=work, comparison=comparison,
                           comparison_out=comparison_out, resume=resume, overwrite=overwrite, data_dir=data_dir,
                           init=init, console=console, workers=workers, labels=table)
@@ -349,7 +353,8 @@ def meta_train_cmd(
     cfg = MetaConfig(**_given(architecture=architecture, inner_steps=inner_steps, inner_mode=inner_mode, first_order=first_order,
                               meta_sgd=meta_sgd, outer_steps=outer_steps, meta_batch=meta_batch, inner_lr=inner_lr,
                               outer_lr=outer_lr, width=width, seed=seed, checkpoint_every=checkpoint_every,
-                              independence=independence, independence_measure=independence_measure))
+                              independence=independence, independence_measure=independence_measure,
+                              lr_schedule=lr_schedule))
     meta_train_bundle(classifier, data, out, cfg, resume=resume, overwrite=overwrite, data_dir=data_dir,
                       console=console, time_budget=None if minutes is None else minutes * 60, init=init,
                       workers=workers, labels=table)

@@ -67,6 +67,19 @@ class InnerMode(_Choice):
     LOGITS = "logits"
 
 
+class LRSchedule(_Choice):
+    """How meta-training's outer learning rate moves over a run (:mod:`medcam_fast.explainer.meta`).
+
+    * ``CONSTANT`` — ``η₀`` throughout: the first explainers' schedule (a training record without the field);
+    * ``COSINE`` — cosine annealing to zero over the run, ``η(p) = η₀ · ½ (1 + cos π p)`` with ``p`` the share
+      of the run done (Loshchilov & Hutter, SGDR, 2017, without restarts): the last iterate, the one shipped,
+      is not a point of a noisy walk at the full step.
+    """
+
+    CONSTANT = "constant"
+    COSINE = "cosine"
+
+
 class Correlation(_Choice):
     """How the decoder's independence term correlates two first guesses (:mod:`medcam_fast.explainer.meta`).
 

@@ -69,10 +69,10 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -101,14 +101,14 @@ from ..method.losses import TERMS, LossWeights
 from ..method.masking import THRESHOLD
 from ..method.objective import Objective
 from ..method.unet import UNetConfig, auto_downsample
-from ..types import Architecture, BaselineKind, Correlation, InnerMode, choice
+from ..types import Architecture, BaselineKind, Correlation, InnerMode, LRSchedule, choice
 from .bundle import ExplainerBundle, NetConfig, build_net, save_explainer
 
 if TYPE_CHECKING:
     from .distributed import World
 
-__all__ = ["MetaConfig", "meta_train", "independence_loss", "soft_clip", "soft_rank", "RANDOM_CLASSIFIER_EVERY",
-           "SOFT_RANK_TEMPERATURE"]
+__all__ = ["MetaConfig", "meta_train", "independence_loss", "soft_clip", "soft_rank", "outer_learning_rate",
+           "RANDOM_CLASSIFIER_EVERY", "SOFT_RANK_TEMPERATURE"]
 
 #: Outer steps between two draws of the randomized classifier of the independence term.
 RANDOM_CLASSIFIER_EVERY = 10
@@ -132,7 +132,9 @@ class MetaConfig(Config):
         first_order: first-order MAML (no gradients through the inner gradients).
         meta_sgd: learn one inner step size per parameter tensor (Meta-SGD).
         outer_steps: meta-updates.
-        outer_lr: Adam learning rate of the outer loop.
+        outer_lr: Adam learning rate of the outer loop, ``η₀``.
+        lr_schedule: how it moves over the run (:func:`outer_learning_rate`): constant, or cosine-annealed to
+            zero by the end of ``outer_steps`` or of the time budget, whichever comes first.
         meta_batch: images (tasks) per meta-update.
         zero_step_weight: λ₀, weight of the loss of the un-adapted U-Net in the outer objective.
         other_class_prob: probability of training on a class other than the predicted one.
@@ -156,6 +158,7 @@ class MetaConfig(Config):
     meta_sgd: bool = False
     outer_steps: int = 400
     outer_lr: float = 2e-3
+    lr_schedule: LRSchedule = LRSchedule.CONSTANT
     meta_batch: int = 8
     zero_step_weight: float = 0.5
     other_class_prob: float = 0.2
@@ -170,6 +173,7 @@ class MetaConfig(Config):
     independence_measure: Correlation = Correlation.SPEARMAN
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "lr_schedule", choice(LRSchedule, self.lr_schedule, "learning-rate schedule"))
         object.__setattr__(self, "independence_measure",
                            choice(Correlation, self.independence_measure, "independence measure"))
         mode = choice(InnerMode, self.inner_mode, "inner mode")
@@ -200,6 +204,30 @@ class MetaConfig(Config):
     def resolved(self) -> MetaConfig:
         """The same settings with ``inner_lr`` and ``width`` filled in (what the run actually uses)."""
         return replace(self, inner_lr=self.step_size, width=self.net_width)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> MetaConfig:
+        """Inverse of :meth:`to_dict`; a record written before ``lr_schedule`` existed trained at a constant
+        rate, whatever the default is now."""
+        return super().from_dict({"lr_schedule": LRSchedule.CONSTANT.value, **d})
+
+
+def outer_learning_rate(base: float, progress: float, schedule: LRSchedule) -> float:
+    """The outer learning rate after a share ``progress`` of the run (clipped to [0, 1]):
+
+        constant:  η(p) = η₀
+        cosine:    η(p) = η₀ · ½ (1 + cos π p)      (Loshchilov & Hutter 2017, one cycle, no restart)
+
+    Args:
+        base: ``η₀``, the configured ``outer_lr``.
+        progress: ``p``, the share of the run done before the step: the larger of ``step / outer_steps`` and
+            ``seconds / time_budget``, since either may end the run.
+        schedule: which of the two.
+    """
+    if schedule is LRSchedule.CONSTANT:
+        return base
+    p = min(max(progress, 0.0), 1.0)
+    return base * 0.5 * (1.0 + math.cos(math.pi * p))
 
 
 def _sample(n_images: int, step: int, cfg: MetaConfig) -> np.ndarray:
@@ -415,8 +443,12 @@ def meta_train(
     done_here = 0
     out_of_time = False
     random_clf: FrozenClassifier | None = None
+    clock = seconds  # the run's time as every process agrees on it (the ranks' mean, logged) for the schedule
     while step < cfg.outer_steps:
         t0 = time.perf_counter()
+        progress = max(step / cfg.outer_steps, clock / time_budget if time_budget else 0.0)
+        for group in opt.param_groups:
+            group["lr"] = outer_learning_rate(cfg.outer_lr, progress, cfg.lr_schedule)
         idx = torch.from_numpy(_sample(len(x_all), step, cfg))
         target = _targets(pred_all[idx], k, step, cfg)
         gen = _draws(cfg, step, len(idx))
@@ -429,7 +461,7 @@ def meta_train(
         # θ is shared at zero steps: one batched call (GroupNorm and FiLM act per image).
         u0 = first_guess(net, obj, theta)
         zero_total, zero_terms = obj.loss_of_logits(u0, generator=gen)
-        log = {"zero": float(zero_total.detach().mean())}
+        log = {"zero": float(zero_total.detach().mean()), "lr": float(opt.param_groups[0]["lr"])}
         if cfg.inner_steps > 0 and cfg.inner_mode is InnerMode.LOGITS:
             u_k = adapt_logits(obj, u0, cfg.inner_steps, cfg.step_size, HARD_AFTER, gen)
             shifted = u0 + (u_k - u0.detach())
@@ -468,6 +500,7 @@ def meta_train(
         log["seconds"] = seconds
         if world is not None:
             log = world.mean_log(log)
+        clock = log["seconds"]
         history.append(log)
         if callback is not None:
             callback(step, log)

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
 
 from medcam_fast.data.lesions import make_lesions
 from medcam_fast.explainer.bundle import load_explainer
-from medcam_fast.explainer.meta import MetaConfig, meta_train
+from medcam_fast.explainer.meta import MetaConfig, meta_train, outer_learning_rate
 from medcam_fast.method.inner import STEP_SIZES, adapt, task_losses
 from medcam_fast.method.losses import LossWeights
 from medcam_fast.method.objective import Objective
 from medcam_fast.method.refine import RefineConfig, refine
-from medcam_fast.types import BaselineKind, InnerMode
+from medcam_fast.types import BaselineKind, InnerMode, LRSchedule
 
 # The U-Net with the weights loop (MAML proper); the decoder's logits loop is tested on its own below.
 FAST = MetaConfig(architecture="unet", inner_mode="weights", first_order=False, inner_steps=2, outer_steps=4,
@@ -61,15 +63,40 @@ def test_inner_loop_lowers_each_images_loss(lesion_bundle, images):
     assert after.mean() < before.mean() and (after < before).sum() >= 3
 
 
-def test_resume_repeats_an_uninterrupted_run_exactly(lesion_bundle, images, tmp_path):
-    full = meta_train(lesion_bundle, images, FAST, out_dir=tmp_path / "a")
-    part = meta_train(lesion_bundle, images, FAST, out_dir=tmp_path / "b", stop_after=2)
+@pytest.mark.parametrize("schedule", list(LRSchedule))
+def test_resume_repeats_an_uninterrupted_run_exactly(lesion_bundle, images, tmp_path, schedule):
+    cfg = FAST.with_(lr_schedule=schedule)
+    full = meta_train(lesion_bundle, images, cfg, out_dir=tmp_path / "a")
+    part = meta_train(lesion_bundle, images, cfg, out_dir=tmp_path / "b", stop_after=2)
     assert part.training["steps_done"] == 2 and not (tmp_path / "b" / "explainer.json").exists()
-    resumed = meta_train(lesion_bundle, images, FAST, out_dir=tmp_path / "b", resume=True)
+    resumed = meta_train(lesion_bundle, images, cfg, out_dir=tmp_path / "b", resume=True)
     a, b = _theta(full), _theta(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a)
     loaded = load_explainer(tmp_path / "b")
     assert all(torch.equal(loaded.net.state_dict()[k], b[k]) for k in a)
+
+
+def test_the_cosine_schedule_anneals_the_outer_rate_from_its_base_towards_zero_step_by_step(lesion_bundle, images):
+    rates: list[float] = []
+    meta_train(lesion_bundle, images, FAST.with_(lr_schedule="cosine", outer_lr=0.01),
+               callback=lambda step, log: rates.append(log["lr"]))
+    assert rates == pytest.approx([0.01 * 0.5 * (1 + math.cos(math.pi * s / 4)) for s in range(4)])
+    constant: list[float] = []
+    meta_train(lesion_bundle, images, FAST.with_(outer_lr=0.01), callback=lambda step, log: constant.append(log["lr"]))
+    assert constant == [0.01] * 4
+
+
+def test_the_outer_learning_rate_is_the_base_halved_at_mid_run_and_zero_at_the_end():
+    assert [outer_learning_rate(2.0, p, LRSchedule.COSINE) for p in (-1.0, 0.0, 0.5, 1.0, 3.0)] == pytest.approx(
+        [2.0, 2.0, 1.0, 0.0, 0.0])
+    assert {outer_learning_rate(2.0, p, LRSchedule.CONSTANT) for p in (0.0, 0.5, 1.0)} == {2.0}
+
+
+def test_a_training_record_without_a_schedule_trained_at_a_constant_rate():
+    d = MetaConfig(lr_schedule="cosine").to_dict()
+    assert MetaConfig.from_dict(d).lr_schedule is LRSchedule.COSINE
+    del d["lr_schedule"]
+    assert MetaConfig.from_dict(d).lr_schedule is LRSchedule.CONSTANT
 
 
 def test_meta_sgd_and_amortized_variants_run(lesion_bundle, images, tmp_path):
