@@ -198,6 +198,9 @@ def explain_cmd(
     mode: RefineMode | None = typer.Option(None, help="How masks are made (default: logits with an explainer, "
                                            "full without)."),
     steps: int | None = typer.Option(None, min=0, help="Refinement steps per image (default: 10; full mode 300)."),
+    smooth: float | None = typer.Option(None, min=0.0, help="σ in mask-grid cells: refinement's and the fit's steps "
+                                        "change the mask by Gaussian blobs, fewer pieces at some loss "
+                                        "(default: 0, off; not with --mode weights)."),
     allow_mismatch: bool = typer.Option(False, help="Use an explainer trained for another classifier."),
     allow_import: bool = typer.Option(False, help="Let a bundle made by import-classifier --import run its factory."),
     allow_unsealed: bool = typer.Option(False, help="Accept bundles without a content hash (made by 0.1.0; "
@@ -243,7 +246,7 @@ def explain_cmd(
     code = explain_inputs(
         inputs, classifier=classifier, explainer=explainer, mode=mode, allow_mismatch=allow_mismatch,
         allow_import=allow_import, allow_unsealed=allow_unsealed, device=device, out=out,
-        steps=0 if not refine else steps, target=target, batch_size=batch_size,
+        steps=0 if not refine else steps, smooth=smooth, target=target, batch_size=batch_size,
         formats=fmt, split=split, index=index, overwrite=overwrite, resume=resume, fail_fast=fail_fast,
         max_pixels=max_pixels, threads=threads,
         console=console, err_console=err_console, engine=engine, address=address, workers=workers,

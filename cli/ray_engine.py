@@ -58,6 +58,7 @@ class WorkerSpec:
         cwd: the driver's working folder (relative paths in the listing are relative to it).
         write: the local engine's writer of a batch (``jobs._write_images``): its files, atomically, and records.
         warnings: the local engine's warning for an image's pixels (``jobs._bit_depth_warning``), or None.
+        smooth: as ``explain_inputs``.
     """
 
     classifier: str
@@ -77,6 +78,7 @@ class WorkerSpec:
     cwd: str
     write: Callable[..., tuple[dict[str, dict[str, Path]], dict[str, dict[str, Any]]]]
     warnings: Callable[[str, np.ndarray], str | None]
+    smooth: float | None = None
 
 
 class _ExplainActor:
@@ -99,7 +101,7 @@ class _ExplainActor:
         self.spec = spec
         self.bundle = load_classifier(spec.classifier, allow_import=spec.allow_import,
                                       allow_unsealed=spec.allow_unsealed)
-        self.medcam = MedCAM(self.bundle, spec.explainer, mode=spec.mode, refine_steps=spec.steps,
+        self.medcam = MedCAM(self.bundle, spec.explainer, mode=spec.mode, refine_steps=spec.steps, smooth=spec.smooth,
                              allow_mismatch=spec.allow_mismatch, allow_unsealed=spec.allow_unsealed,
                              device=spec.device, threads=spec.threads)
 

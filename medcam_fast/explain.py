@@ -164,6 +164,9 @@ class MedCAM:
             default ``logits`` with an explainer, else ``full``.
         refine_steps: optimization steps per image; default ``refine_config.steps`` with an explainer, else
             ``fit_config.steps``.
+        smooth: σ in grid cells for refinement and the fit alike (``RefineConfig.smooth``, ``FitConfig.smooth``):
+            their steps shape the mask by Gaussian blobs; default: the configurations' own (0, off). The first
+            guess is not smoothed.
         refine_config: refinement settings (step size, start clip, hard phase, seed); default
             :class:`~medcam_fast.method.refine.RefineConfig` ``()``.
         fit_config: settings of the per-image fit (``full`` mode); default
@@ -201,6 +204,7 @@ class MedCAM:
         *,
         mode: RefineMode | str | None = None,
         refine_steps: int | None = None,
+        smooth: float | None = None,
         refine_config: RefineConfig | None = None,
         fit_config: FitConfig | None = None,
         preprocess: Preprocess | None = None,
@@ -276,6 +280,11 @@ class MedCAM:
             self._check_steps(refine_steps)
             self.refine_config = self.refine_config.with_(steps=refine_steps)
             self.fit_config = self.fit_config.with_(steps=refine_steps)
+        if smooth is not None:
+            if self.mode is RefineMode.WEIGHTS and smooth:
+                raise UsageError("smoothing shapes the logits loop's and the fit's steps: weights refinement has none")
+            self.refine_config = self.refine_config.with_(smooth=smooth)
+            self.fit_config = self.fit_config.with_(smooth=smooth)
 
     def _check_taps(self, decoder: DecoderConfig) -> None:
         """The decoder reads this classifier's layers: one forward pass of a blank image must give each of its
@@ -444,6 +453,9 @@ class MedCAM:
             facts["explainer_provider"] = self.onnx.provider
         if self.explainer is not None:
             facts["explainer_sha256"] = self.explainer.sha256
+        smooth = self.fit_config.smooth if self.mode is RefineMode.FULL else self.refine_config.smooth
+        if smooth:
+            facts["smooth"] = smooth
         if self.warnings:
             facts["warnings"] = list(self.warnings)
         return facts

@@ -31,7 +31,7 @@ from .._config import Config
 from ..types import BaselineKind, Classifier, MaskGrid, choice
 from .inner import HARD_AFTER
 from .losses import TERMS, LossWeights, Reference
-from .masking import coarse_grid
+from .masking import coarse_grid, smooth_logits
 from .objective import Objective
 from .result import MaskResult
 from .unet import UNet, UNetConfig
@@ -54,6 +54,9 @@ class FitConfig(Config):
         weights: composite-loss weights.
         seed: seeds the U-Net initialization and the perturbation draws.
         grid: ``coarse`` (cell-averaged, upsampled: regions) or ``pixel`` (the paper's parameterization).
+        smooth: ``σ`` in cells of the grid: the mask logits are ``G_σ ∗ u``
+            (:func:`~medcam_fast.method.masking.smooth_logits`), so the fit, like refinement with the same
+            ``smooth``, can only shape the mask by blobs; 0: not smoothed.
     """
 
     steps: int = 300
@@ -66,8 +69,11 @@ class FitConfig(Config):
     weights: LossWeights = field(default_factory=LossWeights)
     seed: int = 0
     grid: MaskGrid = MaskGrid.COARSE
+    smooth: float = 0.0
 
     def __post_init__(self) -> None:
+        if not self.smooth >= 0:
+            raise ValueError(f"the smoothing σ must be ≥ 0, got {self.smooth!r}")
         object.__setattr__(self, "baseline", choice(BaselineKind, self.baseline, "baseline"))
         object.__setattr__(self, "grid", choice(MaskGrid, self.grid, "mask grid"))
 
@@ -140,7 +146,7 @@ def fit_objective(
 
     def forward(x: Tensor, target: Tensor) -> Tensor:
         u = ensemble(x, target)
-        return F.adaptive_avg_pool2d(u, cells) if config.grid is MaskGrid.COARSE else u
+        return smooth_logits(F.adaptive_avg_pool2d(u, cells) if config.grid is MaskGrid.COARSE else u, config.smooth)
 
     opt = torch.optim.Adam(ensemble.parameters(), lr=config.lr)
     gen = objective.generators(config.seed)  # per image: a fit does not depend on its batch neighbours

@@ -11,7 +11,10 @@ Two loops, each over an :class:`~.objective.Objective` (one batch, every image i
 
       u⁰ = clip(u_first, ±c),   uᵏ⁺¹ = Adam(uᵏ, ∇_u Σ_i L_i(σ(uᵏ/τ)))
 
-  from step ``⌊hard_after·K⌋`` on, the loss is taken on the straight-through binary mask.
+  from step ``⌊hard_after·K⌋`` on, the loss is taken on the straight-through binary mask. With smoothing
+  ``σ > 0`` the steps are taken on a change ``δ`` that reaches the logits blurred (``smooth_logits``):
+
+      u = clip(u_first, ±c) + G_σ ∗ δ,   δ⁰ = 0,   δᵏ⁺¹ = Adam(δᵏ, ∇_δ Σ_i L_i(σ(u/τ)))
 
 The defaults of both loops are owned here (:data:`STEP_SIZES`, :data:`START_CLIP`, :data:`HARD_AFTER`);
 the configuration dataclasses of meta-training, refinement and the per-image fit refer to them.
@@ -29,7 +32,7 @@ from torch import Tensor
 from torch.func import functional_call, grad
 
 from ..types import InnerMode, RefineMode, choice
-from .masking import RandomSource
+from .masking import RandomSource, smooth_logits
 from .objective import Objective
 from .unet import UNet
 
@@ -173,6 +176,7 @@ def adapt_logits(
     hard_after: float = HARD_AFTER,
     generator: RandomSource = None,
     clip: float | None = START_CLIP,
+    smooth: float = 0.0,
 ) -> Tensor:
     """The logits loop (also refinement's ``logits`` mode): ``K`` Adam steps on the mask logits.
 
@@ -187,19 +191,26 @@ def adapt_logits(
         hard_after: fraction of the steps after which the binary mask is optimized.
         generator: random source of the robustness perturbations.
         clip: ``c`` (see :data:`START_CLIP`); None starts from ``u0`` itself.
+        smooth: ``σ`` in grid cells: the steps change the logits by blobs (``G_σ ∗ δ``); 0: cell by cell.
     """
     if steps <= 0:
         return u0.detach().clone()
     u = u0.detach().clone()
     if clip is not None:
         u = u.clamp(-clip, clip)
-    u.requires_grad_(True)
-    opt = torch.optim.Adam([u], lr=lr)
+    if smooth > 0:
+        start, delta = u, torch.zeros_like(u, requires_grad=True)
+        param, current = delta, lambda: start + smooth_logits(delta, smooth)
+    else:  # u itself (the same steps as a zero δ would take, without re-adding the start each step)
+        u.requires_grad_(True)
+        param, current = u, lambda: u
+    opt = torch.optim.Adam([param], lr=lr)
     hard_from = int(hard_after * steps)
     with torch.enable_grad():
         for k in range(steps):
-            total, _ = objective.loss_of_logits(u, hard=k >= hard_from, generator=generator)
+            total, _ = objective.loss_of_logits(current(), hard=k >= hard_from, generator=generator)
             opt.zero_grad(set_to_none=True)
             total.sum().backward()
             opt.step()
-    return u.detach()
+    with torch.no_grad():
+        return current().detach()

@@ -24,6 +24,7 @@ __all__ = [
     "GRID_CELL",
     "coarse_grid",
     "to_image_grid",
+    "smooth_logits",
     "mask_from_logits",
     "make_baseline",
     "keep",
@@ -69,6 +70,32 @@ def to_image_grid(u: Tensor, size: Sequence[int]) -> Tensor:
     if tuple(u.shape[-2:]) == (h, w):
         return u
     return F.interpolate(u, size=(h, w), mode="bilinear", align_corners=False)
+
+
+def smooth_logits(u: Tensor, sigma: float) -> Tensor:
+    """``G_σ ∗ u``: each logit map blurred by a normalized Gaussian of ``σ`` grid cells, truncated at
+    ``⌈2σ⌉`` cells, with the border replicated (so a constant map is unchanged). ``σ = 0`` returns ``u``.
+
+    Refinement and the per-image fit apply it to what they optimize (``smooth``): every change they make to a
+    mask is then a blob of about ``2σ`` cells, not a cell on its own — the smooth parameterization of
+    Fong et al. (2019) in the form of a Gaussian rather than their smooth max-convolution.
+
+    Args:
+        u: logits ``[B,C,h,w]`` (usually on the coarse grid).
+        sigma: σ in cells (≥ 0).
+    """
+    if sigma < 0:
+        raise ValueError(f"the smoothing σ must be ≥ 0, got {sigma!r}")
+    if sigma == 0:
+        return u
+    r = max(1, math.ceil(2 * sigma))
+    t = torch.arange(-r, r + 1, dtype=u.dtype, device=u.device)
+    g = torch.exp(-(t**2) / (2 * sigma**2))
+    g = g / g.sum()
+    c = u.shape[1]
+    padded = F.pad(u, (r, r, r, r), mode="replicate")
+    out = F.conv2d(padded, g.view(1, 1, -1, 1).expand(c, 1, -1, 1).contiguous(), groups=c)
+    return F.conv2d(out, g.view(1, 1, 1, -1).expand(c, 1, 1, -1).contiguous(), groups=c)
 
 
 def mask_from_logits(logits: Tensor, tau: float = 1.0, hard: bool = False) -> Tensor:

@@ -62,6 +62,10 @@ class RefineConfig(Config):
             phase the loop optimizes the soft mask, not the reported binary one. Measured on lesions
             (32 test images, median loss ÷ the 300-step fit's): 1.66 at K = 0, 2.52 at K = 3 without it,
             1.15 with it; at K = 10 0.88 and 0.87 (``benchmarks/results/explainer_quality_lesions.md``).
+        smooth: in ``logits`` mode, ``σ`` in grid cells: the steps change the logits by Gaussian blobs
+            (:func:`~medcam_fast.method.inner.adapt_logits`), so refinement cannot add a lone cell — what splits
+            a refined mask into small pieces and lattices. 0 (the default): cell by cell. The per-image fit has
+            its own (``FitConfig.smooth``); ``weights`` mode has none.
     """
 
     steps: int = 10
@@ -71,9 +75,12 @@ class RefineConfig(Config):
     hard_after: float = HARD_AFTER
     seed: int = 0
     keep_best: bool = True
+    smooth: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", choice(RefineMode, self.mode, "refinement mode"))
+        if not self.smooth >= 0:
+            raise ValueError(f"the smoothing σ must be ≥ 0, got {self.smooth!r}")
         if not isinstance(self.steps, int) or self.steps < 0:
             raise ValueError(f"refinement steps must be an integer ≥ 0, got {self.steps!r}")
 
@@ -123,8 +130,11 @@ def refine(
         if isinstance(lr, Mapping):
             raise TypeError("per-tensor step sizes belong to the weights loop")
         first = u if config.keep_best and config.steps > 0 else None
-        u = adapt_logits(objective, u, config.steps, lr, config.hard_after, gen, clip=config.start_clip)
+        u = adapt_logits(objective, u, config.steps, lr, config.hard_after, gen, clip=config.start_clip,
+                         smooth=config.smooth)
         return objective.result(u, config.steps, time.perf_counter() - start, config.seed, fallback=first)
+    if config.smooth:
+        raise ValueError("smoothing shapes the logits loop's steps: weights refinement has none")
     if not isinstance(net, UNet):
         raise ValueError("weights refinement adapts a U-Net explainer's weights: pass a U-Net as net=")
     unet = net.eval()

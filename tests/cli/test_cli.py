@@ -59,6 +59,19 @@ def test_explain_writes_every_output(lesion_bundle_dir, image_dir, tmp_path):
     assert (out / "summary.csv").read_text().count("\n") == 4
 
 
+def test_smoothing_is_applied_and_recorded_only_when_asked(lesion_bundle_dir, image_dir, tmp_path):
+    args = [str(image_dir / "img0.png"), "--classifier", str(lesion_bundle_dir), "--steps", "4"]
+    assert _explain([*args, "--out", str(tmp_path / "plain")]).exit_code == 0
+    r = _explain([*args, "--smooth", "1.5", "--out", str(tmp_path / "smooth")])
+    assert r.exit_code == 0, r.output
+    plain, smooth = (json.loads((tmp_path / d / "img0.json").read_text()) for d in ("plain", "smooth"))
+    assert "smooth" not in plain and smooth["smooth"] == 1.5
+    a, b = (np.load(tmp_path / d / "img0_soft.npy") for d in ("plain", "smooth"))
+    assert not np.array_equal(a, b)
+    r = _explain([*args, "--smooth", "-1", "--out", str(tmp_path / "bad")])
+    assert r.exit_code == 2 and "Traceback" not in r.output and not (tmp_path / "bad").exists()
+
+
 def test_existing_outputs_are_kept_unless_asked(lesion_bundle_dir, image_dir, tmp_path):
     out = tmp_path / "out"
     args = [str(image_dir), "--classifier", str(lesion_bundle_dir), "--steps", "2", "--out", str(out)]
