@@ -76,9 +76,11 @@ def _drawn(res: dict) -> tuple:
     return res["set"], res.get("split", "test"), res["n"], res.get("sample")
 
 
-def result_name(name: str, split: str = "test") -> str:
-    """The file stem of a set's results: ``explainer_quality_<set>``, with ``_val`` for validation images."""
-    return f"explainer_quality_{name}" + ("" if split == "test" else f"_{split}")
+def result_name(name: str, split: str = "test", smooth: float = 0.0) -> str:
+    """The file stem of a set's results: ``explainer_quality_<set>``, with ``_val`` for validation images and
+    ``_smooth<σ>`` for smoothed refinement."""
+    return (f"explainer_quality_{name}" + ("" if split == "test" else f"_{split}")
+            + (f"_smooth{smooth:g}" if smooth else ""))
 
 
 def _randomized(bundle: ClassifierBundle) -> ClassifierBundle:
@@ -226,11 +228,12 @@ def _sanity(a: Explanation, b: Explanation) -> dict[str, float]:
 
 
 def run(name: str, n: int, n_pixel: int, ks: list[int], unet_ks: list[int], models: Path,
-        explainer: Path | None = None, reuse: dict | None = None, split: str = "test") -> dict:
+        explainer: Path | None = None, reuse: dict | None = None, split: str = "test", smooth: float = 0.0) -> dict:
     """One set's rows. ``explainer`` replaces the shipped decoder (a candidate); ``reuse`` is a previous result
     of the same set and ``n`` whose fit rows are kept instead of recomputed (they depend on neither explainer
     nor refinement: the same classifier, images, predicted classes, loss weights and baseline); ``split``: the
-    test images, or the validation images a candidate is judged on before it replaces a shipped explainer."""
+    test images, or the validation images a candidate is judged on before it replaces a shipped explainer;
+    ``smooth``: refinement's σ (``RefineConfig.smooth``) for the decoder's rows, labelled ``decoder-smooth``."""
     torch.set_num_threads(1)
     folder = DEMO_DIR if name == "lesions" else models / name
     bundle = load_classifier(folder / "classifier")
@@ -238,7 +241,7 @@ def run(name: str, n: int, n_pixel: int, ks: list[int], unet_ks: list[int], mode
     x, sample = _images(name, n, split)
     strides = classifier_strides(bundle.frozen(), torch.from_numpy(bundle.preprocess(x[:1])))
     out: dict = {"set": name, "split": split, "n": int(len(x)), "sample": sample,
-                 "n_pixel_fit": min(n_pixel, len(x)), "rows": []}
+                 "n_pixel_fit": min(n_pixel, len(x)), "smooth": smooth, "rows": []}
     decoder = explainer if explainer is not None else folder / "explainer"
     main = MedCAM(bundle, decoder)
     assert main.settings is not None
@@ -246,16 +249,18 @@ def run(name: str, n: int, n_pixel: int, ks: list[int], unet_ks: list[int], mode
     if reuse is not None and _drawn(reuse) != _drawn(out):
         raise SystemExit(f"{name}: the reused result read other images ({_drawn(reuse)}), not {_drawn(out)}: "
                          "rerun without --reuse")
-    for label, path, kk in (("decoder", decoder, ks), ("unet", models / name / "unet", unet_ks)):
+    label = "decoder-smooth" if smooth else "decoder"
+    for label, path, kk, sigma in ((label, decoder, ks, smooth), ("unet", models / name / "unet", unet_ks, 0.0)):
         if not (path / "explainer.json").exists():
             continue
         for k in kk:
-            ex = MedCAM(bundle, path, refine_config=RefineConfig(steps=k))
+            config = RefineConfig(steps=k, smooth=sigma)
+            ex = MedCAM(bundle, path, refine_config=config)
             t0 = time.perf_counter()
             r = ex(x, targets=targets)
             seconds = time.perf_counter() - t0
             targets = r.target if targets is None else targets
-            rr = MedCAM(rand, path, refine_config=RefineConfig(steps=k), allow_mismatch=True)(x, targets=r.target)
+            rr = MedCAM(rand, path, refine_config=config, allow_mismatch=True)(x, targets=r.target)
             out["rows"].append({"method": label, "steps": k, **_row(r, seconds, strides), **_sanity(r, rr)})
             print(name, out["rows"][-1], flush=True)
     if reuse is not None:
@@ -316,6 +321,29 @@ def summary(results: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def smoothing_summary(plain: list[dict], smoothed: list[dict]) -> str:
+    """The README's table of what smoothed refinement costs and buys: per set and K, the decoder's rows
+    without smoothing → with it (``--smooth``), on the same images, ratios to the same fit."""
+    sigma = smoothed[0]["smooth"]
+    lines = [f"| set | K | loss ÷ fit, σ = 0 → {sigma:g} | p_kept ÷ fit | area ÷ fit | pieces / largest | "
+             f"lattice | ρ signed / abs (σ = {sigma:g}) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for a, b in zip(plain, smoothed, strict=True):
+        if _drawn(a) != _drawn(b):
+            raise ValueError(f"results of different images: {_drawn(a)} and {_drawn(b)}")
+        fit = next(r for r in a["rows"] if r["method"] == "fit-coarse")
+        rows = {(r["method"], r["steps"]): r for res in (a, b) for r in res["rows"]}
+        for k in sorted(r["steps"] for r in b["rows"] if r["method"] == "decoder-smooth"):
+            p, q = rows[("decoder", k)], rows[("decoder-smooth", k)]
+            lines.append(
+                f"| {a['set']} | {k} | {p['loss'] / fit['loss']:.3f} → {_ratio(q, fit, 'loss', 3)} | "
+                f"{p['p_kept'] / fit['p_kept']:.3f} → {q['p_kept'] / fit['p_kept']:.3f} | "
+                f"{p['area'] / max(fit['area'], 1e-9):.2f} → {q['area'] / max(fit['area'], 1e-9):.2f} | "
+                f"{p['pieces']:.0f} / {p['largest']:.2f} → {q['pieces']:.0f} / {q['largest']:.2f} | "
+                f"{_share(p['lattice'])} → {_share(q['lattice'])} | {q['rho']:.2f} / {q['rho_abs']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sets", nargs="+", required=True)
@@ -331,19 +359,28 @@ def main() -> None:
                     help="test images (the README's table) or validation images (to judge a candidate --explainer)")
     ap.add_argument("--reuse", action="store_true",
                     help="keep the fit rows of the JSON already in --out (they depend on neither explainer nor refinement)")
+    ap.add_argument("--smooth", type=float, default=0.0,
+                    help="refinement's σ for the decoder's rows (with --reuse: the fit rows of the unsmoothed JSON); "
+                         "written as explainer_quality_<set>[_val]_smooth<σ>")
     ap.add_argument("--against", type=Path,
                     help="the shipped explainer's result on the same images (e.g. benchmarks/results/"
                          "explainer_quality_<set>_val.json): print whether the candidate replaces it")
     args = ap.parse_args()
     if args.summary:
-        print(summary([json.loads((args.out / f"{result_name(n, args.split)}.json").read_text()) for n in args.sets]),
-              end="")
+        plain = [json.loads((args.out / f"{result_name(n, args.split)}.json").read_text()) for n in args.sets]
+        if args.smooth:
+            smoothed = [json.loads((args.out / f"{result_name(n, args.split, args.smooth)}.json").read_text())
+                        for n in args.sets]
+            print(smoothing_summary(plain, smoothed), end="")
+        else:
+            print(summary(plain), end="")
         return
     for name in args.sets:
-        stem = result_name(name, args.split)
-        reuse = json.loads((args.out / f"{stem}.json").read_text()) if args.reuse else None
-        res = run(name, args.n, args.n_pixel, [int(k) for k in args.ks.split(",")],
-                  [int(k) for k in args.unet_ks.split(",")], args.models, args.explainer, reuse, args.split)
+        stem = result_name(name, args.split, args.smooth)
+        reuse = json.loads((args.out / f"{result_name(name, args.split)}.json").read_text()) if args.reuse else None
+        res = run(name, args.n, args.n_pixel, [int(k) for k in args.ks.split(",") if k],
+                  [int(k) for k in args.unet_ks.split(",") if k], args.models, args.explainer, reuse, args.split,
+                  args.smooth)
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / f"{stem}.json").write_text(json.dumps(res, indent=1))
         (args.out / f"{stem}.md").write_text(markdown(res))

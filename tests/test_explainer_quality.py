@@ -139,3 +139,10 @@ def test_the_images_are_a_sample_of_every_class_not_the_first_of_a_class_sorted_
     picked = pick_images(split, 32, eq.SAMPLE_SEED)
     assert set(picked.labels.tolist()) == {0, 1, 2, 3} and len(picked.labels) == 32
     assert set(labels[:32].tolist()) == {0}
+
+
+def test_the_smoothing_table_refuses_rows_of_other_images():
+    with pytest.raises(ValueError, match="different images"):
+        eq.smoothing_summary([_result(_LOSS, _AREA, "test")], [{**_result(_LOSS, _AREA, "val"), "smooth": 1.0}])
+    assert eq.result_name("brain", "test", 1.0) == "explainer_quality_brain_smooth1"
+    assert eq.result_name("brain", "val", 0.5) == "explainer_quality_brain_val_smooth0.5"

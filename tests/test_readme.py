@@ -36,18 +36,24 @@ def test_the_evaluation_tables_are_what_the_script_prints_from_the_committed_rep
     assert m.group(1).strip() == module.evaluate().strip(), "rerun: python scripts/readme_tables.py evaluate"
 
 
-@pytest.mark.parametrize("tag, split", [("explainer-table", "test"), ("explainer-table-val", "val")])
-def test_the_explainer_tables_are_what_the_script_prints_from_the_committed_results(tag: str, split: str):
+@pytest.mark.parametrize("tag, split, smooth", [("explainer-table", "test", 0.0), ("explainer-table-val", "val", 0.0),
+                                               ("smooth-table", "test", 1.0)])
+def test_the_explainer_tables_are_what_the_script_prints_from_the_committed_results(tag: str, split: str,
+                                                                                    smooth: float):
     """It once kept the numbers of explainers that had been replaced while the prose below it described the new
-    ones; the validation table is the second reading of the same targets, and must follow the same files."""
+    ones; the validation table is the second reading of the same targets, and must follow the same files, as
+    must the table of what smoothed refinement costs."""
     import json
 
     module = load_script("explainer_quality")
     text = README.read_text(encoding="utf-8")
-    flag = "" if split == "test" else f" --split {split}"
+    flag = ("" if split == "test" else f" --split {split}") + (f" --smooth {smooth:g}" if smooth else "")
     m = re.search(rf"<!-- {tag}: python scripts/explainer_quality.py --sets ([^>]*?){flag} --summary -->\n(.*?)"
                   rf"<!-- /{tag} -->", text, re.S)
     assert m, f"README lost its {tag} markers"
     results = README.parent / "benchmarks" / "results"
     runs = [json.loads((results / f"{module.result_name(s, split)}.json").read_text()) for s in m.group(1).split()]
-    assert m.group(2).strip() == module.summary(runs).strip(), f"rerun: python scripts/explainer_quality.py{flag} --summary"
+    table = (module.smoothing_summary(runs, [json.loads((results / f"{module.result_name(s, split, smooth)}.json")
+                                                        .read_text()) for s in m.group(1).split()])
+             if smooth else module.summary(runs))
+    assert m.group(2).strip() == table.strip(), f"rerun: python scripts/explainer_quality.py{flag} --summary"
