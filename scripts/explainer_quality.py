@@ -249,8 +249,9 @@ def run(name: str, n: int, n_pixel: int, ks: list[int], unet_ks: list[int], mode
     if reuse is not None and _drawn(reuse) != _drawn(out):
         raise SystemExit(f"{name}: the reused result read other images ({_drawn(reuse)}), not {_drawn(out)}: "
                          "rerun without --reuse")
-    label = "decoder-smooth" if smooth else "decoder"
-    for label, path, kk, sigma in ((label, decoder, ks, smooth), ("unet", models / name / "unet", unet_ks, 0.0)):
+    methods = (("decoder-smooth" if smooth else "decoder", decoder, ks, smooth),
+               ("unet", models / name / "unet", unet_ks, 0.0))
+    for label, path, kk, sigma in methods:
         if not (path / "explainer.json").exists():
             continue
         for k in kk:
