@@ -82,6 +82,15 @@ def test_the_ray_engine_writes_the_local_engines_files_byte_for_byte(inputs: Pat
     assert all(manifest["files"][name] for name in distributed)  # every file listed with its hash
 
 
+def test_smoothing_reaches_the_actors_and_their_records(inputs: Path, tmp_path: Path) -> None:
+    four = [str(p) for p in sorted(inputs.glob("*.png"))[:4]]
+    assert _run(four, tmp_path / "local", steps=3, smooth=1.0, batch_size=4) == 0
+    assert _run(four, tmp_path / "ray", steps=3, smooth=1.0, batch_size=2, engine="ray", workers=2) == 0
+    local, distributed = _outputs(tmp_path / "local"), _outputs(tmp_path / "ray")
+    assert local == distributed
+    assert [r["smooth"] for name, r in distributed.items() if name.endswith(".json")] == [1.0] * 4
+
+
 def test_an_actor_killed_mid_run_leaves_every_image_written_once_and_nothing_partial(
     inputs: Path, local_k3: Path, tmp_path: Path,
 ) -> None:
