@@ -76,6 +76,13 @@ def _drawn(res: dict) -> tuple:
     return res["set"], res.get("split", "test"), res["n"], res.get("sample")
 
 
+def _same_images(a: dict, b: dict) -> None:
+    """ValueError unless results ``a`` and ``b`` read the same images (:func:`_drawn`): rows of different
+    images are never compared."""
+    if _drawn(a) != _drawn(b):
+        raise ValueError(f"results of different images: {_drawn(a)} and {_drawn(b)}")
+
+
 def result_name(name: str, split: str = "test", smooth: float = 0.0) -> str:
     """The file stem of a set's results: ``explainer_quality_<set>``, with ``_val`` for validation images and
     ``_smooth<σ>`` for smoothed refinement."""
@@ -182,8 +189,7 @@ def replacement_verdict(candidate: dict, shipped: dict) -> dict:
     Raises:
         ValueError: the two results are of different sets, splits or numbers of images.
     """
-    if _drawn(candidate) != _drawn(shipped):
-        raise ValueError(f"results of different images: {_drawn(candidate)} and {_drawn(shipped)}")
+    _same_images(candidate, shipped)
 
     def ratio(k: int, key: str) -> tuple[float, float, float]:
         a, b = (next(r for r in res["rows"] if (r["method"], r["steps"]) == ("decoder", k))["per_image"][key]
@@ -330,8 +336,7 @@ def smoothing_summary(plain: list[dict], smoothed: list[dict]) -> str:
              f"lattice | ρ signed / abs (σ = {sigma:g}) |",
              "|---|---|---|---|---|---|---|---|"]
     for a, b in zip(plain, smoothed, strict=True):
-        if _drawn(a) != _drawn(b):
-            raise ValueError(f"results of different images: {_drawn(a)} and {_drawn(b)}")
+        _same_images(a, b)
         fit = next(r for r in a["rows"] if r["method"] == "fit-coarse")
         rows = {(r["method"], r["steps"]): r for res in (a, b) for r in res["rows"]}
         for k in sorted(r["steps"] for r in b["rows"] if r["method"] == "decoder-smooth"):

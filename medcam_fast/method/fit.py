@@ -31,7 +31,7 @@ from .._config import Config
 from ..types import BaselineKind, Classifier, MaskGrid, choice
 from .inner import HARD_AFTER
 from .losses import TERMS, LossWeights, Reference
-from .masking import coarse_grid, smooth_logits
+from .masking import check_sigma, coarse_grid, smooth_logits
 from .objective import Objective
 from .result import MaskResult
 from .unet import UNet, UNetConfig
@@ -72,8 +72,7 @@ class FitConfig(Config):
     smooth: float = 0.0
 
     def __post_init__(self) -> None:
-        if not self.smooth >= 0:
-            raise ValueError(f"the smoothing σ must be ≥ 0, got {self.smooth!r}")
+        check_sigma(self.smooth)
         object.__setattr__(self, "baseline", choice(BaselineKind, self.baseline, "baseline"))
         object.__setattr__(self, "grid", choice(MaskGrid, self.grid, "mask grid"))
 

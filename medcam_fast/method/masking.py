@@ -25,6 +25,7 @@ __all__ = [
     "coarse_grid",
     "to_image_grid",
     "smooth_logits",
+    "check_sigma",
     "mask_from_logits",
     "make_baseline",
     "keep",
@@ -72,6 +73,14 @@ def to_image_grid(u: Tensor, size: Sequence[int]) -> Tensor:
     return F.interpolate(u, size=(h, w), mode="bilinear", align_corners=False)
 
 
+def check_sigma(sigma: float) -> float:
+    """``sigma`` itself when it is a valid smoothing σ (≥ 0, not NaN), else ValueError: the one check behind
+    :func:`smooth_logits` and the configurations that carry a σ (``RefineConfig``, ``FitConfig``)."""
+    if not sigma >= 0:
+        raise ValueError(f"the smoothing σ must be ≥ 0, got {sigma!r}")
+    return sigma
+
+
 def smooth_logits(u: Tensor, sigma: float) -> Tensor:
     """``G_σ ∗ u``: each logit map blurred by a normalized Gaussian of ``σ`` grid cells, truncated at
     ``⌈2σ⌉`` cells, with the border replicated (so a constant map is unchanged). ``σ = 0`` returns ``u``.
@@ -84,9 +93,7 @@ def smooth_logits(u: Tensor, sigma: float) -> Tensor:
         u: logits ``[B,C,h,w]`` (usually on the coarse grid).
         sigma: σ in cells (≥ 0).
     """
-    if sigma < 0:
-        raise ValueError(f"the smoothing σ must be ≥ 0, got {sigma!r}")
-    if sigma == 0:
+    if check_sigma(sigma) == 0:
         return u
     r = max(1, math.ceil(2 * sigma))
     t = torch.arange(-r, r + 1, dtype=u.dtype, device=u.device)

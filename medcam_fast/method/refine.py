@@ -30,6 +30,7 @@ from .first_guess import ExplainerNet
 from .first_guess import first_guess as guess
 from .fit import FitConfig, fit_objective
 from .inner import HARD_AFTER, START_CLIP, InnerLoop, adapt, adapt_logits, step_size
+from .masking import check_sigma
 from .objective import Objective
 from .result import MaskResult
 from .unet import UNet
@@ -79,8 +80,7 @@ class RefineConfig(Config):
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", choice(RefineMode, self.mode, "refinement mode"))
-        if not self.smooth >= 0:
-            raise ValueError(f"the smoothing σ must be ≥ 0, got {self.smooth!r}")
+        check_sigma(self.smooth)
         if not isinstance(self.steps, int) or self.steps < 0:
             raise ValueError(f"refinement steps must be an integer ≥ 0, got {self.steps!r}")
 
