@@ -428,6 +428,7 @@ def explain_inputs(
     device: str = "cpu",
     steps: int | None = None,
     smooth: float | None = None,
+    learned_steps: bool | None = None,
     target: int | None = None,
     batch_size: int = 16,
     formats: str = "png,npy,json,seg,nii",
@@ -487,7 +488,8 @@ def explain_inputs(
     if not todo:
         _no_readable_image(failures, inputs, err_console)
     threads = threads or default_threads(max(bundle.preprocess.size))
-    medcam = MedCAM(bundle, explainer, mode=mode, refine_steps=steps, smooth=smooth, allow_mismatch=allow_mismatch,
+    medcam = MedCAM(bundle, explainer, mode=mode, refine_steps=steps, smooth=smooth, learned_steps=learned_steps,
+                    allow_mismatch=allow_mismatch,
                     allow_unsealed=allow_unsealed, device=device, threads=threads)
     for warning in medcam.warnings:  # also in every record; said once here, where the user looks
         print_error(warning, "warning", on=err_console)
@@ -509,7 +511,7 @@ def explain_inputs(
                                   None if explainer is None else str(explainer), None if mode is None else str(mode),
                                   steps, target, allow_mismatch, allow_import, allow_unsealed, device, threads,
                                   tuple(fmts), grid.value, max_pixels, str(out), os.getcwd(), _write_images,
-                                  _bit_depth_warning, smooth)
+                                  _bit_depth_warning, smooth, learned_steps)
                 explain_on_ray(run, pending, failures, spec, batch_size=batch_size, workers=workers, address=address,
                                fail_fast=fail_fast, warn=lambda w: print_error(w, "warning", on=err_console),
                                advance=lambda n: bar.advance(task, n),

@@ -201,6 +201,9 @@ def explain_cmd(
     smooth: float | None = typer.Option(None, min=0.0, help="σ in mask-grid cells: refinement's and the fit's steps "
                                         "change the mask by Gaussian blobs, fewer pieces at some loss "
                                         "(default: 0, off; not with --mode weights)."),
+    learned_steps: bool | None = typer.Option(None, "--learned-steps/--adam-steps", help="Take the explainer's "
+                                              "learned refinement steps first when it has them (train-steps), or "
+                                              "Adam steps only (default: learned)."),
     allow_mismatch: bool = typer.Option(False, help="Use an explainer trained for another classifier."),
     allow_import: bool = typer.Option(False, help="Let a bundle made by import-classifier --import run its factory."),
     allow_unsealed: bool = typer.Option(False, help="Accept bundles without a content hash (made by 0.1.0; "
@@ -246,7 +249,7 @@ def explain_cmd(
     code = explain_inputs(
         inputs, classifier=classifier, explainer=explainer, mode=mode, allow_mismatch=allow_mismatch,
         allow_import=allow_import, allow_unsealed=allow_unsealed, device=device, out=out,
-        steps=0 if not refine else steps, smooth=smooth, target=target, batch_size=batch_size,
+        steps=0 if not refine else steps, smooth=smooth, learned_steps=learned_steps, target=target, batch_size=batch_size,
         formats=fmt, split=split, index=index, overwrite=overwrite, resume=resume, fail_fast=fail_fast,
         max_pixels=max_pixels, threads=threads,
         console=console, err_console=err_console, engine=engine, address=address, workers=workers,
@@ -361,6 +364,43 @@ def meta_train_cmd(
     meta_train_bundle(classifier, data, out, cfg, resume=resume, overwrite=overwrite, data_dir=data_dir,
                       console=console, time_budget=None if minutes is None else minutes * 60, init=init,
                       workers=workers, labels=table)
+
+
+@app.command("train-steps")
+@handle_errors
+def train_steps_cmd(
+    explainer: Path = typer.Option(..., help="Explainer bundle folder whose refinement the steps start."),
+    classifier: Path = typer.Option(..., help="Classifier bundle folder the explainer is for."),
+    data: str = typer.Option(..., help="Training images, as meta-train takes them (the classifier's training "
+                             "split)."),
+    out: Path | None = typer.Option(None, help="Folder of the explainer with its learned steps (default: the "
+                                    "explainer's own, with --overwrite)."),
+    steps: int | None = typer.Option(None, min=1, help="K_φ, learned steps (refinement's first; Adam after) "
+                                     "(default: 3)."),
+    minutes: float | None = typer.Option(None, min=0.001, help="Training time in minutes (default: 8)."),
+    updates: int | None = typer.Option(None, min=1, help="Stop after this many updates (default: the time "
+                                       "decides)."),
+    seed: int | None = typer.Option(None, help="Random seed (default: 0)."),
+    overwrite: bool = typer.Option(False, help="Replace the explainer bundle at OUT."),
+    data_dir: Path | None = DATA_DIR,
+    threads: int | None = typer.Option(None, min=1, help="CPU threads for torch."),
+    labels: Path | None = LABELS,
+    label_column: str | None = LABEL_COLUMN,
+    file_column: str | None = FILE_COLUMN,
+    group_column: str | None = GROUP_COLUMN,
+) -> None:
+    """Train an explainer's learned refinement steps: a small network that turns the classifier's gradient
+    into refinement's first steps (the explainer and classifier stay frozen); refinement takes them first."""
+    from medcam_fast.cli.metatrain import train_steps_job
+    from medcam_fast.explainer.steps import StepTrainConfig
+    from medcam_fast.method.learned import StepNetConfig
+
+    table = label_table(labels, label_column, file_column, group_column)
+    _threads(threads)
+    config = StepTrainConfig(**_given(net=None if steps is None else StepNetConfig(steps=steps), minutes=minutes,
+                                      updates=updates, seed=seed))
+    train_steps_job(explainer, classifier, data, config, out=out, overwrite=overwrite, data_dir=data_dir,
+                    console=console, labels=table)
 
 
 @app.command("export")

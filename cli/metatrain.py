@@ -1,5 +1,6 @@
 """``medcam-fast meta-train``'s recipe job: amortized, then MAML, within one budget, optionally with the
-equal-budget amortized comparison (:mod:`medcam_fast.explainer.recipe`), shown with :class:`~.progress.StepProgress`.
+equal-budget amortized comparison (:mod:`medcam_fast.explainer.recipe`), and ``medcam-fast train-steps``'s job
+(the learned refinement steps, :mod:`medcam_fast.explainer.steps`), shown with :class:`~.progress.StepProgress`.
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ from ..errors import UsageError
 from ..explainer.bundle import ExplainerBundle, load_explainer, save_explainer
 from ..explainer.meta import MetaConfig
 from ..explainer.recipe import COMPARISON, RecipeConfig, RecipeResult, phase_folders, train_recipe
+from ..explainer.steps import StepTrainConfig, train_steps
 from .console import escape
 from .jobs import _training_images, classifier_splits
 from .progress import StepProgress
 
-__all__ = ["meta_train_recipe", "default_work", "default_comparison_out"]
+__all__ = ["meta_train_recipe", "default_work", "default_comparison_out", "train_steps_job"]
 
 
 def default_work(out: Path) -> Path:
@@ -140,3 +142,53 @@ def _save_fresh(bundle: ExplainerBundle, folder: Path) -> None:
     explainer and would otherwise be recorded (sealed) as this one's."""
     (folder / "explainer.onnx").unlink(missing_ok=True)
     save_explainer(bundle, folder)
+
+
+def train_steps_job(
+    explainer: str | Path,
+    classifier: str | Path,
+    data: str | Path,
+    config: StepTrainConfig,
+    *,
+    out: str | Path | None = None,
+    overwrite: bool = False,
+    data_dir: str | Path | None = None,
+    console: Console | None = None,
+    labels: LabelTable | None = None,
+) -> Path:
+    """Train learned refinement steps for an explainer (:func:`~medcam_fast.explainer.steps.train_steps`) on the
+    classifier's training split of ``data`` and save the explainer with them to ``out`` (default: its own
+    folder). Refuses to replace a bundle unless ``overwrite``. Returns the bundle's folder.
+
+    Args:
+        explainer: the explainer bundle folder.
+        classifier: the classifier bundle folder it explains.
+        data: a short name, an ``.npz`` file or a class-per-folder tree.
+        config: the training settings.
+        out: where the bundle with steps goes (its first-guess network unchanged; an ``explainer.onnx`` already
+            there is kept and recorded).
+        overwrite: replace the bundle at ``out``.
+        data_dir: where short data-set names are looked up.
+        console: where progress and the result go.
+        labels: a label table of the folder ``data`` (:func:`~.jobs.classifier_splits`).
+    """
+    console = console or Console()
+    source = Path(explainer)
+    target = Path(out) if out is not None else source
+    _folder_for_bundle(target)
+    if (target / "explainer.json").exists() and not overwrite:
+        raise UsageError("holds an explainer; pass --overwrite to add the learned steps to it", target)
+    bundle = load_explainer(source)
+    clf = load_classifier(classifier)
+    sets = classifier_splits(data, data_dir, clf, labels)
+    _training_images(sets, data, ("train",))
+    with StepProgress(console, "train-steps", budget_seconds=60 * config.minutes) as progress:
+        net, facts = train_steps(bundle, clf, sets["train"].images, config,
+                                 callback=lambda i, log: progress.update(i, log))
+    bundle.steps, bundle.steps_training = net, facts
+    if target.resolve() != source.resolve():
+        (target / "explainer.onnx").unlink(missing_ok=True)  # another explainer's graph
+    save_explainer(bundle, target)
+    console.print(escape(f"wrote {target}: {facts['updates']} updates in {facts['seconds']:.0f} s, "
+                         f"{config.net.steps} learned steps"), soft_wrap=True, highlight=False)
+    return target

@@ -59,6 +59,7 @@ class WorkerSpec:
         write: the local engine's writer of a batch (``jobs._write_images``): its files, atomically, and records.
         warnings: the local engine's warning for an image's pixels (``jobs._bit_depth_warning``), or None.
         smooth: as ``explain_inputs``.
+        learned_steps: as ``explain_inputs``.
     """
 
     classifier: str
@@ -79,6 +80,7 @@ class WorkerSpec:
     write: Callable[..., tuple[dict[str, dict[str, Path]], dict[str, dict[str, Any]]]]
     warnings: Callable[[str, np.ndarray], str | None]
     smooth: float | None = None
+    learned_steps: bool | None = None
 
 
 class _ExplainActor:
@@ -102,6 +104,7 @@ class _ExplainActor:
         self.bundle = load_classifier(spec.classifier, allow_import=spec.allow_import,
                                       allow_unsealed=spec.allow_unsealed)
         self.medcam = MedCAM(self.bundle, spec.explainer, mode=spec.mode, refine_steps=spec.steps, smooth=spec.smooth,
+                             learned_steps=spec.learned_steps,
                              allow_mismatch=spec.allow_mismatch, allow_unsealed=spec.allow_unsealed,
                              device=spec.device, threads=spec.threads)
 

@@ -40,7 +40,7 @@ from .method.fit import FitConfig
 from .method.losses import Reference
 from .method.masking import keep
 from .method.objective import Objective
-from .method.refine import RefineConfig, refine
+from .method.refine import RefineConfig, refine, uses_learned_steps
 from .method.result import MaskResult
 from .types import Architecture, RefineMode, choice
 
@@ -167,6 +167,9 @@ class MedCAM:
         smooth: σ in grid cells for refinement and the fit alike (``RefineConfig.smooth``, ``FitConfig.smooth``):
             their steps shape the mask by Gaussian blobs; default: the configurations' own (0, off). The first
             guess is not smoothed.
+        learned_steps: take the explainer's learned steps first in ``logits`` mode when it has them
+            (``RefineConfig.learned``; records then carry ``learned_steps``, how many were taken); False: Adam
+            steps only; default: the configuration's own (True).
         refine_config: refinement settings (step size, start clip, hard phase, seed); default
             :class:`~medcam_fast.method.refine.RefineConfig` ``()``.
         fit_config: settings of the per-image fit (``full`` mode); default
@@ -205,6 +208,7 @@ class MedCAM:
         mode: RefineMode | str | None = None,
         refine_steps: int | None = None,
         smooth: float | None = None,
+        learned_steps: bool | None = None,
         refine_config: RefineConfig | None = None,
         fit_config: FitConfig | None = None,
         preprocess: Preprocess | None = None,
@@ -285,6 +289,8 @@ class MedCAM:
                 raise UsageError("smoothing shapes the logits loop's and the fit's steps: weights refinement has none")
             self.refine_config = self.refine_config.with_(smooth=smooth)
             self.fit_config = self.fit_config.with_(smooth=smooth)
+        if learned_steps is not None:
+            self.refine_config = self.refine_config.with_(learned=bool(learned_steps))
 
     def _check_taps(self, decoder: DecoderConfig) -> None:
         """The decoder reads this classifier's layers: one forward pass of a blank image must give each of its
@@ -414,10 +420,15 @@ class MedCAM:
             read = self.onnx.grid_logits if self.onnx.decoder else self.onnx.logits
             first_guess = torch.from_numpy(read(x.cpu().numpy(), objective.target.cpu().numpy())).to(self.device)
         net = None if self.explainer is None else self.explainer.net
-        res = refine(objective, config, net=net, first_guess=first_guess, trained=self.settings.inner)
-        return self._explanation(objective, res, time.perf_counter() - start)
+        steps_net = None if self.explainer is None else self.explainer.steps
+        res = refine(objective, config, net=net, first_guess=first_guess, trained=self.settings.inner,
+                     steps_net=steps_net)
+        learned = {"learned_steps": min(config.steps, steps_net.config.steps)} if (
+            steps_net is not None and uses_learned_steps(config, steps_net)) else {}
+        return self._explanation(objective, res, time.perf_counter() - start, learned)
 
-    def _explanation(self, objective: Objective, res: MaskResult, seconds: float) -> Explanation:
+    def _explanation(self, objective: Objective, res: MaskResult, seconds: float,
+                     facts: dict[str, Any] | None = None) -> Explanation:
         pre, x = self.preprocess, objective.x
         kept = keep(x, res.binary[:, None].to(x.dtype), objective.baseline)  # the baseline the loss used
 
@@ -443,7 +454,7 @@ class MedCAM:
             steps=res.steps,
             refined=_to_numpy(res.refined),
             seconds=seconds,
-            extra={"classifier_sha256": self.bundle.sha256, **self._model_facts()},
+            extra={"classifier_sha256": self.bundle.sha256, **self._model_facts(), **(facts or {})},
         )
 
     def _model_facts(self) -> dict[str, Any]:

@@ -4,7 +4,10 @@ one run (issue 12): quality at K refinement steps, the randomization sanity chec
 For each set, ``n`` test images drawn as ``evaluate`` draws them (``pick_images``, seed :data:`SAMPLE_SEED`;
 lesions: the demo's generated images, ``DEMO_SEED``), each explained for its predicted class by
 
-* ``decoder`` — ``models/<set>/explainer`` (lesions: the shipped demo explainer), K ∈ ``--ks`` logit steps;
+* ``decoder`` — ``models/<set>/explainer`` (lesions: the shipped demo explainer), K ∈ ``--ks`` logit steps
+  (its learned steps first when it ships them, as ``explain`` does);
+* ``decoder-adam`` — the same explainer refined with Adam steps only (``RefineConfig(learned=False)``), K ∈
+  ``--adam-ks``, when it ships learned steps: what they buy, in the same run;
 * ``unet`` — ``models/<set>/unet`` (the 0.1 U-Net explainer), K ∈ ``--unet-ks``;
 * ``fit-coarse`` / ``fit-pixel`` — the per-image fit, 300 steps, on the coarse grid (the decoder's
   parameterization, the default) and on pixels (the paper's), with the explainer's loss weights and baseline.
@@ -234,12 +237,15 @@ def _sanity(a: Explanation, b: Explanation) -> dict[str, float]:
 
 
 def run(name: str, n: int, n_pixel: int, ks: list[int], unet_ks: list[int], models: Path,
-        explainer: Path | None = None, reuse: dict | None = None, split: str = "test", smooth: float = 0.0) -> dict:
+        explainer: Path | None = None, reuse: dict | None = None, split: str = "test", smooth: float = 0.0,
+        adam_ks: tuple[int, ...] = (3, 10)) -> dict:
     """One set's rows. ``explainer`` replaces the shipped decoder (a candidate); ``reuse`` is a previous result
     of the same set and ``n`` whose fit rows are kept instead of recomputed (they depend on neither explainer
     nor refinement: the same classifier, images, predicted classes, loss weights and baseline); ``split``: the
     test images, or the validation images a candidate is judged on before it replaces a shipped explainer;
-    ``smooth``: refinement's σ (``RefineConfig.smooth``) for the decoder's rows, labelled ``decoder-smooth``."""
+    ``smooth``: refinement's σ (``RefineConfig.smooth``) for the decoder's rows, labelled ``decoder-smooth``
+    (Adam steps: smoothing shapes them); ``adam_ks``: the ``decoder-adam`` rows' K, when the explainer ships
+    learned steps."""
     torch.set_num_threads(1)
     folder = DEMO_DIR if name == "lesions" else models / name
     bundle = load_classifier(folder / "classifier")
@@ -255,13 +261,15 @@ def run(name: str, n: int, n_pixel: int, ks: list[int], unet_ks: list[int], mode
     if reuse is not None and _drawn(reuse) != _drawn(out):
         raise SystemExit(f"{name}: the reused result read other images ({_drawn(reuse)}), not {_drawn(out)}: "
                          "rerun without --reuse")
-    methods = (("decoder-smooth" if smooth else "decoder", decoder, ks, smooth),
-               ("unet", models / name / "unet", unet_ks, 0.0))
-    for label, path, kk, sigma in methods:
+    learned = main.explainer is not None and main.explainer.steps is not None and not smooth
+    methods = (("decoder-smooth" if smooth else "decoder", decoder, ks, smooth, True),
+               ("decoder-adam", decoder, adam_ks if learned else (), 0.0, False),
+               ("unet", models / name / "unet", unet_ks, 0.0, True))
+    for label, path, kk, sigma, steps_net in methods:
         if not (path / "explainer.json").exists():
             continue
         for k in kk:
-            config = RefineConfig(steps=k, smooth=sigma)
+            config = RefineConfig(steps=k, smooth=sigma, learned=steps_net)
             ex = MedCAM(bundle, path, refine_config=config)
             t0 = time.perf_counter()
             r = ex(x, targets=targets)
@@ -309,18 +317,22 @@ def summary(results: list[dict]) -> str:
     """The README table: one row per set, the issue's targets in the header; each ratio to the fit with its
     paired bootstrap 95 % interval in brackets (:func:`ratio_interval`)."""
     lines = ["| set | first guess p_kept ÷ fit (≥ 0.95) | area ÷ fit (≤ 1.2) | loss ÷ fit K=3 (≤ 1.05) | K=10 (≤ 1.02) | "
-             "ρ signed / abs, K=0 (< 0.3) | K=3 | K=10 | pieces / largest, K=0 (≤ 3 / ≥ 0.7) | K=10 | "
-             "lattice K=0 / K=10 | U-Net ρ K=0 / K=10 | pixel fit loss / area ÷ coarse fit |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "K=3 / K=10, Adam steps only | ρ signed / abs, K=0 (< 0.3) | K=3 | K=10 | "
+             "pieces / largest, K=0 (≤ 3 / ≥ 0.7) | K=10 | lattice K=0 / K=10 | U-Net ρ K=0 / K=10 | "
+             "pixel fit loss / area ÷ coarse fit |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for res in results:
         rows = {(r["method"], r["steps"]): r for r in res["rows"]}
         fit, pix = rows[("fit-coarse", 300)], rows[("fit-pixel", 300)]
         d0, d3, d10 = rows[("decoder", 0)], rows[("decoder", 3)], rows[("decoder", 10)]
         u0, u10 = rows.get(("unet", 0)), rows.get(("unet", 10))
         unet = f"{u0['rho']:.2f} / {u10['rho']:.2f}" if u0 and u10 else "–"
+        a3, a10 = rows.get(("decoder-adam", 3)), rows.get(("decoder-adam", 10))
+        adam = f"{a3['loss'] / fit['loss']:.3f} / {a10['loss'] / fit['loss']:.3f}" if a3 and a10 else "–"
         lines.append(
             f"| {res['set']} | {_ratio(d0, fit, 'p_kept', 3)} | {_ratio(d0, fit, 'area', 2)} | "
-            f"{_ratio(d3, fit, 'loss', 3)} | {_ratio(d10, fit, 'loss', 3)} | {d0['rho']:.2f} / {d0['rho_abs']:.2f} | "
+            f"{_ratio(d3, fit, 'loss', 3)} | {_ratio(d10, fit, 'loss', 3)} | {adam} | "
+            f"{d0['rho']:.2f} / {d0['rho_abs']:.2f} | "
             f"{d3['rho']:.2f} / {d3['rho_abs']:.2f} | {d10['rho']:.2f} / {d10['rho_abs']:.2f} | "
             f"{d0['pieces']:.0f} / {d0['largest']:.2f} | {d10['pieces']:.0f} / {d10['largest']:.2f} | "
             f"{_share(d0['lattice'])} / {_share(d10['lattice'])} | {unet} | "
@@ -330,7 +342,9 @@ def summary(results: list[dict]) -> str:
 
 def smoothing_summary(plain: list[dict], smoothed: list[dict]) -> str:
     """The README's table of what smoothed refinement costs and buys: per set and K, the decoder's rows
-    without smoothing → with it (``--smooth``), on the same images, ratios to the same fit."""
+    without smoothing → with it (``--smooth``), on the same images, ratios to the same fit. Smoothing shapes
+    Adam's steps, so the unsmoothed side is the Adam-steps row (``decoder-adam``) where the explainer ships
+    learned steps."""
     sigma = smoothed[0]["smooth"]
     lines = [f"| set | K | loss ÷ fit, σ = 0 → {sigma:g} | p_kept ÷ fit | area ÷ fit | pieces / largest | "
              f"lattice | ρ signed / abs (σ = {sigma:g}) |",
@@ -340,7 +354,7 @@ def smoothing_summary(plain: list[dict], smoothed: list[dict]) -> str:
         fit = next(r for r in a["rows"] if r["method"] == "fit-coarse")
         rows = {(r["method"], r["steps"]): r for res in (a, b) for r in res["rows"]}
         for k in sorted(r["steps"] for r in b["rows"] if r["method"] == "decoder-smooth"):
-            p, q = rows[("decoder", k)], rows[("decoder-smooth", k)]
+            p, q = rows.get(("decoder-adam", k), rows[("decoder", k)]), rows[("decoder-smooth", k)]
             lines.append(
                 f"| {a['set']} | {k} | {p['loss'] / fit['loss']:.3f} → {_ratio(q, fit, 'loss', 3)} | "
                 f"{p['p_kept'] / fit['p_kept']:.3f} → {q['p_kept'] / fit['p_kept']:.3f} | "
@@ -357,6 +371,8 @@ def main() -> None:
     ap.add_argument("--n-pixel", type=int, default=16)
     ap.add_argument("--ks", default="0,1,2,3,5,10,20")
     ap.add_argument("--unet-ks", default="0,3,10")
+    ap.add_argument("--adam-ks", default="3,10", help="K of the decoder-adam rows (Adam steps only), when the "
+                    "explainer ships learned steps")
     ap.add_argument("--models", type=Path, default=Path("models"))
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     ap.add_argument("--summary", action="store_true", help="print the README table from the written JSON files")
@@ -386,7 +402,7 @@ def main() -> None:
         reuse = json.loads((args.out / f"{result_name(name, args.split)}.json").read_text()) if args.reuse else None
         res = run(name, args.n, args.n_pixel, [int(k) for k in args.ks.split(",") if k],
                   [int(k) for k in args.unet_ks.split(",") if k], args.models, args.explainer, reuse, args.split,
-                  args.smooth)
+                  args.smooth, tuple(int(k) for k in args.adam_ks.split(",") if k))
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / f"{stem}.json").write_text(json.dumps(res, indent=1))
         (args.out / f"{stem}.md").write_text(markdown(res))

@@ -146,3 +146,20 @@ def test_the_smoothing_table_refuses_rows_of_other_images():
         eq.smoothing_summary([_result(_LOSS, _AREA, "test")], [{**_result(_LOSS, _AREA, "val"), "smooth": 1.0}])
     assert eq.result_name("brain", "test", 1.0) == "explainer_quality_brain_smooth1"
     assert eq.result_name("brain", "val", 0.5) == "explainer_quality_brain_val_smooth0.5"
+
+
+def _row(method: str, k: int, loss: float) -> dict:
+    return {"method": method, "steps": k, "loss": loss, "p_kept": 0.9, "area": 0.2, "pieces": 1, "largest": 1.0,
+            "lattice": 0.0, "rho": 0.1, "rho_abs": 0.0}
+
+
+def test_smoothing_is_weighed_against_adam_steps_where_the_explainer_ships_learned_ones():
+    """Smoothing turns the learned steps off, so σ = 0 → σ is read on the Adam-steps rows when there are some."""
+    fit = {**_row("fit-coarse", 300, 1.0)}
+    plain = {"set": "brain", "split": "test", "n": 2, "sample": "s", "rows": [
+        fit, _row("decoder", 10, 0.9), _row("decoder-adam", 10, 1.1)]}
+    smoothed = {**plain, "smooth": 1.0, "rows": [fit, _row("decoder-smooth", 10, 1.2)]}
+    line = eq.smoothing_summary([plain], [smoothed]).splitlines()[2]
+    assert line.startswith("| brain | 10 | 1.100 → 1.200")
+    without = {**plain, "rows": [fit, _row("decoder", 10, 0.9)]}  # an explainer without learned steps
+    assert eq.smoothing_summary([without], [smoothed]).splitlines()[2].startswith("| brain | 10 | 0.900 → 1.200")

@@ -51,6 +51,7 @@ from ..data.images import ImageSet
 from ..errors import UsageError
 from ..explain import MedCAM
 from ..method.fit import FitConfig
+from ..method.learned import StepNet, StepNetConfig
 from ._measure import Explained, explain_in_chunks, machine_facts
 
 __all__ = ["BenchSet", "QUALITY_FOLDERS", "bench_per_image", "bench_quality", "bench_speed", "per_image_markdown",
@@ -415,7 +416,9 @@ def bench_speed(
       either way); the summary gives the ratio to one class's;
     * ``decoder graph … (onnx)``: the exported graph via :class:`OnnxExplainer`: every class's mask *and* the
       verdict (the classifier on the kept and removed views), as one call always returns them;
-    * ``first guess + K steps``: :class:`MedCAM` with the explainer bundle and ``K`` logit refinement steps;
+    * ``first guess + K steps``: :class:`MedCAM` with the explainer bundle and ``K`` logit refinement steps,
+      the learned steps first as shipped explainers take them (an untrained :class:`StepNet` of the default
+      shape: the same cost as a trained one);
     * ``per-image fit``: :class:`MedCAM` without an explainer, ``fit_measured_steps`` measured and scaled
       to ``fit_steps`` (batch 1 only): the call's fixed cost (a zero-step call: the classifier passes and
       the verdict) plus the measured steps' time times ``fit_steps / fit_measured_steps``;
@@ -458,7 +461,8 @@ def bench_speed(
                 shape = (size, size) if pre.channels == 1 else (size, size, pre.channels)
                 images = np.random.default_rng(0).integers(0, 256, (2, *shape), dtype=np.uint8)
                 explainer = meta_train(bundle, images, MetaConfig(inner_steps=0, outer_steps=1, meta_batch=1))
-                cfg = explainer.net_config
+                explainer.steps = StepNet(StepNetConfig())  # refinement as shipped: learned steps first (same cost
+                cfg = explainer.net_config                  # trained or not)
                 info: dict[str, Any] = {"classifier": label, "size": size, "channels": pre.channels,
                                         "classes": SPEED_CLASSES, "decoder": cfg.to_dict()}
                 results["models"].append(info)

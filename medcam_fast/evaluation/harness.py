@@ -496,7 +496,7 @@ def _cache_key(run: _Run, name: str, method: str, explainer_sha256: str | None) 
 
     Every method's maps depend on the images (``n``, ``seed``) and the classifier, and the run's baseline;
     the first guess and refinement on the explainer's weights (and refinement on its steps, start clip and
-    keep-best rule), the per-image fit on its loss weights only, a peer on its own settings only. So a new
+    keep-best rule, and on its learned steps' sha256 when it ships them), the per-image fit on its loss weights only, a peer on its own settings only. So a new
     explainer reruns
     ``first-guess`` and ``refined`` and reuses the fit and every peer. Not in the key: the device, the batch
     size, the scoring settings (:func:`_scoring_key`: cached maps are scored again), the sanity check's
@@ -512,6 +512,9 @@ def _cache_key(run: _Run, name: str, method: str, explainer_sha256: str | None) 
                baseline=str(run.fit_config.baseline))
     if method in EXPLAINER_METHODS and explainer_sha256 is not None:
         key["explainer_sha256"] = explainer_sha256
+    steps = run.medcam.explainer.steps_sha256 if run.medcam is not None and run.medcam.explainer is not None else ""
+    if method == "refined" and steps:  # learned refinement steps change the refined maps, not the first guess
+        key["learned_steps_sha256"] = steps
     if method == "fit":
         key["loss_weights"] = run.fit_config.weights.to_dict()
     return key

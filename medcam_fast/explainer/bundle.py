@@ -9,7 +9,10 @@ what 0.1.0 wrote; still read). A bundle is a folder with
   temperature and threshold, baseline, loss weights, inner loop, the sha256 of the classifier it was trained
   against, training facts) and the weights' sha256;
 * ``explainer.onnx`` — after ``medcam-fast export``, the network for onnxruntime (a decoder's graph holds
-  the classifier too), carrying the same facts in its ``metadata_props``.
+  the classifier too), carrying the same facts in its ``metadata_props``;
+* ``steps.safetensors`` — after ``medcam-fast train-steps``, the learned refinement steps
+  (:mod:`medcam_fast.method.learned`), their shape, training and sha256 under ``learned_steps`` in
+  ``explainer.json``. A bundle without them refines with Adam steps alone.
 
 :class:`ExplainerSettings` is everything but the network's weights: what refinement needs when the first guess comes
 from an ONNX file alone, read from the same facts by the same parser (:meth:`ExplainerSettings.from_facts`).
@@ -33,6 +36,7 @@ from ..errors import ModelError
 from ..method.decoder import DecoderConfig, FeatureDecoder
 from ..method.first_guess import ExplainerNet
 from ..method.inner import InnerLoop
+from ..method.learned import StepNet, StepNetConfig
 from ..method.losses import LossWeights, Reference
 from ..method.objective import Objective
 from ..method.unet import UNet, UNetConfig
@@ -47,6 +51,7 @@ __all__ = [
 EXPLAINER_FORMAT = "medcam-fast-explainer/2"
 _UNET_FORMAT = "medcam-fast-explainer/1"
 _FORMATS = (EXPLAINER_FORMAT, _UNET_FORMAT)
+_STEPS_FILE = "steps.safetensors"
 
 NetConfig = UNetConfig | DecoderConfig
 
@@ -172,12 +177,18 @@ class ExplainerBundle(ExplainerSettings):
         sha256: sha256 of ``weights.safetensors`` once saved or loaded.
         onnx_sha256: sha256 of the bundle's ``explainer.onnx`` once exported (None: no ONNX file).
         sealed: False when it was loaded from an ``explainer.json`` without a content hash (by request).
+        steps: the learned refinement steps, or None.
+        steps_training: facts of their training (:func:`~medcam_fast.explainer.steps.train_steps`).
+        steps_sha256: sha256 of ``steps.safetensors`` once saved or loaded.
     """
 
     net: ExplainerNet
     sha256: str = ""
     onnx_sha256: str | None = None
     sealed: bool = True
+    steps: StepNet | None = None
+    steps_training: dict[str, Any] = field(default_factory=dict)
+    steps_sha256: str = ""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -197,7 +208,10 @@ class ExplainerBundle(ExplainerSettings):
 
     def facts(self) -> dict[str, Any]:
         """The settings' facts plus the weights' ``sha256`` (and the ONNX file's, once exported)."""
-        extra = {} if self.onnx_sha256 is None else {"onnx_sha256": self.onnx_sha256}
+        extra: dict[str, Any] = {} if self.onnx_sha256 is None else {"onnx_sha256": self.onnx_sha256}
+        if self.steps is not None:
+            extra["learned_steps"] = {"net": self.steps.config.to_dict(), "sha256": self.steps_sha256,
+                                      "training": self.steps_training}
         return {**super().facts(), "sha256": self.sha256, **extra}
 
 
@@ -208,6 +222,12 @@ def save_explainer(bundle: ExplainerBundle, out_dir: str | Path) -> Path:
     state = {k: v.detach().contiguous().cpu() for k, v in bundle.net.state_dict().items()}
     wpath = atomic_write(out / "weights.safetensors", lambda tmp: save_file(state, str(tmp)))
     bundle.sha256 = sha256_file(wpath)
+    spath = out / _STEPS_FILE
+    if bundle.steps is not None:
+        steps = {k: v.detach().contiguous().cpu() for k, v in bundle.steps.state_dict().items()}
+        bundle.steps_sha256 = sha256_file(atomic_write(spath, lambda tmp: save_file(steps, str(tmp))))
+    else:  # another explainer's steps would be read as this one's
+        spath.unlink(missing_ok=True)
     onnx_file = out / "explainer.onnx"
     bundle.onnx_sha256 = sha256_file(onnx_file) if onnx_file.is_file() else None
     atomic_write_json(out / "explainer.json", seal(bundle.facts()))
@@ -280,5 +300,33 @@ def load_explainer(path: str | Path, *, allow_unsealed: bool = False, check_onnx
             raise ModelError("explainer.onnx is not covered by explainer.json's seal: export it again", onnx_file)
         if onnx_sha256 is not None and sha256_file(onnx_file) != onnx_sha256:
             raise ModelError("explainer.onnx changed after it was exported (sha256 mismatch)", onnx_file)
+    steps, steps_training, steps_sha256 = _load_steps(meta.get("learned_steps"), folder, meta_path)
     return ExplainerBundle.of(net.eval(), settings, digest, onnx_sha256=None if onnx_sha256 is None else str(onnx_sha256),
-                              sealed=sealed)
+                              sealed=sealed, steps=steps, steps_training=steps_training, steps_sha256=steps_sha256)
+
+
+def _load_steps(facts: Any, folder: Path, meta_path: Path) -> tuple[StepNet | None, dict[str, Any], str]:
+    """The learned steps ``explainer.json`` records (``learned_steps``), checked against their sha256; none
+    when it records none.
+
+    Raises:
+        ModelError: malformed facts, a missing file, a sha256 mismatch or weights that do not fit.
+    """
+    if facts is None:
+        return None, {}, ""
+    spath = folder / _STEPS_FILE
+    try:
+        config = StepNetConfig.from_dict(facts["net"])
+        digest, training = str(facts["sha256"]), dict(facts.get("training") or {})
+    except Exception as e:  # noqa: BLE001 — any malformed content is a model error for the user
+        raise ModelError(f"invalid learned_steps facts: {type(e).__name__}: {e}".splitlines()[0], meta_path) from None
+    if not spath.is_file():
+        raise ModelError(f"{_STEPS_FILE} is missing (explainer.json records learned steps)", folder)
+    if sha256_file(spath) != digest:
+        raise ModelError("learned steps do not match the sha256 recorded in explainer.json", spath)
+    try:
+        net = StepNet(config)
+        net.load_state_dict(load_file(str(spath)), strict=True)
+    except Exception as e:  # noqa: BLE001 — weights that do not fit are a model error for the user
+        raise ModelError(f"invalid learned steps: {type(e).__name__}: {e}".splitlines()[0], spath) from e
+    return net.eval(), training, digest

@@ -4,9 +4,10 @@ Three modes (:class:`~medcam_fast.types.RefineMode`), each image independent:
 
 * ``LOGITS`` — optimize the mask logits ``u`` directly from the first guess ``u₀ = f_θ(x, c)`` (or logits
   handed in, e.g. from onnxruntime): ``u ← Adam(u, ∇_u L)`` for ``K`` steps — the logits loop of
-  :mod:`medcam_fast.method.inner`, the one ``inner_mode="logits"`` meta-training trains for. The logits
-  keep the first guess's grid: a classifier-aware decoder's coarse grid stays coarse (the refined mask is a
-  union of blobs too), a U-Net's pixel logits stay pixels;
+  :mod:`medcam_fast.method.inner`, the one ``inner_mode="logits"`` meta-training trains for. When the
+  explainer ships learned steps (:mod:`medcam_fast.method.learned`) the first ``K_φ`` steps are those instead
+  (``RefineConfig.learned``). The logits keep the first guess's grid: a classifier-aware decoder's coarse
+  grid stays coarse (the refined mask is a union of blobs too), a U-Net's pixel logits stay pixels;
 * ``WEIGHTS`` — adapt a U-Net explainer's weights ``K`` SGD steps from the meta-learned ``θ``: the MAML
   inner loop (first order);
 * ``FULL`` — the paper's per-image fit from a fresh U-Net (:func:`~medcam_fast.method.fit.fit_objective`).
@@ -30,12 +31,20 @@ from .first_guess import ExplainerNet
 from .first_guess import first_guess as guess
 from .fit import FitConfig, fit_objective
 from .inner import HARD_AFTER, START_CLIP, InnerLoop, adapt, adapt_logits, step_size
+from .learned import StepNet, learned_adapt
 from .masking import check_sigma
 from .objective import Objective
 from .result import MaskResult
 from .unet import UNet
 
-__all__ = ["RefineConfig", "refine"]
+__all__ = ["RefineConfig", "refine", "uses_learned_steps"]
+
+
+def uses_learned_steps(config: RefineConfig, steps_net: StepNet | None) -> bool:
+    """Whether :func:`refine` takes learned steps: ``logits`` mode with steps, ``config.learned``, no
+    smoothing, and an explainer that has them."""
+    return (steps_net is not None and config.learned and config.mode is RefineMode.LOGITS and config.steps > 0
+            and not config.smooth)
 
 
 @dataclass(frozen=True)
@@ -67,6 +76,10 @@ class RefineConfig(Config):
             (:func:`~medcam_fast.method.inner.adapt_logits`), so refinement cannot add a lone cell — what splits
             a refined mask into small pieces and lattices. 0 (the default): cell by cell. The per-image fit has
             its own (``FitConfig.smooth``); ``weights`` mode has none.
+        learned: in ``logits`` mode, take the explainer's learned steps first when it has them
+            (:func:`~medcam_fast.method.learned.learned_adapt`); False: Adam steps only. Smoothing shapes Adam's
+            steps, so ``smooth > 0`` takes Adam steps only too. The learned steps start from the first guess
+            clipped as they were trained (their own ``clip``), whatever ``start_clip`` says.
     """
 
     steps: int = 10
@@ -77,6 +90,7 @@ class RefineConfig(Config):
     seed: int = 0
     keep_best: bool = True
     smooth: float = 0.0
+    learned: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", choice(RefineMode, self.mode, "refinement mode"))
@@ -93,6 +107,7 @@ def refine(
     first_guess: Tensor | None = None,
     trained: InnerLoop | None = None,
     fit_config: FitConfig | None = None,
+    steps_net: StepNet | None = None,
 ) -> MaskResult:
     """Masks for the objective's images: the first guess plus ``config.steps`` refinement steps.
 
@@ -109,6 +124,7 @@ def refine(
             onnxruntime).
         trained: how the explainer was meta-trained (picks the default step size).
         fit_config: optimization settings of ``full`` mode (its ``steps`` is replaced by ``config.steps``).
+        steps_net: the explainer's learned steps (``logits`` mode, with ``config.learned``).
 
     Raises:
         ValueError: ``weights`` mode without a U-Net, or no first guess at all outside ``full`` mode.
@@ -130,8 +146,12 @@ def refine(
         if isinstance(lr, Mapping):
             raise TypeError("per-tensor step sizes belong to the weights loop")
         first = u if config.keep_best and config.steps > 0 else None
-        u = adapt_logits(objective, u, config.steps, lr, config.hard_after, gen, clip=config.start_clip,
-                         smooth=config.smooth)
+        if uses_learned_steps(config, steps_net):
+            assert steps_net is not None
+            u = learned_adapt(objective, u, config.steps, steps_net, lr, config.hard_after, gen)
+        else:
+            u = adapt_logits(objective, u, config.steps, lr, config.hard_after, gen, clip=config.start_clip,
+                             smooth=config.smooth)
         return objective.result(u, config.steps, time.perf_counter() - start, config.seed, fallback=first)
     if config.smooth:
         raise ValueError("smoothing shapes the logits loop's steps: weights refinement has none")
