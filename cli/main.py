@@ -381,6 +381,9 @@ def train_steps_cmd(
     updates: int | None = typer.Option(None, min=1, help="Stop after this many updates (default: the time "
                                        "decides)."),
     seed: int | None = typer.Option(None, help="Random seed (default: 0)."),
+    independence: float | None = typer.Option(None, min=0.0, help="λ of the independence term: the steps taken "
+                                              "through a randomized classifier must not land where they land "
+                                              "through the trained one (default: 0, off; doubles the cost)."),
     overwrite: bool = typer.Option(False, help="Replace the explainer bundle at OUT."),
     data_dir: Path | None = DATA_DIR,
     threads: int | None = typer.Option(None, min=1, help="CPU threads for torch."),
@@ -398,7 +401,7 @@ def train_steps_cmd(
     table = label_table(labels, label_column, file_column, group_column)
     _threads(threads)
     config = StepTrainConfig(**_given(net=None if steps is None else StepNetConfig(steps=steps), minutes=minutes,
-                                      updates=updates, seed=seed))
+                                      updates=updates, seed=seed, independence=independence))
     train_steps_job(explainer, classifier, data, config, out=out, overwrite=overwrite, data_dir=data_dir,
                     console=console, labels=table)
 

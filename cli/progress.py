@@ -25,7 +25,7 @@ def step_info(log: dict[str, float]) -> str:
     """One outer step's losses: the first guess's (``zero-step``), after K steps when there are some, and
     the composite loss's terms; for learned steps (no ``zero``), the loss after each of them (``loss1`` …)."""
     if "zero" not in log:
-        return " ".join(f"{k}={v:.3f}" for k, v in log.items() if k.startswith("loss"))
+        return " ".join(f"{k}={v:.3f}" for k, v in log.items() if k.startswith("loss") or k == "independence")
     terms = " ".join(f"{k}={log[k]:.3f}" for k in _TERMS if k in log)
     k = f" K-step={log['adapted']:.3f}" if "adapted" in log else ""
     return f"zero-step={log['zero']:.3f}{k} {terms}".rstrip()

@@ -79,3 +79,37 @@ def lesion_bundle(lesion_bundle_dir: Path):
     from medcam_fast.classifiers.bundle import load_classifier
 
     return load_classifier(lesion_bundle_dir)
+
+
+@pytest.fixture(scope="session")
+def lesion_problem(lesion_bundle):
+    """The composite-loss problem of four generated lesion images (class 1, 32 px) on the session's classifier,
+    blur baseline, one robustness draw."""
+    import numpy as np
+
+    from medcam_fast.data.lesions import make_lesions
+    from medcam_fast.method.losses import LossWeights
+    from medcam_fast.method.objective import Objective
+    from medcam_fast.types import BaselineKind
+
+    ds = make_lesions(40, size=32, seed=77)
+    x = torch.from_numpy(lesion_bundle.preprocess(ds.images[np.flatnonzero(ds.labels == 1)[:4]]))
+    return Objective.build(lesion_bundle.frozen(), x, None, baseline=BaselineKind.BLUR,
+                           weights=LossWeights(draws=1), tau=1.0)
+
+
+@pytest.fixture(scope="session")
+def tiny_explainer_dir(lesion_bundle, tmp_path_factory) -> Path:
+    """A tiny decoder explainer (one amortized step) of the session's classifier, saved with its combined
+    ONNX graph in the bundle (so recorded in its seal)."""
+    from medcam_fast.data.lesions import make_lesions
+    from medcam_fast.explainer.bundle import save_explainer
+    from medcam_fast.explainer.meta import MetaConfig, meta_train
+    from medcam_fast.export.onnx_export import export_combined
+
+    ex = meta_train(lesion_bundle, make_lesions(8, size=32, seed=9).images,
+                    MetaConfig(inner_steps=0, outer_steps=1, meta_batch=4, width=4, depth=2))
+    folder = tmp_path_factory.mktemp("explainer")
+    save_explainer(ex, folder)
+    export_combined(ex, lesion_bundle.model, folder / "explainer.onnx")
+    return folder

@@ -163,3 +163,15 @@ def test_smoothing_is_weighed_against_adam_steps_where_the_explainer_ships_learn
     assert line.startswith("| brain | 10 | 1.100 → 1.200")
     without = {**plain, "rows": [fit, _row("decoder", 10, 0.9)]}  # an explainer without learned steps
     assert eq.smoothing_summary([without], [smoothed]).splitlines()[2].startswith("| brain | 10 | 0.900 → 1.200")
+
+
+def test_a_candidate_whose_masks_fail_the_sanity_check_is_refused_whatever_its_losses():
+    better = _result(_LOSS * 0.8, _AREA)
+    assert eq.replacement_verdict(better, _result(_LOSS, _AREA))["replace"]
+    for key in ("rho", "rho_abs"):
+        for row in better["rows"]:
+            row[key] = 0.46 if row["steps"] == eq.FEW_STEPS else 0.1
+        v = eq.replacement_verdict(better, _result(_LOSS, _AREA))
+        assert not v["replace"] and v["reason"] == "fails the sanity check at K = 3 (ρ ≥ 0.3)"
+        for row in better["rows"]:
+            row[key] = 0.0

@@ -108,7 +108,7 @@ if TYPE_CHECKING:
     from .distributed import World
 
 __all__ = ["MetaConfig", "meta_train", "independence_loss", "soft_clip", "soft_rank", "outer_learning_rate",
-           "RANDOM_CLASSIFIER_EVERY", "SOFT_RANK_TEMPERATURE"]
+           "RANDOM_CLASSIFIER_EVERY", "SOFT_RANK_TEMPERATURE", "random_classifier"]
 
 #: Outer steps between two draws of the randomized classifier of the independence term.
 RANDOM_CLASSIFIER_EVERY = 10
@@ -296,11 +296,11 @@ def soft_rank(u: Tensor, t: float = SOFT_RANK_TEMPERATURE, eps: float = 1e-6) ->
     return torch.sigmoid((z.unsqueeze(2) - z.unsqueeze(1)) / t).sum(2)
 
 
-def _random_classifier(clf: FrozenClassifier, step: int, cfg: MetaConfig) -> FrozenClassifier:
-    """The independence term's randomized classifier for ``step``: a fresh draw every
+def random_classifier(clf: FrozenClassifier, step: int, seed: int) -> FrozenClassifier:
+    """The independence term's randomized classifier for ``step`` of a run seeded ``seed``: a fresh draw every
     :data:`RANDOM_CLASSIFIER_EVERY` steps, seeded by ``(seed, draw)`` and never with the sanity check's seed 0."""
     draw = step // RANDOM_CLASSIFIER_EVERY
-    model = randomized(clf.model, seed=1 + cfg.seed * 1_000_003 + draw)
+    model = randomized(clf.model, seed=1 + seed * 1_000_003 + draw)
     return FrozenClassifier(model, clf.layers, num_classes=clf.num_classes)
 
 
@@ -481,7 +481,7 @@ def meta_train(
             log.update({t: float(zero_terms[t].detach().mean()) for t in TERMS})
         if cfg.independence > 0 and isinstance(net, FeatureDecoder):
             if random_clf is None or step % RANDOM_CLASSIFIER_EVERY == 0:
-                random_clf = _random_classifier(clf, step, cfg)
+                random_clf = random_classifier(clf, step, cfg.seed)
             with torch.no_grad():
                 _, random_acts = random_clf(x)
             u_random = select_class(functional_call(net, theta, (obj.x, random_acts, head_of(random_clf))), target)

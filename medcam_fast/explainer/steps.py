@@ -7,7 +7,14 @@ minimizes the loss along the way:
 
     J(φ) = Σ_{k=1}^{K_φ} w_k · mean_i L_i(σ(U(u_k)/τ)),   w_k = intermediate (k < K_φ),  w_{K_φ} = 1
 
-the last step's loss on the straight-through binary mask (the mask refinement reports is binary). Gradients
+the last step's loss on the straight-through binary mask (the mask refinement reports is binary). With
+``independence`` λ > 0 the same steps are also taken through a randomized copy of the classifier (its first
+guess, its gradients; a fresh draw every ``RANDOM_CLASSIFIER_EVERY`` updates, as meta-training's term) and
+
+    J(φ) += λ · mean_i r_i²(u_{K_φ}, ũ_{K_φ})
+
+(:func:`~.meta.independence_loss`): steps that land where the classifier does not matter — an image prior —
+pay for it. It doubles an update's cost. Gradients
 ``g_k`` enter the steps as inputs (first order, :func:`~medcam_fast.method.learned.gradient_of_logits`), so one
 update costs ``K_φ + 1`` classifier forward and backward passes. Training stops after ``updates`` updates or
 ``minutes`` of wall time, whichever comes first.
@@ -24,13 +31,15 @@ import numpy as np
 import torch
 
 from .._config import Config
-from ..classifiers.frozen import ClassifierBundle
+from ..classifiers.frozen import ClassifierBundle, FrozenClassifier
 from ..errors import UsageError
 from ..method.decoder import DecoderConfig
 from ..method.first_guess import first_guess
 from ..method.learned import StepNet, StepNetConfig, gradient_of_logits
 from ..method.losses import Reference
+from ..types import Correlation, choice
 from .bundle import ExplainerBundle
+from .meta import RANDOM_CLASSIFIER_EVERY, independence_loss, random_classifier
 
 __all__ = ["StepTrainConfig", "train_steps", "draw_seed"]
 
@@ -49,10 +58,12 @@ class StepTrainConfig(Config):
         other_class_prob: probability of a target other than the predicted class. 0: the steps learn the
             problem ``explain`` poses by default. Meta-training's 0.2 cost most of what the steps buy: breast's
             refined loss ÷ the fit's at K = 3 / 10 on its 64 sampled validation images was 1.098 / 1.052 with
-            it, 1.058 / 1.010 without (8 minutes each; Adam steps alone: 1.110 / 1.069) — other classes' losses
+            it, 1.060 / 1.011 without (8 minutes each; Adam steps alone: 1.110 / 1.069) — other classes' losses
             are larger and dominate the mean. Other classes are refined with the same steps (their gradient
             still drives them).
         seed: seeds ``φ``'s initialization, the batches, the targets and the robustness draws.
+        independence: λ of the independence term (0: off).
+        independence_measure: its correlation (meta-training's ``spearman`` by default).
     """
 
     net: StepNetConfig = StepNetConfig()
@@ -63,16 +74,37 @@ class StepTrainConfig(Config):
     intermediate: float = 0.25
     other_class_prob: float = 0.0
     seed: int = 0
+    independence: float = 0.0
+    independence_measure: Correlation = Correlation.SPEARMAN
 
     def __post_init__(self) -> None:
         if isinstance(self.net, dict):
             object.__setattr__(self, "net", StepNetConfig.from_dict(self.net))
+        object.__setattr__(self, "independence_measure",
+                           choice(Correlation, self.independence_measure, "independence measure"))
+        if self.independence < 0:
+            raise ValueError(f"independence must be ≥ 0, got {self.independence!r}")
         if not self.minutes > 0:
             raise ValueError(f"minutes must be > 0, got {self.minutes!r}")
         if self.updates is not None and self.updates < 1:
             raise ValueError(f"updates must be ≥ 1, got {self.updates!r}")
         if self.batch < 1:
             raise ValueError(f"batch must be ≥ 1, got {self.batch!r}")
+
+
+def _through(step_net: StepNet, random_clf: FrozenClassifier, explainer: ExplainerBundle, net: Any, x: torch.Tensor,
+             target: torch.Tensor, k_phi: int, hard_from: int, gen: Any) -> torch.Tensor:
+    """``ũ_{K_φ}``: the learned steps taken through the randomized classifier, from the first guess it gives
+    (differentiable in φ; its gradients are inputs, as in training)."""
+    with torch.no_grad():
+        ref = Reference(*random_clf(x))
+    obj = explainer.objective(random_clf, x, target, reference=ref)
+    with torch.no_grad():
+        u0 = first_guess(net, obj).clamp(-step_net.config.clip, step_net.config.clip)
+    u = u0
+    for k in range(k_phi):
+        u = step_net(u, gradient_of_logits(obj, u, k >= hard_from, gen), u0, k)
+    return u
 
 
 def draw_seed(seed: int, update: int) -> int:
@@ -122,6 +154,7 @@ def train_steps(
     hard_from = int(cfg.net.hard_after * k_phi)
     weights = [cfg.intermediate] * (k_phi - 1) + [1.0]
     start, update, log = time.perf_counter(), 0, {}
+    random_clf: FrozenClassifier | None = None
     while (cfg.updates is None or update < cfg.updates) and time.perf_counter() - start < 60 * cfg.minutes:
         idx = rng.choice(len(images), size=min(cfg.batch, len(images)), replace=False)
         x = torch.from_numpy(pre(images[idx]))
@@ -145,12 +178,20 @@ def train_steps(
                 (g,) = torch.autograd.grad(total.sum(), u, retain_graph=True)
                 g = g.detach()
         objective = sum(w * loss for w, loss in zip(weights, losses, strict=True))
+        ind = None
+        if cfg.independence > 0:
+            if random_clf is None or update % RANDOM_CLASSIFIER_EVERY == 0:
+                random_clf = random_classifier(clf, update, cfg.seed)
+            ind = independence_loss(u, _through(step_net, random_clf, explainer, net, x, target, k_phi, hard_from,
+                                                obj.generators(draw_seed(cfg.seed, update))),
+                                    cfg.independence_measure).mean()
+            objective = objective + cfg.independence * ind
         opt.zero_grad(set_to_none=True)
         objective.backward()  # type: ignore[union-attr]
         opt.step()
         update += 1
         log = {**{f"loss{k + 1}": float(v.detach()) for k, v in enumerate(losses)}, "a": float(step_net.a.detach()),
-               "seconds": time.perf_counter() - start}
+               "seconds": time.perf_counter() - start, **({} if ind is None else {"independence": float(ind.detach())})}
         if callback is not None:
             callback(update, log)
     facts = {"config": cfg.to_dict(), "updates": update, "seconds": time.perf_counter() - start,

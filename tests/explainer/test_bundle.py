@@ -11,20 +11,15 @@ from typer.testing import CliRunner
 from medcam_fast import MedCAM, ModelError
 from medcam_fast.cli.main import app
 from medcam_fast.data.lesions import make_lesions
-from medcam_fast.explainer.bundle import ExplainerSettings, load_explainer, save_explainer
+from medcam_fast.explainer.bundle import ExplainerSettings, load_explainer
 from medcam_fast.explainer.meta import MetaConfig, meta_train
 from medcam_fast.export.onnx_export import export_combined
 from medcam_fast.export.runtime import OnnxExplainer
 
 
-@pytest.fixture(scope="module")
-def bundle_dir(lesion_bundle, tmp_path_factory):
-    ex = meta_train(lesion_bundle, make_lesions(8, size=32, seed=9).images,
-                    MetaConfig(inner_steps=0, outer_steps=1, meta_batch=4, width=4, depth=2))
-    folder = tmp_path_factory.mktemp("explainer")
-    save_explainer(ex, folder)
-    export_combined(ex, lesion_bundle.model, folder / "explainer.onnx")  # into the bundle: recorded in its seal
-    return folder
+@pytest.fixture
+def bundle_dir(tiny_explainer_dir):
+    return tiny_explainer_dir
 
 
 @pytest.fixture

@@ -284,7 +284,7 @@ def test_the_decoder_is_trained_against_a_randomized_classifier_and_the_unet_is_
 def test_the_randomized_classifier_is_the_last_cascade_stage_and_never_the_sanity_checks_draw(lesion_bundle):
     """``randomized(model, s)`` equals the cascade's last stage at seed ``s``; meta-training's draws start at 1."""
     from medcam_fast.classifiers.randomize import cascading_randomization, randomized
-    from medcam_fast.explainer.meta import RANDOM_CLASSIFIER_EVERY, _random_classifier
+    from medcam_fast.explainer.meta import RANDOM_CLASSIFIER_EVERY, random_classifier
 
     model = lesion_bundle.model
     *_, (_, last) = cascading_randomization(model, seed=3)
@@ -293,7 +293,7 @@ def test_the_randomized_classifier_is_the_last_cascade_stage_and_never_the_sanit
         assert torch.equal(a, b), n
     clf = lesion_bundle.frozen()
     sanity = randomized(model, seed=0).state_dict()
-    draws = [_random_classifier(clf, step, MetaConfig()).model.state_dict() for step in (0, RANDOM_CLASSIFIER_EVERY)]
+    draws = [random_classifier(clf, step, MetaConfig().seed).model.state_dict() for step in (0, RANDOM_CLASSIFIER_EVERY)]
     weights = [n for n, t in sanity.items() if t.is_floating_point() and t.dim() > 1]
     for drawn in draws:
         assert all(not torch.equal(drawn[n], sanity[n]) for n in weights)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
@@ -12,18 +11,12 @@ from medcam_fast.explainer.steps import StepTrainConfig, draw_seed, train_steps
 from medcam_fast.method.first_guess import first_guess
 from medcam_fast.method.inner import adapt_logits
 from medcam_fast.method.learned import StepNet, StepNetConfig, gradient_of_logits, learned_adapt
-from medcam_fast.method.losses import LossWeights
-from medcam_fast.method.objective import Objective
 from medcam_fast.method.refine import RefineConfig, refine, uses_learned_steps
-from medcam_fast.types import BaselineKind
 
 
-@pytest.fixture(scope="module")
-def problem(lesion_bundle):
-    ds = make_lesions(40, size=32, seed=77)
-    x = torch.from_numpy(lesion_bundle.preprocess(ds.images[np.flatnonzero(ds.labels == 1)[:4]]))
-    return Objective.build(lesion_bundle.frozen(), x, None, baseline=BaselineKind.BLUR,
-                           weights=LossWeights(draws=1), tau=1.0)
+@pytest.fixture
+def problem(lesion_problem):
+    return lesion_problem
 
 
 def _random_net(config: StepNetConfig = StepNetConfig(), seed: int = 0) -> StepNet:
@@ -122,3 +115,19 @@ def test_one_training_update_is_adams_first_step_on_the_documented_objective(les
         assert torch.all((p.detach() - before[n])[g == 0] == 0), n
         moved += int(firm.sum())
     assert moved > 0 and trained.f[-1].weight.abs().max() > 0  # the zero-initialized last layer learns first
+
+
+def test_the_independence_term_reaches_the_steps_and_is_logged(lesion_bundle):
+    """λ > 0 adds mean r²(u_K, ũ_K) through a randomized classifier: logged in [0, 1], and it moves φ."""
+    images = make_lesions(8, size=32, seed=5).images
+    explainer = meta_train(lesion_bundle, images, MetaConfig(inner_steps=0, outer_steps=3, meta_batch=4, width=4))
+    base = StepTrainConfig(net=StepNetConfig(steps=2, channels=4), updates=1, batch=8, seed=2)
+    plain, plain_facts = train_steps(explainer, lesion_bundle, images, base)
+    ind, ind_facts = train_steps(explainer, lesion_bundle, images, base.with_(independence=5.0))
+    assert "independence" not in plain_facts["final"]
+    assert 0.0 <= ind_facts["final"]["independence"] <= 1.0
+    assert ind_facts["final"]["loss2"] == pytest.approx(plain_facts["final"]["loss2"])  # same batch, same steps
+    moved = [n for n, p in ind.named_parameters() if not torch.equal(p, plain.get_parameter(n))]
+    assert moved, "the independence term's gradient did not reach φ"
+    with pytest.raises(ValueError, match="independence must be ≥ 0"):
+        base.with_(independence=-1.0)

@@ -4,18 +4,13 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
 
-from medcam_fast.data.lesions import make_lesions
 from medcam_fast.method.fit import FitConfig, fit_masks
 from medcam_fast.method.inner import START_CLIP, adapt_logits
-from medcam_fast.method.losses import LossWeights
 from medcam_fast.method.masking import smooth_logits
-from medcam_fast.method.objective import Objective
 from medcam_fast.method.refine import RefineConfig, refine
-from medcam_fast.types import BaselineKind
 
 
 def _roughness(u: torch.Tensor) -> float:
@@ -25,12 +20,9 @@ def _roughness(u: torch.Tensor) -> float:
     return float(lap.abs().mean() / c.abs().mean().clamp_min(1e-12))
 
 
-@pytest.fixture(scope="module")
-def problem(lesion_bundle):
-    ds = make_lesions(40, size=32, seed=77)
-    x = torch.from_numpy(lesion_bundle.preprocess(ds.images[np.flatnonzero(ds.labels == 1)[:4]]))
-    return Objective.build(lesion_bundle.frozen(), x, None, baseline=BaselineKind.BLUR,
-                           weights=LossWeights(draws=1), tau=1.0)
+@pytest.fixture
+def problem(lesion_problem):
+    return lesion_problem
 
 
 def test_a_single_cell_spreads_into_a_normalized_gaussian_of_sigma_cells():
