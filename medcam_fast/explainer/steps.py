@@ -14,9 +14,9 @@ guess, its gradients; a fresh draw every ``RANDOM_CLASSIFIER_EVERY`` updates, as
     J(φ) += λ · mean_i r_i²(u_{K_φ}, ũ_{K_φ})
 
 (:func:`~.meta.independence_loss`): steps that land where the classifier does not matter — an image prior —
-pay for it. It doubles an update's cost. Gradients
-``g_k`` enter the steps as inputs (first order, :func:`~medcam_fast.method.learned.gradient_of_logits`), so one
-update costs ``K_φ + 1`` classifier forward and backward passes. Training stops after ``updates`` updates or
+pay for it. Gradients ``g_k`` enter the steps as inputs (first order,
+:func:`~medcam_fast.method.learned.gradient_of_logits`), so one update costs ``K_φ + 1`` classifier forward
+and backward passes (twice that with the independence term). Training stops after ``updates`` updates or
 ``minutes`` of wall time, whichever comes first.
 """
 
@@ -34,9 +34,10 @@ from .._config import Config
 from ..classifiers.frozen import ClassifierBundle, FrozenClassifier
 from ..errors import UsageError
 from ..method.decoder import DecoderConfig
-from ..method.first_guess import first_guess
+from ..method.first_guess import ExplainerNet, first_guess
 from ..method.learned import StepNet, StepNetConfig, gradient_of_logits
 from ..method.losses import Reference
+from ..method.masking import RandomSource
 from ..types import Correlation, choice
 from .bundle import ExplainerBundle
 from .meta import RANDOM_CLASSIFIER_EVERY, independence_loss, random_classifier
@@ -92,8 +93,8 @@ class StepTrainConfig(Config):
             raise ValueError(f"batch must be ≥ 1, got {self.batch!r}")
 
 
-def _through(step_net: StepNet, random_clf: FrozenClassifier, explainer: ExplainerBundle, net: Any, x: torch.Tensor,
-             target: torch.Tensor, k_phi: int, hard_from: int, gen: Any) -> torch.Tensor:
+def _through(step_net: StepNet, random_clf: FrozenClassifier, explainer: ExplainerBundle, net: ExplainerNet,
+             x: torch.Tensor, target: torch.Tensor, k_phi: int, hard_from: int, gen: RandomSource) -> torch.Tensor:
     """``ũ_{K_φ}``: the learned steps taken through the randomized classifier, from the first guess it gives
     (differentiable in φ; its gradients are inputs, as in training)."""
     with torch.no_grad():

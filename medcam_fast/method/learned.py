@@ -2,7 +2,7 @@
 
 Adam's first steps from a first guess are nearly ``lr·sign(g)`` on every cell at once; three of them left the
 refined loss 11–17 % above the 300-step fit's on breast, blood and path, whatever the step size, step rule,
-seed, schedule or ensemble of first guesses (README, "What was tried"). A step that has *learned* how this
+seed, schedule or ensemble of first guesses (README, "What this says"). A step that has *learned* how this
 explainer's first guesses err reads the gradient with its neighbourhood instead (iterative amortized
 inference: Andrychowicz et al. 2016, "Learning to learn by gradient descent by gradient descent"; Marino et
 al. 2018, "Iterative amortized inference"). On the mask logits ``u`` (the explainer's grid, coarse for a
@@ -20,7 +20,11 @@ taken). Steps after the ``K_φ``-th are the logits loop's Adam steps (:func:`~.i
 ``f_φ`` on the grid (a few thousand multiply-adds per cell).
 
 The network is trained per explainer on its training images with the first guess frozen
-(:func:`medcam_fast.explainer.steps.train_steps`) and shipped in the bundle (``steps.safetensors``).
+(:func:`medcam_fast.explainer.steps.train_steps`) and shipped in the bundle (``steps.safetensors``). Measured
+(32 sampled test images, loss ÷ the fit's at K = 3 / 10, Adam → learned): breast 1.136 / 0.989 → 1.032 /
+0.917, blood 1.182 / 1.077 → 1.065 / 0.972, path 1.120 / 1.058 → 1.072 / 1.018, brain 1.033 / 0.906 →
+0.977 / 0.846, pneumonia (with the independence term) 1.338 / 1.214 → 1.190 / 1.090
+(``benchmarks/results/explainer_quality_<set>.md``).
 """
 
 from __future__ import annotations
