@@ -98,7 +98,8 @@ demo-bundle: $(STAMP)
 # classifier frozen): 18 minutes per set in all. Per set, as shipped (README, "Learned refinement steps"):
 #   breast, blood, path, brain  plain;
 #   pneumonia                   with the independence term, λ = 3 (without it its steps failed the sanity check);
-#   lesions                     none: on its validation images the steps were no better than Adam's at K = 10.
+#   lesions                     none: plain steps were no better than Adam's at K = 10 on validation images, and
+#                               both those and λ = 3 steps read worse on the demo's test images.
 # To add them to an explainer already trained, alone:
 #   medcam-fast train-steps --explainer models/<d>/explainer --classifier models/<d>/classifier --data <d> --overwrite
 EXPLAINER_MINUTES ?= 10
