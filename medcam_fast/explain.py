@@ -423,8 +423,8 @@ class MedCAM:
         steps_net = None if self.explainer is None else self.explainer.steps
         res = refine(objective, config, net=net, first_guess=first_guess, trained=self.settings.inner,
                      steps_net=steps_net)
-        learned = {"learned_steps": min(config.steps, steps_net.config.steps)} if (
-            steps_net is not None and uses_learned_steps(config, steps_net)) else {}
+        learned = ({"learned_steps": min(config.steps, steps_net.config.steps)}
+                   if steps_net is not None and uses_learned_steps(config, steps_net) else {})
         return self._explanation(objective, res, time.perf_counter() - start, learned)
 
     def _explanation(self, objective: Objective, res: MaskResult, seconds: float,

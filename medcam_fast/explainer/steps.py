@@ -35,7 +35,7 @@ from ..classifiers.frozen import ClassifierBundle, FrozenClassifier
 from ..errors import UsageError
 from ..method.decoder import DecoderConfig
 from ..method.first_guess import ExplainerNet, first_guess
-from ..method.learned import StepNet, StepNetConfig, gradient_of_logits
+from ..method.learned import StepNet, StepNetConfig, gradient_of_logits, learned_trajectory
 from ..method.losses import Reference
 from ..method.masking import RandomSource
 from ..types import Correlation, choice
@@ -94,7 +94,7 @@ class StepTrainConfig(Config):
 
 
 def _through(step_net: StepNet, random_clf: FrozenClassifier, explainer: ExplainerBundle, net: ExplainerNet,
-             x: torch.Tensor, target: torch.Tensor, k_phi: int, hard_from: int, gen: RandomSource) -> torch.Tensor:
+             x: torch.Tensor, target: torch.Tensor, gen: RandomSource) -> torch.Tensor:
     """``ũ_{K_φ}``: the learned steps taken through the randomized classifier, from the first guess it gives
     (differentiable in φ; its gradients are inputs, as in training)."""
     with torch.no_grad():
@@ -102,10 +102,7 @@ def _through(step_net: StepNet, random_clf: FrozenClassifier, explainer: Explain
     obj = explainer.objective(random_clf, x, target, reference=ref)
     with torch.no_grad():
         u0 = first_guess(net, obj).clamp(-step_net.config.clip, step_net.config.clip)
-    u = u0
-    for k in range(k_phi):
-        u = step_net(u, gradient_of_logits(obj, u, k >= hard_from, gen), u0, k)
-    return u
+    return learned_trajectory(obj, u0, step_net, step_net.config.steps, gen)
 
 
 def draw_seed(seed: int, update: int) -> int:
@@ -183,7 +180,7 @@ def train_steps(
         if cfg.independence > 0:
             if random_clf is None or update % RANDOM_CLASSIFIER_EVERY == 0:
                 random_clf = random_classifier(clf, update, cfg.seed)
-            ind = independence_loss(u, _through(step_net, random_clf, explainer, net, x, target, k_phi, hard_from,
+            ind = independence_loss(u, _through(step_net, random_clf, explainer, net, x, target,
                                                 obj.generators(draw_seed(cfg.seed, update))),
                                     cfg.independence_measure).mean()
             objective = objective + cfg.independence * ind

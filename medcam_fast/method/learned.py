@@ -40,7 +40,7 @@ from .inner import HARD_AFTER, START_CLIP, STEP_SIZES, adapt_logits
 from .masking import RandomSource
 from .objective import Objective
 
-__all__ = ["StepNetConfig", "StepNet", "gradient_of_logits", "learned_adapt"]
+__all__ = ["StepNetConfig", "StepNet", "gradient_of_logits", "learned_trajectory", "learned_adapt"]
 
 _INPUTS = 4
 
@@ -108,6 +108,19 @@ def gradient_of_logits(objective: Objective, u: Tensor, hard: bool, generator: R
     return g
 
 
+def learned_trajectory(objective: Objective, start: Tensor, net: StepNet, steps: int,
+                       generator: RandomSource = None) -> Tensor:
+    """``u_steps`` after ``steps`` ≤ ``K_φ`` learned steps from ``u_0 = start`` (the clipped first guess), the
+    gradient taken on the binary mask from step ``⌊hard_after·steps⌋`` on. Differentiable in ``φ`` outside
+    ``torch.no_grad()`` (the gradients are inputs: first order) — what training takes through a randomized
+    classifier; :func:`learned_adapt` runs it without a graph."""
+    hard_from = int(net.config.hard_after * steps)
+    u = start
+    for k in range(steps):
+        u = net(u, gradient_of_logits(objective, u, k >= hard_from, generator), start, k)
+    return u
+
+
 def learned_adapt(
     objective: Objective,
     u0: Tensor,
@@ -134,14 +147,9 @@ def learned_adapt(
     if steps <= 0:
         return u0.detach().clone()
     cfg = net.config
-    start = u0.detach().clamp(-cfg.clip, cfg.clip)
-    u = start
     learned = min(steps, cfg.steps)
-    hard_from = int(cfg.hard_after * learned)
     with torch.no_grad():
-        for k in range(learned):
-            g = gradient_of_logits(objective, u, k >= hard_from, generator)
-            u = net(u, g, start, k)
+        u = learned_trajectory(objective, u0.detach().clamp(-cfg.clip, cfg.clip), net, learned, generator)
     if steps > learned:
         u = adapt_logits(objective, u, steps - learned, lr, hard_after, generator, clip=None)
     return u.detach()
